@@ -1,0 +1,1 @@
+//! The flowplane command-line client.

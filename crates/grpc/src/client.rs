@@ -1,0 +1,68 @@
+//! Client channels with the same limits and timeouts as the servers, TLS when the
+//! endpoint is `https://`, and lazy connection so a client can start before its server.
+
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::{Error, Result, config::ClientArgs};
+
+/// Timeout for establishing a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Turns `host:port` or a URI into an endpoint with flowplane's client settings.
+pub fn endpoint(address: &str, args: &ClientArgs) -> Result<Endpoint> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let invalid = |reason: String| Error::InvalidEndpoint {
+        endpoint: address.to_string(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| invalid(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true);
+    if uri.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.tls_ca {
+            let pem = crate::config::read(ca, "tls ca certificate (--tls-ca)")?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
+}
+
+/// A channel that connects on first use and reconnects after failures.
+pub fn lazy_channel(address: &str, args: &ClientArgs) -> Result<Channel> {
+    Ok(endpoint(address, args)?.connect_lazy())
+}
+
+/// A channel connected now; fails if the server cannot be reached.
+pub async fn connect(address: &str, args: &ClientArgs) -> Result<Channel> {
+    Ok(endpoint(address, args)?.connect().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_host_port_becomes_http() {
+        let e = endpoint("127.0.0.1:50051", &ClientArgs::default()).unwrap();
+        assert_eq!(e.uri().to_string(), "http://127.0.0.1:50051/");
+    }
+
+    #[test]
+    fn garbage_is_rejected_naming_the_endpoint() {
+        let err = endpoint("not a uri", &ClientArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("not a uri"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+//! The one gRPC stack every flowplane server and client uses: health and reflection on
+//! every server, the same message limits on both ends, TLS and bearer-token auth when
+//! configured, and signal-driven graceful shutdown. Services add their own handlers; they
+//! never build a `tonic::transport::Server` themselves.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod server;
+pub mod shutdown;
+
+/// Largest payload a single chunk may carry. Checked by the handlers so that an
+/// oversized chunk gets RESOURCE_EXHAUSTED naming this limit instead of a transport error.
+pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest encoded gRPC message either side accepts: a maximal payload plus headroom
+/// for the envelope, so the payload check above is what a client normally meets.
+pub const MAX_MESSAGE_BYTES: usize = 2 * MAX_PAYLOAD_BYTES;
+
+/// Errors of the shared gRPC stack.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {what} from {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! The processor SDK: implement one trait, get a production ProcessorService host.

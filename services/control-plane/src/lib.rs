@@ -1,0 +1,1 @@
+//! The control plane: registration, leases, heartbeats, discovery and watch.

@@ -1,0 +1,1 @@
+//! The processor host binary serving the built-in processors.

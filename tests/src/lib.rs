@@ -1,0 +1,1 @@
+//! Cross-service tests that start the real services.
