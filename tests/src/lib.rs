@@ -1,1 +1,2 @@
-//! Cross-service tests that start the real services.
+//! Harness for cross-service tests: starts the real services through their `run`
+//! functions on 127.0.0.1 listeners, and stops them when the handle drops.
