@@ -13,11 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out_dir.join("flowplane_descriptor.bin"), fds.encode_to_vec())?;
+    fs::write(
+        out_dir.join("flowplane_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
 
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }
 

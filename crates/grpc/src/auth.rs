@@ -93,7 +93,10 @@ mod tests {
     use super::*;
 
     fn with_token(token: Option<&str>) -> Request<()> {
-        AttachBearer::new(token).unwrap().call(Request::new(())).unwrap()
+        AttachBearer::new(token)
+            .unwrap()
+            .call(Request::new(()))
+            .unwrap()
     }
 
     #[test]
@@ -111,6 +114,10 @@ mod tests {
     fn no_configured_token_accepts_everything() {
         let mut auth = BearerAuth::new(None);
         assert!(auth.call(with_token(None)).is_ok());
-        assert!(BearerAuth::new(Some(String::new())).call(with_token(None)).is_ok());
+        assert!(
+            BearerAuth::new(Some(String::new()))
+                .call(with_token(None))
+                .is_ok()
+        );
     }
 }

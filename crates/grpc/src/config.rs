@@ -24,11 +24,21 @@ pub struct ServeArgs {
     pub advertise: Option<String>,
 
     /// PEM certificate chain for TLS; needs --tls-key. Unset serves plaintext.
-    #[arg(long, env = "FLOWPLANE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "FLOWPLANE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for TLS; needs --tls-cert.
-    #[arg(long, env = "FLOWPLANE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "FLOWPLANE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 }
 
@@ -74,6 +84,11 @@ pub struct ClientArgs {
     pub tls_ca: Option<PathBuf>,
 
     /// Bearer token sent to servers that require one.
-    #[arg(long, env = "FLOWPLANE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLOWPLANE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 }

@@ -95,7 +95,9 @@ async fn set_all_not_serving(health: &HealthReporter) {
 
 /// Marks `service` (a fully qualified gRPC service name) and the whole server SERVING.
 pub async fn set_serving(health: &HealthReporter, service: &str) {
-    health.set_service_status(service, ServingStatus::Serving).await;
+    health
+        .set_service_status(service, ServingStatus::Serving)
+        .await;
     health.set_service_status("", ServingStatus::Serving).await;
 }
 

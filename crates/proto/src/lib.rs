@@ -5,8 +5,7 @@
 #![allow(clippy::all, missing_docs)]
 
 /// The encoded `FileDescriptorSet` of every flowplane package, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("flowplane_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("flowplane_descriptor");
 
 /// `flowplane.common.v1`: health, kinds, metrics, paging, error details.
 pub mod common {
