@@ -2,13 +2,17 @@
 //! build time from `proto/`. Nothing here is hand-written but re-exports and small
 //! wire helpers; validation and domain types live in the crates that use them.
 
-#![allow(clippy::all, missing_docs)]
+mod convert;
+pub use convert::{
+    any_accepts, json_to_struct, json_to_value, struct_to_json, type_set_name, value_to_json,
+};
 
 /// The encoded `FileDescriptorSet` of every flowplane package, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("flowplane_descriptor");
 
 /// `flowplane.common.v1`: health, kinds, metrics, paging, error details.
 pub mod common {
+    #[allow(clippy::all, missing_docs)]
     pub mod v1 {
         tonic::include_proto!("flowplane.common.v1");
     }
@@ -16,6 +20,7 @@ pub mod common {
 
 /// `flowplane.data.v1`: the typed payload model.
 pub mod data {
+    #[allow(clippy::all, missing_docs)]
     pub mod v1 {
         tonic::include_proto!("flowplane.data.v1");
     }
@@ -23,6 +28,7 @@ pub mod data {
 
 /// `flowplane.processor.v1`: the processor host service.
 pub mod processor {
+    #[allow(clippy::all, missing_docs)]
     pub mod v1 {
         tonic::include_proto!("flowplane.processor.v1");
     }
@@ -30,6 +36,7 @@ pub mod processor {
 
 /// `flowplane.controlplane.v1`: the registry service.
 pub mod controlplane {
+    #[allow(clippy::all, missing_docs)]
     pub mod v1 {
         tonic::include_proto!("flowplane.controlplane.v1");
     }
@@ -37,6 +44,7 @@ pub mod controlplane {
 
 /// `flowplane.streaming.v1`: the streaming pipeline service.
 pub mod streaming {
+    #[allow(clippy::all, missing_docs)]
     pub mod v1 {
         tonic::include_proto!("flowplane.streaming.v1");
     }
