@@ -1,0 +1,263 @@
+//! The manifest model: field names are the proto's, so a YAML file, its JSON twin and the
+//! proto message describe a pipeline the same way. Defaults stand for empty fields.
+
+use std::path::Path;
+
+use flowplane_proto::streaming::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A pipeline: processor nodes, the edges between them, named inputs and outputs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Pipeline name, for logs and telemetry.
+    #[serde(default)]
+    pub name: String,
+    /// The processing nodes.
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    /// Connections from node outputs to node inputs.
+    #[serde(default)]
+    pub edges: Vec<Edge>,
+    /// Named pipeline inputs and the node inputs they feed.
+    #[serde(default)]
+    pub inputs: Vec<PipelineInput>,
+    /// Named pipeline outputs and the node outputs they come from.
+    #[serde(default)]
+    pub outputs: Vec<PipelineOutput>,
+}
+
+/// One processing node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Unique node id.
+    pub id: String,
+    /// Processor name, for example `audio.gain`.
+    pub processor: String,
+    /// Processor parameters.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One connection from a node output to a node input.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edge {
+    /// Upstream node id.
+    pub from_node: String,
+    /// Upstream output name; empty means its only output.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_output: String,
+    /// Downstream node id.
+    pub to_node: String,
+    /// Downstream input name; empty means its only input.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to_input: String,
+}
+
+/// One port of one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRef {
+    /// Node id.
+    pub node: String,
+    /// Port name; empty means the node's only port of that direction.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub port: String,
+}
+
+/// A named pipeline input.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineInput {
+    /// The name chunks give in `DataChunk.input`.
+    pub name: String,
+    /// Node inputs this input feeds.
+    #[serde(default)]
+    pub targets: Vec<PortRef>,
+}
+
+/// A named pipeline output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineOutput {
+    /// The name results carry in `ChunkResult.output`.
+    pub name: String,
+    /// The node output it comes from.
+    pub source: PortRef,
+}
+
+impl Manifest {
+    /// Reads a manifest from a `.yaml`, `.yml` or `.json` file (YAML is a superset of JSON,
+    /// so any extension parses; the error names the file).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_text(&text).map_err(|message| Error::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses YAML or JSON text.
+    pub fn from_text(text: &str) -> Result<Self, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The proto form.
+    pub fn to_proto(&self) -> pb::PipelineManifest {
+        pb::PipelineManifest {
+            name: self.name.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| pb::NodeSpec {
+                    id: n.id.clone(),
+                    processor: n.processor.clone(),
+                    params: (!n.params.is_empty())
+                        .then(|| flowplane_proto::json_to_struct(&n.params)),
+                })
+                .collect(),
+            edges: self
+                .edges
+                .iter()
+                .map(|e| pb::Edge {
+                    from_node: e.from_node.clone(),
+                    from_output: e.from_output.clone(),
+                    to_node: e.to_node.clone(),
+                    to_input: e.to_input.clone(),
+                })
+                .collect(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|i| pb::PipelineInput {
+                    name: i.name.clone(),
+                    targets: i.targets.iter().map(PortRef::to_proto).collect(),
+                })
+                .collect(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|o| pb::PipelineOutput {
+                    name: o.name.clone(),
+                    source: Some(o.source.to_proto()),
+                })
+                .collect(),
+        }
+    }
+
+    /// From the proto form; absent messages become empty values, which validation reports.
+    pub fn from_proto(m: &pb::PipelineManifest) -> Self {
+        Self {
+            name: m.name.clone(),
+            nodes: m
+                .nodes
+                .iter()
+                .map(|n| Node {
+                    id: n.id.clone(),
+                    processor: n.processor.clone(),
+                    params: n
+                        .params
+                        .as_ref()
+                        .map(flowplane_proto::struct_to_json)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            edges: m
+                .edges
+                .iter()
+                .map(|e| Edge {
+                    from_node: e.from_node.clone(),
+                    from_output: e.from_output.clone(),
+                    to_node: e.to_node.clone(),
+                    to_input: e.to_input.clone(),
+                })
+                .collect(),
+            inputs: m
+                .inputs
+                .iter()
+                .map(|i| PipelineInput {
+                    name: i.name.clone(),
+                    targets: i.targets.iter().map(PortRef::from_proto).collect(),
+                })
+                .collect(),
+            outputs: m
+                .outputs
+                .iter()
+                .map(|o| PipelineOutput {
+                    name: o.name.clone(),
+                    source: o
+                        .source
+                        .as_ref()
+                        .map(PortRef::from_proto)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PortRef {
+    fn to_proto(&self) -> pb::PortRef {
+        pb::PortRef {
+            node: self.node.clone(),
+            port: self.port.clone(),
+        }
+    }
+
+    fn from_proto(p: &pb::PortRef) -> Self {
+        Self {
+            node: p.node.clone(),
+            port: p.port.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+name: chain
+nodes:
+  - id: gain
+    processor: audio.gain
+    params: { gain_db: -6 }
+  - id: level
+    processor: audio.level
+edges:
+  - { from_node: gain, to_node: level }
+inputs:
+  - name: audio
+    targets: [{ node: gain }]
+outputs:
+  - { name: levels, source: { node: level } }
+"#;
+
+    #[test]
+    fn yaml_json_and_proto_describe_the_same_pipeline() {
+        let from_yaml = Manifest::from_text(YAML).unwrap();
+        assert_eq!(from_yaml.nodes[0].params["gain_db"], -6);
+        let json = serde_json::to_string(&from_yaml).unwrap();
+        let from_json = Manifest::from_text(&json).unwrap();
+        assert_eq!(from_yaml, from_json);
+        let round = Manifest::from_proto(&from_yaml.to_proto());
+        // Struct numbers are doubles on the wire.
+        assert_eq!(round.nodes[0].params["gain_db"], -6.0);
+        assert_eq!(round.edges, from_yaml.edges);
+        assert_eq!(round.outputs, from_yaml.outputs);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_naming_them() {
+        let err = Manifest::from_text("name: x\nnodez: []\n").unwrap_err();
+        assert!(err.contains("nodez"), "{err}");
+    }
+}

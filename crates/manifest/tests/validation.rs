@@ -1,0 +1,369 @@
+//! The invalid-manifest table: each case must be rejected with the expected code, reason
+//! and a message naming the node, edge or field; valid pipelines must plan correctly.
+
+use std::collections::HashMap;
+
+use flowplane_manifest::{Destination, Manifest, validate};
+use flowplane_proto::{
+    data::v1::DataTypeHint as T,
+    processor::v1::{ParamSpec, PortSpec, ProcessorCapability},
+};
+
+fn port(name: &str, types: &[T]) -> PortSpec {
+    PortSpec {
+        name: name.into(),
+        types: types.iter().map(|t| *t as i32).collect(),
+        description: String::new(),
+    }
+}
+
+fn cap(name: &str, inputs: Vec<PortSpec>, outputs: Vec<PortSpec>) -> ProcessorCapability {
+    ProcessorCapability {
+        name: name.into(),
+        inputs,
+        outputs,
+        stateless: true,
+        ..Default::default()
+    }
+}
+
+fn catalog() -> HashMap<String, ProcessorCapability> {
+    let mut gain = cap(
+        "audio.gain",
+        vec![port("audio", &[T::Audio])],
+        vec![port("audio", &[T::Audio])],
+    );
+    gain.params = vec![ParamSpec {
+        name: "gain_db".into(),
+        r#type: "number".into(),
+        required: true,
+        ..Default::default()
+    }];
+    [
+        gain,
+        cap(
+            "audio.level",
+            vec![port("audio", &[T::Audio])],
+            vec![port("level", &[T::Json])],
+        ),
+        cap(
+            "audio.dynamic_gain",
+            vec![port("audio", &[T::Audio]), port("control", &[T::Json])],
+            vec![port("audio", &[T::Audio])],
+        ),
+        cap(
+            "passthrough",
+            vec![port("in", &[T::Any])],
+            vec![port("out", &[T::Any])],
+        ),
+        cap(
+            "text.transform",
+            vec![port("text", &[T::Text])],
+            vec![port("text", &[T::Text])],
+        ),
+    ]
+    .into_iter()
+    .map(|c| (c.name.clone(), c))
+    .collect()
+}
+
+const VALID_CHAIN: &str = r#"
+name: chain
+nodes:
+  - { id: gain, processor: audio.gain, params: { gain_db: -6 } }
+  - { id: level, processor: audio.level }
+edges:
+  - { from_node: gain, to_node: level }
+inputs:
+  - { name: audio, targets: [{ node: gain }] }
+outputs:
+  - { name: levels, source: { node: level } }
+"#;
+
+#[test]
+fn a_valid_chain_plans_in_topological_order() {
+    let m = Manifest::from_text(VALID_CHAIN).unwrap();
+    let plan = validate(&m, &catalog()).unwrap();
+    assert_eq!(plan.nodes[0].id, "gain");
+    assert_eq!(plan.nodes[1].id, "level");
+    assert_eq!(
+        plan.inputs["audio"],
+        vec![Destination::Node {
+            node: 0,
+            port: "audio".into()
+        }]
+    );
+    assert_eq!(
+        plan.nodes[0].routes["audio"],
+        vec![Destination::Node {
+            node: 1,
+            port: "audio".into()
+        }]
+    );
+    assert_eq!(
+        plan.nodes[1].routes["level"],
+        vec![Destination::Output("levels".into())]
+    );
+    assert_eq!(plan.default_input(), Some("audio"));
+}
+
+#[test]
+fn fan_out_and_fan_in_plan() {
+    let m = Manifest::from_text(
+        r#"
+nodes:
+  - { id: split, processor: passthrough }
+  - { id: level, processor: audio.level }
+  - { id: mix, processor: audio.dynamic_gain }
+edges:
+  - { from_node: split, to_node: level }
+  - { from_node: split, to_node: mix, to_input: audio }
+  - { from_node: level, to_node: mix, to_input: control }
+inputs:
+  - { name: audio, targets: [{ node: split }] }
+outputs:
+  - { name: mixed, source: { node: mix } }
+  - { name: levels, source: { node: level } }
+"#,
+    )
+    .unwrap();
+    let plan = validate(&m, &catalog()).unwrap();
+    let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["split", "level", "mix"]);
+    assert_eq!(plan.nodes[0].routes["out"].len(), 2);
+    assert_eq!(plan.nodes[1].routes["level"].len(), 2);
+}
+
+/// (case, manifest yaml, expected code, reason, text the message must contain)
+const CASES: &[(&str, &str, tonic::Code, &str, &str)] = &[
+    (
+        "no nodes",
+        "inputs: []\noutputs: []",
+        tonic::Code::InvalidArgument,
+        "EMPTY_PIPELINE",
+        "no nodes",
+    ),
+    (
+        "duplicate node id",
+        r#"
+nodes: [{ id: a, processor: passthrough }, { id: a, processor: passthrough }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: a } }]"#,
+        tonic::Code::InvalidArgument,
+        "DUPLICATE_NODE",
+        "\"a\"",
+    ),
+    (
+        "empty node id",
+        r#"
+nodes: [{ id: "", processor: passthrough }]
+inputs: [{ name: in, targets: [{ node: "" }] }]
+outputs: [{ name: out, source: { node: "" } }]"#,
+        tonic::Code::InvalidArgument,
+        "INVALID_NODE_ID",
+        "nodes[0].id",
+    ),
+    (
+        "unknown processor",
+        r#"
+nodes: [{ id: a, processor: no.such }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: a } }]"#,
+        tonic::Code::FailedPrecondition,
+        "PROCESSOR_UNAVAILABLE",
+        "node \"a\": no live instance offers processor \"no.such\"",
+    ),
+    (
+        "edge to unknown node",
+        r#"
+nodes: [{ id: a, processor: passthrough }]
+edges: [{ from_node: a, to_node: ghost }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: a } }]"#,
+        tonic::Code::InvalidArgument,
+        "UNKNOWN_NODE",
+        "unknown node \"ghost\"",
+    ),
+    (
+        "unknown output port",
+        r#"
+nodes: [{ id: a, processor: passthrough }, { id: b, processor: passthrough }]
+edges: [{ from_node: a, from_output: nope, to_node: b }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: b } }]"#,
+        tonic::Code::InvalidArgument,
+        "UNKNOWN_PORT",
+        "edges[0].from_output",
+    ),
+    (
+        "cycle",
+        r#"
+nodes: [{ id: a, processor: passthrough }, { id: b, processor: passthrough }]
+edges: [{ from_node: a, to_node: b }, { from_node: b, to_node: a }]
+inputs: []
+outputs: [{ name: out, source: { node: b } }]"#,
+        tonic::Code::InvalidArgument,
+        "CYCLE",
+        "a, b",
+    ),
+    (
+        "input fed twice",
+        r#"
+nodes: [{ id: a, processor: passthrough }, { id: b, processor: passthrough }]
+edges: [{ from_node: a, to_node: b }]
+inputs: [{ name: in, targets: [{ node: a }, { node: b }] }]
+outputs: [{ name: out, source: { node: b } }]"#,
+        tonic::Code::InvalidArgument,
+        "INPUT_FED_TWICE",
+        "b.in",
+    ),
+    (
+        "input never fed",
+        r#"
+nodes: [{ id: a, processor: passthrough }, { id: mix, processor: audio.dynamic_gain }]
+edges: [{ from_node: a, to_node: mix, to_input: audio }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: mix } }]"#,
+        tonic::Code::InvalidArgument,
+        "INPUT_NOT_FED",
+        "mix.control",
+    ),
+    (
+        "type mismatch on an edge",
+        r#"
+nodes: [{ id: level, processor: audio.level }, { id: up, processor: text.transform }]
+edges: [{ from_node: level, to_node: up }]
+inputs: [{ name: in, targets: [{ node: level }] }]
+outputs: [{ name: out, source: { node: up } }]"#,
+        tonic::Code::InvalidArgument,
+        "TYPE_MISMATCH",
+        "produces {json} but input up.text accepts {text}",
+    ),
+    (
+        "second type mismatch: audio into text",
+        r#"
+nodes: [{ id: g, processor: audio.gain, params: { gain_db: 1 } }, { id: up, processor: text.transform }]
+edges: [{ from_node: g, to_node: up }]
+inputs: [{ name: in, targets: [{ node: g }] }]
+outputs: [{ name: out, source: { node: up } }]"#,
+        tonic::Code::InvalidArgument,
+        "TYPE_MISMATCH",
+        "edge g.<default> -> up.<default> (edges[0])",
+    ),
+    (
+        "ambiguous input port",
+        r#"
+nodes: [{ id: a, processor: passthrough }, { id: mix, processor: audio.dynamic_gain }]
+edges: [{ from_node: a, to_node: mix }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: mix } }]"#,
+        tonic::Code::InvalidArgument,
+        "AMBIGUOUS_PORT",
+        "edges[0].to_input must name one",
+    ),
+    (
+        "missing required param",
+        r#"
+nodes: [{ id: g, processor: audio.gain }]
+inputs: [{ name: in, targets: [{ node: g }] }]
+outputs: [{ name: out, source: { node: g } }]"#,
+        tonic::Code::InvalidArgument,
+        "MISSING_PARAM",
+        "needs param \"gain_db\"",
+    ),
+    (
+        "param of the wrong type",
+        r#"
+nodes: [{ id: g, processor: audio.gain, params: { gain_db: loud } }]
+inputs: [{ name: in, targets: [{ node: g }] }]
+outputs: [{ name: out, source: { node: g } }]"#,
+        tonic::Code::InvalidArgument,
+        "PARAM_TYPE",
+        "param \"gain_db\" must be a number",
+    ),
+    (
+        "unknown param",
+        r#"
+nodes: [{ id: g, processor: audio.gain, params: { gain_db: 1, volume: 2 } }]
+inputs: [{ name: in, targets: [{ node: g }] }]
+outputs: [{ name: out, source: { node: g } }]"#,
+        tonic::Code::InvalidArgument,
+        "UNKNOWN_PARAM",
+        "no param \"volume\"",
+    ),
+    (
+        "no outputs",
+        r#"
+nodes: [{ id: a, processor: passthrough }]
+inputs: [{ name: in, targets: [{ node: a }] }]"#,
+        tonic::Code::InvalidArgument,
+        "NO_OUTPUTS",
+        "no outputs",
+    ),
+    (
+        "duplicate pipeline input",
+        r#"
+nodes: [{ id: a, processor: passthrough }]
+inputs: [{ name: in, targets: [{ node: a }] }, { name: in, targets: [] }]
+outputs: [{ name: out, source: { node: a } }]"#,
+        tonic::Code::InvalidArgument,
+        "DUPLICATE_INPUT",
+        "\"in\"",
+    ),
+    (
+        "output from unknown node",
+        r#"
+nodes: [{ id: a, processor: passthrough }]
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: zz } }]"#,
+        tonic::Code::InvalidArgument,
+        "UNKNOWN_NODE",
+        "pipeline output \"out\" (outputs[0]) refers to unknown node \"zz\"",
+    ),
+];
+
+#[test]
+fn every_invalid_manifest_is_rejected_with_its_code_and_a_named_culprit() {
+    let caps = catalog();
+    for (case, yaml, code, reason, needle) in CASES {
+        let m = Manifest::from_text(yaml).unwrap_or_else(|e| panic!("{case}: bad yaml: {e}"));
+        let problems = validate(&m, &caps).expect_err(case);
+        assert_eq!(problems.code(), *code, "{case}: {problems}");
+        let hit = problems
+            .0
+            .iter()
+            .find(|p| p.reason == *reason)
+            .unwrap_or_else(|| panic!("{case}: no {reason} in {problems}"));
+        assert!(
+            hit.message.contains(needle),
+            "{case}: {:?} does not contain {needle:?}",
+            hit.message
+        );
+        assert!(!hit.field.is_empty(), "{case}: problem names no field");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let m = Manifest::from_text(
+        r#"
+nodes: [{ id: a, processor: no.such }, { id: a, processor: passthrough }]
+edges: [{ from_node: a, to_node: ghost }]
+inputs: []
+outputs: []"#,
+    )
+    .unwrap();
+    let problems = validate(&m, &catalog()).unwrap_err();
+    let reasons: Vec<&str> = problems.0.iter().map(|p| p.reason).collect();
+    for want in [
+        "PROCESSOR_UNAVAILABLE",
+        "DUPLICATE_NODE",
+        "UNKNOWN_NODE",
+        "NO_INPUTS",
+        "NO_OUTPUTS",
+    ] {
+        assert!(reasons.contains(&want), "{want} missing from {reasons:?}");
+    }
+    // A manifest error outranks an unavailable processor.
+    assert_eq!(problems.code(), tonic::Code::InvalidArgument);
+}
