@@ -1,1 +1,141 @@
-//! The flowplane command-line client.
+//! The `flowplane` command-line client: the tool a person uses to see the platform.
+//! Each subcommand lives in its own module (`components`, `health`; pipeline commands
+//! go beside them); this file only holds the shared flags, the client and the error.
+//! Nothing here holds state between runs or talks to anything but the given servers.
+
+pub mod components;
+pub mod health;
+pub mod inputs;
+pub mod pipeline;
+pub mod render;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flowplane_grpc::{auth::AttachBearer, config::ClientArgs};
+use flowplane_proto::controlplane::v1::control_plane_service_client::ControlPlaneServiceClient;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+/// Where the control plane listens unless told otherwise.
+pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:50051";
+
+/// See and operate a flowplane platform.
+#[derive(Debug, Parser)]
+#[command(name = "flowplane", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Control plane address: a URL (http:// or https://) or HOST:PORT.
+    #[arg(long, global = true, env = "FLOWPLANE_CONTROL_PLANE", value_name = "URL", default_value = DEFAULT_CONTROL_PLANE)]
+    pub control_plane: String,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, inspect and watch registered processors, sources and consumers.
+    #[command(subcommand)]
+    Components(components::Command),
+    /// Check a server's grpc.health.v1 status; exits 0 only when SERVING.
+    Health(health::Args),
+    /// Check a pipeline manifest: locally, then against the live processors.
+    Validate(pipeline::ValidateArgs),
+    /// Stream input files through a pipeline and print each result as it arrives.
+    Run(pipeline::RunArgs),
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts (one object per line for `watch`).
+    Json,
+}
+
+/// Everything that makes a command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached or the address is invalid.
+    #[error("cannot reach {address}: {source}")]
+    Connect {
+        address: String,
+        source: flowplane_grpc::Error,
+    },
+    /// An RPC failed.
+    #[error("{rpc} failed: {} (code {:?})", .status.message(), .status.code())]
+    Rpc {
+        rpc: &'static str,
+        status: tonic::Status,
+    },
+    /// A health check did not find the server SERVING.
+    #[error("{service} at {address} is {status}")]
+    NotServing {
+        address: String,
+        service: String,
+        status: String,
+    },
+    /// A health check got no answer in time.
+    #[error("no health answer from {address} within {timeout:?} (--timeout)")]
+    Timeout {
+        address: String,
+        timeout: std::time::Duration,
+    },
+    /// The bearer token is not valid metadata.
+    #[error("--token: {0}")]
+    Token(String),
+    /// Writing the output failed.
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+    /// Encoding JSON output failed.
+    #[error("cannot encode json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A manifest file cannot be read or parsed.
+    #[error(transparent)]
+    Manifest(#[from] flowplane_manifest::Error),
+    /// An input file cannot be turned into chunks.
+    #[error("input {path}: {message}")]
+    Input { path: String, message: String },
+    /// The pipeline service found problems in a manifest (already printed).
+    #[error("{path} is not a valid pipeline ({problems} problems)")]
+    InvalidPipeline { path: String, problems: usize },
+    /// A command line or protocol misuse the flags cannot express.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A control-plane client with flowplane's message limits and the bearer token attached.
+pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Channel, AttachBearer>>;
+
+/// Connects to the control plane named on the command line.
+pub async fn control_plane(cli: &Cli) -> Result<ControlPlaneClient> {
+    let channel = flowplane_grpc::client::connect(&cli.control_plane, &cli.client)
+        .await
+        .map_err(|source| Error::Connect {
+            address: cli.control_plane.clone(),
+            source,
+        })?;
+    let auth = AttachBearer::new(cli.client.token.as_deref())
+        .map_err(|s| Error::Token(s.message().to_string()))?;
+    Ok(ControlPlaneServiceClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES))
+}
+
+/// Runs the command, writing results to `out` (errors are returned, not printed).
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
+    match &cli.command {
+        Command::Components(command) => components::run(&cli, command, out).await,
+        Command::Health(args) => health::run(&cli, args, out).await,
+        Command::Validate(args) => pipeline::validate(args, &cli.client, out).await,
+        Command::Run(args) => pipeline::run(args, &cli.client, out).await.map(|_| ()),
+    }
+}

@@ -1,5 +1,6 @@
 //! Client channels with the same limits and timeouts as the servers, TLS when the
-//! endpoint is `https://`, and lazy connection so a client can start before its server.
+//! endpoint is `https://`, lazy connection so a client can start before its server, and
+//! traced variants that carry the caller's trace to the server.
 
 use std::time::Duration;
 
@@ -48,6 +49,25 @@ pub fn lazy_channel(address: &str, args: &ClientArgs) -> Result<Channel> {
 /// A channel connected now; fails if the server cannot be reached.
 pub async fn connect(address: &str, args: &ClientArgs) -> Result<Channel> {
     Ok(endpoint(address, args)?.connect().await?)
+}
+
+/// A channel whose calls carry the caller's trace context (W3C `traceparent`) and get a
+/// CLIENT span; generated clients take it like a `Channel`: `FooClient::new(traced(ch))`.
+pub type TracedChannel = flowplane_telemetry::grpc::TracedChannel;
+
+/// Traces every call made through `channel`.
+pub fn traced(channel: Channel) -> TracedChannel {
+    flowplane_telemetry::grpc::traced(channel)
+}
+
+/// [`lazy_channel`], traced.
+pub fn lazy_traced_channel(address: &str, args: &ClientArgs) -> Result<TracedChannel> {
+    Ok(traced(lazy_channel(address, args)?))
+}
+
+/// [`connect`], traced.
+pub async fn connect_traced(address: &str, args: &ClientArgs) -> Result<TracedChannel> {
+    Ok(traced(connect(address, args).await?))
 }
 
 #[cfg(test)]

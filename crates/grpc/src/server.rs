@@ -1,6 +1,7 @@
 //! The server stack: every flowplane server gets grpc.health.v1, reflection (v1 and
-//! v1alpha, so grpcurl works), message limits, keepalives, TLS when configured and
-//! graceful shutdown. A service hands over its routes; it never builds a server itself.
+//! v1alpha, so grpcurl works), message limits, keepalives, TLS when configured, trace
+//! propagation and RPC metrics (the flowplane_telemetry layers) and graceful shutdown.
+//! A service hands over its routes; it never builds a server itself.
 
 use std::{future::Future, time::Duration};
 
@@ -30,7 +31,12 @@ impl GrpcServer {
                 .register_encoded_file_descriptor_set(flowplane_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let routes = Routes::new(health_service)
+        // Start from a router without tonic's UNIMPLEMENTED fallback: axum refuses to
+        // merge two routers that both have one, and the service's routes bring theirs.
+        let mut routes = Routes::default();
+        *routes.axum_router_mut() = Default::default();
+        let routes = routes
+            .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
         Ok(Self {
@@ -45,7 +51,8 @@ impl GrpcServer {
         self.health.clone()
     }
 
-    /// Adds the service's own routes (build them with `Routes::new(..).add_service(..)`).
+    /// Adds the service's own routes, built with `Routes::new(svc).add_service(..)`; call
+    /// once, so that their UNIMPLEMENTED fallback is the server's.
     pub fn with_routes(mut self, routes: Routes) -> Self {
         let mut merged = self.routes.into_axum_router();
         merged = merged.merge(routes.into_axum_router());
@@ -74,6 +81,10 @@ impl GrpcServer {
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
+        // Tracing outermost, so the metrics of a call are recorded inside its span.
+        let builder = builder
+            .layer(flowplane_telemetry::grpc::server_layer())
+            .layer(flowplane_telemetry::metrics::server_layer());
         let health = self.health;
         let signal = async move {
             shutdown.await;

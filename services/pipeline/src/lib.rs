@@ -1,1 +1,101 @@
-//! The streaming pipeline service.
+//! The streaming pipeline service: validates a pipeline, places each node on a live
+//! processor instance found through the control plane, and routes every chunk through
+//! the nodes and back to the client, in order, with nothing lost.
+
+mod directory;
+mod error;
+mod node;
+mod service;
+mod session;
+
+use std::{future::Future, time::Duration};
+
+use flowplane_grpc::{
+    auth::BearerAuth,
+    config::ClientArgs,
+    server::{GrpcServer, set_not_serving, set_serving},
+};
+use flowplane_proto::streaming::v1::streaming_pipeline_service_server::StreamingPipelineServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{codegen::InterceptedService, service::Routes, transport::ServerTlsConfig};
+
+pub use directory::{Directory, Instance};
+pub use error::{Error, Result};
+pub use service::{PipelineService, ServiceLimits};
+pub use session::SessionLimits;
+
+/// The gRPC service name health reports on.
+pub const SERVICE_NAME: &str = "flowplane.streaming.v1.StreamingPipelineService";
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Control plane address, `host:port` or URI.
+    pub control_plane: String,
+    /// Token and TLS trust used towards the control plane and processors.
+    pub client: ClientArgs,
+    /// Bearer token clients must present; `None` accepts every client.
+    pub auth_token: Option<String>,
+    /// TLS identity; `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Session and service limits.
+    pub limits: ServiceLimits,
+    /// How long open sessions may run on after shutdown starts.
+    pub grace_period: Duration,
+}
+
+impl Config {
+    /// Defaults for a control plane at `control_plane`.
+    pub fn new(control_plane: impl Into<String>) -> Self {
+        Self {
+            control_plane: control_plane.into(),
+            client: ClientArgs::default(),
+            auth_token: None,
+            tls: None,
+            limits: ServiceLimits::default(),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves the pipeline service on `listener` until `shutdown` resolves; then reports
+/// NOT_SERVING, lets open sessions finish within the grace period and ends the rest.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let stop = CancellationToken::new();
+    let directory = Directory::new(config.client.clone());
+    directory.watch(config.control_plane.clone(), stop.child_token());
+    let service = PipelineService::new(directory, config.limits.clone(), stop.clone());
+    let server = GrpcServer::new()?.with_tls(config.tls.clone());
+    let health = server.health();
+    set_serving(&health, SERVICE_NAME).await;
+    let grpc = StreamingPipelineServiceServer::new(service.clone())
+        .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+    let routes = Routes::new(InterceptedService::new(
+        grpc,
+        BearerAuth::new(config.auth_token.clone()),
+    ));
+    let grace = config.grace_period;
+    let drain = async move {
+        shutdown.await;
+        set_not_serving(&health, SERVICE_NAME).await;
+        tracing::info!(
+            sessions = service.active_sessions(),
+            grace_period = ?grace,
+            "draining sessions"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while service.active_sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+        }
+        stop.cancel();
+    };
+    server.with_routes(routes).serve(listener, drain).await?;
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `flowplane components list|get|watch`: read-only views of the control plane's
+//! registry. Filtering happens on the server; this module only asks and prints. It never
+//! registers, heartbeats or deregisters anything.
+
+use std::{collections::HashMap, io::Write, time::SystemTime};
+
+use flowplane_proto::{
+    common::v1::{ComponentKind, HealthStatus, PageRequest},
+    controlplane::v1::{self as pb, Component},
+};
+use tokio_stream::StreamExt;
+
+use crate::{Cli, Error, Output, Result, render};
+
+/// Largest page asked for; `list` follows page tokens until the end.
+const PAGE_SIZE: u32 = 1000;
+
+/// `flowplane components ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List components, in id order.
+    List(ListArgs),
+    /// Show every detail of one component.
+    Get(GetArgs),
+    /// Print the matching components, then every change as it happens.
+    Watch(WatchArgs),
+}
+
+/// Kind filter values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Processor,
+    Source,
+    Consumer,
+}
+
+impl From<Kind> for ComponentKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Processor => ComponentKind::Processor,
+            Kind::Source => ComponentKind::Source,
+            Kind::Consumer => ComponentKind::Consumer,
+        }
+    }
+}
+
+/// Status filter values (the effective status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Status {
+    Starting,
+    Healthy,
+    Degraded,
+    Unhealthy,
+    Stopping,
+}
+
+impl From<Status> for HealthStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Starting => HealthStatus::Starting,
+            Status::Healthy => HealthStatus::Healthy,
+            Status::Degraded => HealthStatus::Degraded,
+            Status::Unhealthy => HealthStatus::Unhealthy,
+            Status::Stopping => HealthStatus::Stopping,
+        }
+    }
+}
+
+/// Arguments of `components list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<Kind>,
+    /// Only this effective status.
+    #[arg(long, value_enum)]
+    pub status: Option<Status>,
+    /// Only hosts serving this processor. Without --status this is a discovery query:
+    /// only healthy and degraded hosts are shown.
+    #[arg(long, value_name = "PROCESSOR")]
+    pub capability: Option<String>,
+    /// Only components with this metadata label; repeat to require several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Arguments of `components get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Component id.
+    pub id: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Arguments of `components watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Only this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<Kind>,
+    /// Only hosts serving this processor (every status is shown).
+    #[arg(long, value_name = "PROCESSOR")]
+    pub capability: Option<String>,
+    /// Output format (json prints one object per line).
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+fn parse_label(raw: &str) -> std::result::Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
+}
+
+fn rpc(rpc: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+    move |status| Error::Rpc { rpc, status }
+}
+
+/// Runs a `components` subcommand.
+pub async fn run(cli: &Cli, command: &Command, out: &mut (dyn Write + Send)) -> Result<()> {
+    match command {
+        Command::List(args) => list(cli, args, out).await,
+        Command::Get(args) => get(cli, args, out).await,
+        Command::Watch(args) => watch(cli, args, out).await,
+    }
+}
+
+/// The list request for `args`, first page.
+pub fn list_request(args: &ListArgs) -> pb::ListComponentsRequest {
+    pb::ListComponentsRequest {
+        kind: args.kind.map_or(ComponentKind::Unspecified, Into::into) as i32,
+        status: args.status.map_or(HealthStatus::Unspecified, Into::into) as i32,
+        capability: args.capability.clone().unwrap_or_default(),
+        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        page: Some(PageRequest {
+            page_size: PAGE_SIZE,
+            page_token: String::new(),
+        }),
+    }
+}
+
+async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let mut client = crate::control_plane(cli).await?;
+    let mut request = list_request(args);
+    let mut components: Vec<Component> = Vec::new();
+    loop {
+        let page = client
+            .list_components(request.clone())
+            .await
+            .map_err(rpc("ListComponents"))?
+            .into_inner();
+        components.extend(page.components);
+        let token = page.page.unwrap_or_default().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+        request.page.get_or_insert_default().page_token = token;
+    }
+    match args.output {
+        Output::Table => write!(out, "{}", render::table(&components, SystemTime::now()))?,
+        Output::Json => {
+            let values: Vec<_> = components.iter().map(render::json).collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&values)?)?;
+        }
+    }
+    Ok(())
+}
+
+async fn get(cli: &Cli, args: &GetArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let mut client = crate::control_plane(cli).await?;
+    let component = client
+        .get_component(pb::GetComponentRequest {
+            component_id: args.id.clone(),
+        })
+        .await
+        .map_err(rpc("GetComponent"))?
+        .into_inner()
+        .component
+        .unwrap_or_default();
+    match args.output {
+        Output::Table => write!(out, "{}", render::details(&component, SystemTime::now()))?,
+        Output::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&render::json(&component))?
+        )?,
+    }
+    Ok(())
+}
+
+async fn watch(cli: &Cli, args: &WatchArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let mut client = crate::control_plane(cli).await?;
+    let mut stream = client
+        .watch_components(pb::WatchComponentsRequest {
+            kind: args.kind.map_or(ComponentKind::Unspecified, Into::into) as i32,
+            capability: args.capability.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc("WatchComponents"))?
+        .into_inner();
+    if args.output == Output::Table {
+        write!(out, "{}", render::event_heading())?;
+    }
+    while let Some(message) = stream.next().await {
+        let message = message.map_err(rpc("WatchComponents"))?;
+        match args.output {
+            Output::Table => write!(out, "{}", render::event_line(&message))?,
+            Output::Json => writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&render::event_json(&message))?
+            )?,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn list_flags_become_a_server_side_filter() {
+        let cli = Cli::try_parse_from([
+            "flowplane",
+            "components",
+            "list",
+            "--kind",
+            "processor",
+            "--status",
+            "degraded",
+            "--capability",
+            "echo",
+            "--label",
+            "zone=a",
+            "--label",
+            "gpu=yes",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::List(args) = (match cli.command {
+            crate::Command::Components(c) => c,
+            other => panic!("{other:?}"),
+        }) else {
+            panic!("not list")
+        };
+        assert_eq!(args.output, Output::Json);
+        let request = list_request(&args);
+        assert_eq!(request.kind(), ComponentKind::Processor);
+        assert_eq!(request.status(), HealthStatus::Degraded);
+        assert_eq!(request.capability, "echo");
+        assert_eq!(request.labels.len(), 2);
+        assert_eq!(request.labels["gpu"], "yes");
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_naming_them() {
+        for (args, flag) in [
+            (vec!["components", "list", "--label", "nokey"], "--label"),
+            (vec!["components", "list", "--status", "sleepy"], "--status"),
+            (vec!["components", "list", "--output", "yaml"], "--output"),
+            (vec!["health", "127.0.0.1:1", "--timeout", "0"], "--timeout"),
+        ] {
+            let err =
+                Cli::try_parse_from(std::iter::once("flowplane").chain(args.clone())).unwrap_err();
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+    }
+}

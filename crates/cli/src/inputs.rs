@@ -1,0 +1,432 @@
+//! Turns input files into typed chunks for `flowplane run`, by extension: WAV audio, PPM
+//! images or raw RGB24 frames, JSON lines, text lines, .npy tensors, anything else as
+//! binary. Readers load whole files (the CLI is a client tool, not a bulk loader) and
+//! fail naming the file and what is wrong with it.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use flowplane_proto::data::v1::{
+    AudioBuffer, AudioFormat, BinaryData, DataBuffer, JsonData, PixelFormat, TensorBuffer,
+    TensorDtype, TextData, VideoFrame, data_buffer::Payload,
+};
+
+/// What is wrong with an input file, in words.
+type Result<T, E = String> = std::result::Result<T, E>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(format!($($arg)*)) };
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*) } };
+}
+
+/// Adds what was being read to a lower-level failure.
+trait Context<T> {
+    fn context(self, what: &str) -> Result<T>;
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: &str) -> Result<T> {
+        self.ok_or_else(|| what.to_string())
+    }
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+/// How files are cut into chunks.
+#[derive(Clone, Debug)]
+pub struct ChunkOptions {
+    /// Audio chunk length in milliseconds.
+    pub audio_chunk_ms: u32,
+    /// Binary chunk size in bytes.
+    pub binary_chunk_bytes: usize,
+    /// Frame size of raw `.rgb` video, `WIDTHxHEIGHT`.
+    pub frame_size: Option<(u32, u32)>,
+}
+
+impl Default for ChunkOptions {
+    fn default() -> Self {
+        Self {
+            audio_chunk_ms: 20,
+            binary_chunk_bytes: 64 * 1024,
+            frame_size: None,
+        }
+    }
+}
+
+/// Reads `path` into the payloads of its chunks, in order.
+pub fn read_chunks(path: &Path, options: &ChunkOptions) -> crate::Result<Vec<DataBuffer>> {
+    let input_error = |message: String| crate::Error::Input {
+        path: path.display().to_string(),
+        message,
+    };
+    let data = std::fs::read(path).map_err(|e| input_error(e.to_string()))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let payloads = match ext.as_str() {
+        "wav" => wav(&data, options.audio_chunk_ms),
+        "ppm" => ppm(&data),
+        "rgb" => raw_rgb(&data, options.frame_size),
+        "jsonl" | "ndjson" => json_lines(&data),
+        "json" => json_document(data),
+        "txt" => text_lines(&data),
+        "npy" => npy(&data),
+        _ => Ok(binary(data, options.binary_chunk_bytes)),
+    }
+    .map_err(|e| input_error(format!("not a valid .{ext} input: {e}")))?;
+    Ok(payloads
+        .into_iter()
+        .map(|payload| DataBuffer {
+            payload: Some(payload),
+            metadata: Default::default(),
+        })
+        .collect())
+}
+
+fn u16_at(d: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([d[at], d[at + 1]])
+}
+
+fn u32_at(d: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// RIFF/WAVE with PCM 16/32-bit integer or 32-bit float samples.
+fn wav(d: &[u8], chunk_ms: u32) -> Result<Vec<Payload>> {
+    ensure!(
+        d.len() >= 12 && &d[0..4] == b"RIFF" && &d[8..12] == b"WAVE",
+        "not a RIFF/WAVE file"
+    );
+    let mut at = 12;
+    let mut format = None;
+    while at + 8 <= d.len() {
+        let id = &d[at..at + 4];
+        let len = u32_at(d, at + 4) as usize;
+        let body = at + 8;
+        ensure!(
+            body + len <= d.len(),
+            "chunk {:?} runs past the end of the file",
+            String::from_utf8_lossy(id)
+        );
+        match id {
+            b"fmt " => {
+                ensure!(len >= 16, "fmt chunk too short");
+                let tag = u16_at(d, body);
+                let channels = u16_at(d, body + 2) as u32;
+                let rate = u32_at(d, body + 4);
+                let bits = u16_at(d, body + 14);
+                let fmt = match (tag, bits) {
+                    (1, 16) => AudioFormat::I16le,
+                    (1, 32) => AudioFormat::I32le,
+                    (3, 32) => AudioFormat::F32le,
+                    _ => bail!(
+                        "unsupported wav encoding (format tag {tag}, {bits} bits): use 16/32-bit pcm or 32-bit float"
+                    ),
+                };
+                ensure!(
+                    channels > 0 && rate > 0,
+                    "wav declares {channels} channels at {rate} Hz"
+                );
+                format = Some((fmt, channels, rate, bits as usize / 8));
+            }
+            b"data" => {
+                let (fmt, channels, rate, width) = format.context("data chunk before fmt chunk")?;
+                let frame = width * channels as usize;
+                let frames_per_chunk = ((rate as u64 * chunk_ms as u64) / 1000).max(1) as usize;
+                let samples = &d[body..body + len];
+                return Ok(samples
+                    .chunks(frames_per_chunk * frame)
+                    .map(|c| {
+                        Payload::Audio(AudioBuffer {
+                            samples: Bytes::copy_from_slice(c),
+                            sample_rate: rate,
+                            channels,
+                            format: fmt as i32,
+                            num_samples: (c.len() / frame) as u64,
+                        })
+                    })
+                    .collect());
+            }
+            _ => {}
+        }
+        at = body + len + (len & 1);
+    }
+    bail!("no data chunk")
+}
+
+/// One or more binary PPM (P6, maxval 255) images, back to back.
+fn ppm(d: &[u8]) -> Result<Vec<Payload>> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < d.len() {
+        if d[at].is_ascii_whitespace() {
+            at += 1;
+            continue;
+        }
+        let mut fields = Vec::new();
+        while fields.len() < 4 {
+            while at < d.len() && d[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            if at < d.len() && d[at] == b'#' {
+                while at < d.len() && d[at] != b'\n' {
+                    at += 1;
+                }
+                continue;
+            }
+            let start = at;
+            while at < d.len() && !d[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            ensure!(start < at, "image {} has a truncated header", frames.len());
+            fields.push(String::from_utf8_lossy(&d[start..at]).to_string());
+        }
+        at += 1; // the single whitespace byte after maxval
+        ensure!(
+            fields[0] == "P6",
+            "image {} is {:?}, only binary P6 is read",
+            frames.len(),
+            fields[0]
+        );
+        let width: u32 = fields[1].parse().context("bad ppm width")?;
+        let height: u32 = fields[2].parse().context("bad ppm height")?;
+        ensure!(
+            fields[3] == "255",
+            "image {} has maxval {}, only 255 is read",
+            frames.len(),
+            fields[3]
+        );
+        let len = width as usize * height as usize * 3;
+        ensure!(at + len <= d.len(), "image {} is truncated", frames.len());
+        frames.push(Payload::Video(VideoFrame {
+            pixels: Bytes::copy_from_slice(&d[at..at + len]),
+            width,
+            height,
+            format: PixelFormat::Rgb24 as i32,
+            frame_number: frames.len() as u64,
+        }));
+        at += len;
+    }
+    ensure!(!frames.is_empty(), "no image in file");
+    Ok(frames)
+}
+
+fn raw_rgb(d: &[u8], size: Option<(u32, u32)>) -> Result<Vec<Payload>> {
+    let (width, height) = size.context("raw .rgb video needs --frame-size WIDTHxHEIGHT")?;
+    let len = width as usize * height as usize * 3;
+    ensure!(
+        len > 0 && d.len() % len == 0,
+        "file size {} is not a whole number of {width}x{height} rgb24 frames",
+        d.len()
+    );
+    Ok(d.chunks(len)
+        .enumerate()
+        .map(|(i, f)| {
+            Payload::Video(VideoFrame {
+                pixels: Bytes::copy_from_slice(f),
+                width,
+                height,
+                format: PixelFormat::Rgb24 as i32,
+                frame_number: i as u64,
+            })
+        })
+        .collect())
+}
+
+fn lines(d: &[u8]) -> Result<impl Iterator<Item = &str>> {
+    let text = std::str::from_utf8(d).context("not utf-8")?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()))
+}
+
+fn json_lines(d: &[u8]) -> Result<Vec<Payload>> {
+    lines(d)?
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .context(&format!("line {} is not valid json", i + 1))?;
+            Ok(Payload::Json(JsonData {
+                json: line.to_string(),
+                schema_hint: String::new(),
+            }))
+        })
+        .collect()
+}
+
+fn json_document(d: Vec<u8>) -> Result<Vec<Payload>> {
+    let text = String::from_utf8(d).context("not utf-8")?;
+    serde_json::from_str::<serde_json::Value>(&text).context("not valid json")?;
+    Ok(vec![Payload::Json(JsonData {
+        json: text.trim().to_string(),
+        schema_hint: String::new(),
+    })])
+}
+
+fn text_lines(d: &[u8]) -> Result<Vec<Payload>> {
+    Ok(lines(d)?
+        .map(|line| {
+            Payload::Text(TextData {
+                text: line.to_string(),
+                language: String::new(),
+            })
+        })
+        .collect())
+}
+
+fn binary(d: Vec<u8>, chunk: usize) -> Vec<Payload> {
+    let all = Bytes::from(d);
+    (0..all.len().max(1))
+        .step_by(chunk.max(1))
+        .map(|at| {
+            Payload::Binary(BinaryData {
+                data: all.slice(at..(at + chunk).min(all.len())),
+                mime_type: "application/octet-stream".into(),
+            })
+        })
+        .collect()
+}
+
+/// NumPy .npy version 1/2, little-endian, C order.
+fn npy(d: &[u8]) -> Result<Vec<Payload>> {
+    ensure!(d.len() > 10 && &d[0..6] == b"\x93NUMPY", "not a .npy file");
+    let (header_len, start) = match d[6] {
+        1 => (u16_at(d, 8) as usize, 10),
+        2 | 3 => (u32_at(d, 8) as usize, 12),
+        v => bail!("unsupported .npy version {v}"),
+    };
+    ensure!(start + header_len <= d.len(), "truncated .npy header");
+    let header = std::str::from_utf8(&d[start..start + header_len]).context("header not utf-8")?;
+    let field = |name: &str| -> Result<&str> {
+        let key = format!("'{name}':");
+        let at = header
+            .find(&key)
+            .context(&format!("header has no {name}"))?
+            + key.len();
+        Ok(header[at..].trim_start())
+    };
+    let descr = field("descr")?;
+    let dtype = [
+        ("'<f4'", TensorDtype::F32),
+        ("'<f8'", TensorDtype::F64),
+        ("'<f2'", TensorDtype::F16),
+        ("'<i8'", TensorDtype::I64),
+        ("'<i4'", TensorDtype::I32),
+        ("'|i1'", TensorDtype::I8),
+        ("'|u1'", TensorDtype::U8),
+    ]
+    .into_iter()
+    .find(|(d, _)| descr.starts_with(d))
+    .map(|(_, t)| t)
+    .context(&format!(
+        "unsupported dtype {}",
+        descr.split(',').next().unwrap_or(descr)
+    ))?;
+    ensure!(
+        field("fortran_order")?.starts_with("False"),
+        "fortran-order arrays are not supported"
+    );
+    let shape_text = field("shape")?;
+    let close = shape_text.find(')').context("bad shape")?;
+    let shape = shape_text[1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().context("bad shape dimension"))
+        .collect::<Result<Vec<u64>>>()?;
+    Ok(vec![Payload::Tensor(TensorBuffer {
+        data: Bytes::copy_from_slice(&d[start + header_len..]),
+        shape,
+        dtype: dtype as i32,
+    })])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav_file(rate: u32, samples: &[i16]) -> Vec<u8> {
+        let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut f = Vec::new();
+        f.extend_from_slice(b"RIFF");
+        f.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        f.extend_from_slice(b"WAVEfmt ");
+        f.extend_from_slice(&16u32.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&rate.to_le_bytes());
+        f.extend_from_slice(&(rate * 2).to_le_bytes());
+        f.extend_from_slice(&2u16.to_le_bytes());
+        f.extend_from_slice(&16u16.to_le_bytes());
+        f.extend_from_slice(b"data");
+        f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        f.extend_from_slice(&data);
+        f
+    }
+
+    #[test]
+    fn wav_is_cut_into_chunks_of_the_requested_length() {
+        let samples: Vec<i16> = (0..2500).map(|i| i as i16).collect();
+        let chunks = wav(&wav_file(1000, &samples), 1000).unwrap();
+        let lens: Vec<u64> = chunks
+            .iter()
+            .map(|p| match p {
+                Payload::Audio(a) => a.num_samples,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(lens, [1000, 1000, 500]);
+        let Payload::Audio(first) = &chunks[0] else {
+            unreachable!()
+        };
+        assert_eq!(first.format, AudioFormat::I16le as i32);
+        assert_eq!(&first.samples[2..4], &1i16.to_le_bytes());
+    }
+
+    #[test]
+    fn ppm_reads_back_to_back_images_with_comments() {
+        let mut f = b"P6\n# a comment\n2 1\n255\n".to_vec();
+        f.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        f.extend_from_slice(b"P6 1 1 255\n");
+        f.extend_from_slice(&[7, 8, 9]);
+        let frames = ppm(&f).unwrap();
+        assert_eq!(frames.len(), 2);
+        let Payload::Video(v) = &frames[1] else {
+            unreachable!()
+        };
+        assert_eq!((v.width, v.height, &v.pixels[..]), (1, 1, &[7u8, 8, 9][..]));
+    }
+
+    #[test]
+    fn npy_header_gives_dtype_and_shape() {
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+        let mut f = b"\x93NUMPY\x01\x00".to_vec();
+        f.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        f.extend_from_slice(header.as_bytes());
+        f.extend_from_slice(&[0u8; 24]);
+        let Payload::Tensor(t) = &npy(&f).unwrap()[0] else {
+            unreachable!()
+        };
+        assert_eq!(t.shape, [2, 3]);
+        assert_eq!(t.dtype, TensorDtype::F32 as i32);
+        assert_eq!(t.data.len(), 24);
+    }
+
+    #[test]
+    fn malformed_files_are_rejected_with_a_reason() {
+        assert!(wav(b"RIFF0000WAVE", 20).unwrap_err().contains("no data"));
+        assert!(ppm(b"P3 1 1 255\n000").unwrap_err().contains("P6"));
+        assert!(
+            json_lines(b"{}\nnot json\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! `flowplane validate` and `flowplane run`: check a pipeline manifest, and stream input
+//! files through it, printing each result as it arrives. Inputs interleave round robin
+//! in the order of the --input flags, so a run over the same files is reproducible.
+
+use std::path::PathBuf;
+
+use std::io::Write;
+
+use flowplane_grpc::{auth::AttachBearer, config::ClientArgs};
+use flowplane_manifest::Manifest;
+use flowplane_proto::{
+    common::v1::ErrorDetail,
+    data::v1::{
+        AudioFormat, DataBuffer, DataChunk, PixelFormat, TensorDtype, data_buffer::Payload,
+    },
+    streaming::v1::{
+        ControlCommand, StreamControl, StreamInit, StreamPipelineRequest, ValidatePipelineRequest,
+        stream_pipeline_request::Request, stream_pipeline_response::Response,
+        streaming_pipeline_service_client::StreamingPipelineServiceClient,
+    },
+};
+use sha2::{Digest, Sha256};
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+use crate::{
+    Error, Result,
+    inputs::{ChunkOptions, read_chunks},
+};
+
+/// Default pipeline service address.
+pub const DEFAULT_PIPELINE: &str = "http://127.0.0.1:50071";
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultFormat {
+    /// One readable line per result.
+    #[default]
+    Text,
+    /// One JSON object per line, for scripts.
+    Json,
+}
+
+/// `flowplane validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Pipeline manifest, YAML or JSON.
+    pub manifest: PathBuf,
+    /// Pipeline service address, HOST:PORT or URI.
+    #[arg(long, env = "FLOWPLANE_PIPELINE", default_value = DEFAULT_PIPELINE)]
+    pub pipeline: String,
+    /// Only check the file itself, without asking the service about live processors.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `flowplane run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Pipeline manifest, YAML or JSON.
+    pub manifest: PathBuf,
+    /// An input file for a pipeline input, NAME=FILE; repeat for several inputs.
+    #[arg(long = "input", value_name = "NAME=FILE", required = true)]
+    pub inputs: Vec<String>,
+    /// Pipeline service address, HOST:PORT or URI.
+    #[arg(long, env = "FLOWPLANE_PIPELINE", default_value = DEFAULT_PIPELINE)]
+    pub pipeline: String,
+    /// Result format.
+    #[arg(long, value_enum, default_value_t = ResultFormat::Text)]
+    pub output: ResultFormat,
+    /// Audio chunk length in milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub audio_chunk_ms: u32,
+    /// Frame size of raw .rgb video input, WIDTHxHEIGHT.
+    #[arg(long, value_parser = parse_frame_size)]
+    pub frame_size: Option<(u32, u32)>,
+}
+
+fn parse_frame_size(raw: &str) -> Result<(u32, u32), String> {
+    let (w, h) = raw
+        .split_once('x')
+        .ok_or_else(|| format!("{raw:?} is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{raw:?} is not WIDTHxHEIGHT"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+type PipelineClient = StreamingPipelineServiceClient<InterceptedService<Channel, AttachBearer>>;
+
+async fn client(address: &str, args: &ClientArgs) -> Result<PipelineClient> {
+    let channel = flowplane_grpc::client::connect(address, args)
+        .await
+        .map_err(|source| Error::Connect {
+            address: address.to_string(),
+            source,
+        })?;
+    let auth = AttachBearer::new(args.token.as_deref())
+        .map_err(|s| Error::Token(s.message().to_string()))?;
+    Ok(
+        StreamingPipelineServiceClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES),
+    )
+}
+
+/// Validates a manifest; prints every problem. Returns whether it is valid.
+pub async fn validate(
+    args: &ValidateArgs,
+    client_args: &ClientArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let manifest = Manifest::from_file(&args.manifest)?;
+    if args.offline {
+        writeln!(
+            out,
+            "{}: parses ({} nodes, {} edges)",
+            args.manifest.display(),
+            manifest.nodes.len(),
+            manifest.edges.len()
+        )?;
+        return Ok(());
+    }
+    let mut client = client(&args.pipeline, client_args).await?;
+    let problems = client
+        .validate_pipeline(ValidatePipelineRequest {
+            manifest: Some(manifest.to_proto()),
+        })
+        .await
+        .map_err(|status| Error::Rpc {
+            rpc: "ValidatePipeline",
+            status,
+        })?
+        .into_inner()
+        .problems;
+    if problems.is_empty() {
+        writeln!(out, "{}: valid", args.manifest.display())?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{}: {} problems",
+        args.manifest.display(),
+        problems.len()
+    )?;
+    for p in &problems {
+        let code = tonic::Code::from_i32(p.code);
+        writeln!(out, "  {:?} {} {} ({})", code, p.reason, p.message, p.field)?;
+    }
+    Err(Error::InvalidPipeline {
+        path: args.manifest.display().to_string(),
+        problems: problems.len(),
+    })
+}
+
+/// What a run produced.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Results received.
+    pub results: u64,
+    /// Per-chunk errors received.
+    pub errors: u64,
+}
+
+/// Streams the inputs through the pipeline and prints results as they arrive.
+pub async fn run(
+    args: &RunArgs,
+    client_args: &ClientArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<RunSummary> {
+    let manifest = Manifest::from_file(&args.manifest)?;
+    let options = ChunkOptions {
+        audio_chunk_ms: args.audio_chunk_ms,
+        frame_size: args.frame_size,
+        ..ChunkOptions::default()
+    };
+    let mut per_input = Vec::new();
+    for spec in &args.inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input {spec:?} is not NAME=FILE")))?;
+        per_input.push((
+            name.to_string(),
+            read_chunks(file.as_ref(), &options)?.into_iter(),
+        ));
+    }
+    let chunks = interleave(per_input);
+    let mut client = client(&args.pipeline, client_args).await?;
+    let init = StreamPipelineRequest {
+        request: Some(Request::Init(StreamInit {
+            manifest: Some(manifest.to_proto()),
+            metadata: Default::default(),
+            audio_input: String::new(),
+        })),
+    };
+    let close = StreamPipelineRequest {
+        request: Some(Request::Control(StreamControl {
+            command: ControlCommand::Close as i32,
+        })),
+    };
+    let requests = std::iter::once(init)
+        .chain(chunks.into_iter().map(|chunk| StreamPipelineRequest {
+            request: Some(Request::Chunk(chunk)),
+        }))
+        .chain(std::iter::once(close));
+    let rpc_error = |status| Error::Rpc {
+        rpc: "StreamPipeline",
+        status,
+    };
+    let mut stream = client
+        .stream_pipeline(tokio_stream::iter(requests))
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut summary = RunSummary::default();
+    while let Some(message) = stream.message().await.map_err(rpc_error)? {
+        match message.response {
+            Some(Response::Ready(ready)) => {
+                if args.output == ResultFormat::Text {
+                    writeln!(out, "session {} ready", ready.session_id)?;
+                }
+            }
+            Some(Response::Result(result)) => {
+                summary.results += 1;
+                let buffer = result.buffer.unwrap_or_default();
+                writeln!(
+                    out,
+                    "{}",
+                    render_result(args.output, result.input_sequence, &result.output, &buffer)
+                )?;
+            }
+            Some(Response::Error(error)) => {
+                summary.errors += 1;
+                writeln!(out, "{}", render_error(args.output, &error))?;
+            }
+            Some(Response::Closed(closed)) => {
+                if args.output == ResultFormat::Text {
+                    let m = closed.metrics.unwrap_or_default();
+                    writeln!(
+                        out,
+                        "closed: {} chunks in, {} results, {} errors, {} failovers",
+                        m.chunks_in, m.results_out, m.errors, m.failovers
+                    )?;
+                }
+                return Ok(summary);
+            }
+            Some(Response::Metrics(_)) | None => {}
+        }
+    }
+    Err(Error::Usage(
+        "the pipeline service ended the session without closing it".into(),
+    ))
+}
+
+/// Round robin across inputs, numbering chunks in the order they are sent.
+fn interleave(inputs: Vec<(String, std::vec::IntoIter<DataBuffer>)>) -> Vec<DataChunk> {
+    let mut inputs = inputs;
+    let mut out = Vec::new();
+    loop {
+        let mut any = false;
+        for (name, buffers) in inputs.iter_mut() {
+            if let Some(buffer) = buffers.next() {
+                any = true;
+                out.push(DataChunk {
+                    sequence: out.len() as u64,
+                    input: name.clone(),
+                    buffer: Some(buffer),
+                    timestamp_us: 0,
+                    metadata: Default::default(),
+                });
+            }
+        }
+        if !any {
+            return out;
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Decodes audio samples to f64 in [-1, 1] for level summaries.
+fn audio_levels(format: AudioFormat, bytes: &[u8]) -> (f64, f64) {
+    let samples: Vec<f64> = match format {
+        AudioFormat::F32le => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect(),
+        AudioFormat::I16le => bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f64 / 32768.0)
+            .collect(),
+        AudioFormat::I32le => bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64 / 2_147_483_648.0)
+            .collect(),
+        AudioFormat::Unspecified => Vec::new(),
+    };
+    if samples.is_empty() {
+        return (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    }
+    let rms = (samples.iter().map(|s| s * s).sum::<f64>() / samples.len() as f64).sqrt();
+    let peak = samples.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+    (20.0 * rms.log10(), 20.0 * peak.log10())
+}
+
+fn tensor_values(dtype: TensorDtype, data: &[u8]) -> Vec<f64> {
+    match dtype {
+        TensorDtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect(),
+        TensorDtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One result, as a line of text or JSON.
+pub fn render_result(
+    format: ResultFormat,
+    sequence: u64,
+    output: &str,
+    buffer: &DataBuffer,
+) -> String {
+    let value = match &buffer.payload {
+        Some(Payload::Audio(a)) => {
+            let fmt = AudioFormat::try_from(a.format).unwrap_or(AudioFormat::Unspecified);
+            let (rms, peak) = audio_levels(fmt, &a.samples);
+            serde_json::json!({"type": "audio", "format": fmt.as_str_name(), "sample_rate": a.sample_rate,
+                "channels": a.channels, "num_samples": a.num_samples,
+                "rms_dbfs": round2(rms), "peak_dbfs": round2(peak), "sha256": sha256_hex(&a.samples)})
+        }
+        Some(Payload::Video(v)) => {
+            let fmt = PixelFormat::try_from(v.format).unwrap_or(PixelFormat::Unspecified);
+            serde_json::json!({"type": "video", "format": fmt.as_str_name(), "width": v.width, "height": v.height,
+                "frame_number": v.frame_number, "sha256": sha256_hex(&v.pixels)})
+        }
+        Some(Payload::Tensor(t)) => {
+            let dtype = TensorDtype::try_from(t.dtype).unwrap_or(TensorDtype::Unspecified);
+            let values: Vec<f64> = tensor_values(dtype, &t.data)
+                .into_iter()
+                .map(round4)
+                .collect();
+            serde_json::json!({"type": "tensor", "dtype": dtype.as_str_name(), "shape": t.shape, "values": values})
+        }
+        Some(Payload::Json(j)) => {
+            let parsed: serde_json::Value =
+                serde_json::from_str(&j.json).unwrap_or(serde_json::Value::String(j.json.clone()));
+            serde_json::json!({"type": "json", "value": parsed})
+        }
+        Some(Payload::Text(t)) => serde_json::json!({"type": "text", "value": t.text}),
+        Some(Payload::Binary(b)) => {
+            serde_json::json!({"type": "binary", "bytes": b.data.len(), "sha256": sha256_hex(&b.data)})
+        }
+        None => serde_json::json!({"type": "none"}),
+    };
+    match format {
+        ResultFormat::Json => {
+            let mut line = serde_json::json!({"sequence": sequence, "output": output});
+            if let (Some(line), Some(value)) = (line.as_object_mut(), value.as_object()) {
+                line.extend(value.clone());
+            }
+            line.to_string()
+        }
+        ResultFormat::Text => {
+            let summary = match &buffer.payload {
+                Some(Payload::Json(_)) | Some(Payload::Text(_)) => value["value"].to_string(),
+                _ => {
+                    let mut v = value.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("type");
+                    }
+                    v.to_string()
+                }
+            };
+            format!(
+                "#{sequence} {output} {} {summary}",
+                value["type"].as_str().unwrap_or("?")
+            )
+        }
+    }
+}
+
+/// One per-chunk error, as a line of text or JSON.
+pub fn render_error(format: ResultFormat, error: &ErrorDetail) -> String {
+    let code = format!("{:?}", tonic::Code::from_i32(error.code));
+    match format {
+        ResultFormat::Json => serde_json::json!({"sequence": error.sequence, "error": {
+            "code": code, "reason": error.reason, "node_id": error.node_id, "message": error.message}})
+        .to_string(),
+        ResultFormat::Text => format!(
+            "#{} error {code} {} node={} {}",
+            error.sequence.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            error.reason,
+            error.node_id,
+            error.message
+        ),
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    if v.is_finite() {
+        (v * 100.0).round() / 100.0
+    } else {
+        -999.0
+    }
+}
+
+fn round4(v: f64) -> f64 {
+    (v * 10_000.0).round() / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowplane_proto::data::v1::{JsonData, TextData};
+
+    fn buffer(payload: Payload) -> DataBuffer {
+        DataBuffer {
+            payload: Some(payload),
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn renders_each_payload_type() {
+        let json = buffer(Payload::Json(JsonData {
+            json: r#"{"result": 3}"#.into(),
+            schema_hint: String::new(),
+        }));
+        assert_eq!(
+            render_result(ResultFormat::Text, 4, "sum", &json),
+            r#"#4 sum json {"result":3}"#
+        );
+        assert_eq!(
+            render_result(ResultFormat::Json, 4, "sum", &json),
+            r#"{"output":"sum","sequence":4,"type":"json","value":{"result":3}}"#
+        );
+        let text = buffer(Payload::Text(TextData {
+            text: "HI".into(),
+            language: String::new(),
+        }));
+        assert_eq!(
+            render_result(ResultFormat::Text, 0, "out", &text),
+            "#0 out text \"HI\""
+        );
+    }
+
+    #[test]
+    fn interleaves_inputs_round_robin_with_global_sequences() {
+        let b = |t: &str| {
+            buffer(Payload::Text(TextData {
+                text: t.into(),
+                language: String::new(),
+            }))
+        };
+        let chunks = interleave(vec![
+            ("a".into(), vec![b("a0"), b("a1"), b("a2")].into_iter()),
+            ("c".into(), vec![b("c0")].into_iter()),
+        ]);
+        let order: Vec<(u64, &str)> = chunks
+            .iter()
+            .map(|c| (c.sequence, c.input.as_str()))
+            .collect();
+        assert_eq!(order, [(0, "a"), (1, "c"), (2, "a"), (3, "a")]);
+    }
+
+    #[test]
+    fn frame_size_parses_width_by_height() {
+        assert_eq!(parse_frame_size("64x48"), Ok((64, 48)));
+        assert!(parse_frame_size("64").is_err());
+    }
+}

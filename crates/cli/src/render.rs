@@ -1,0 +1,581 @@
+//! Turning components into what a person reads (aligned tables, detail views, event
+//! lines) or what a script reads (JSON). Pure functions of their input and `now`, so
+//! they are tested without a server; nothing here does I/O.
+
+use std::time::{Duration, SystemTime};
+
+use flowplane_proto::{
+    common::v1::{ComponentKind, HealthStatus},
+    controlplane::v1::{
+        Component, RemovalReason, WatchComponentsResponse, watch_components_response::Event,
+    },
+    data::v1::DataTypeHint,
+};
+use serde_json::{Value, json};
+
+/// Longest text shown in the table's CAPABILITIES column before it is shortened.
+const CAPABILITIES_WIDTH: usize = 48;
+
+/// Lowercase name of a kind.
+pub fn kind(kind: ComponentKind) -> &'static str {
+    match kind {
+        ComponentKind::Unspecified => "unknown",
+        ComponentKind::Processor => "processor",
+        ComponentKind::Source => "source",
+        ComponentKind::Consumer => "consumer",
+    }
+}
+
+/// Lowercase name of a status.
+pub fn status(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Unspecified => "unknown",
+        HealthStatus::Starting => "starting",
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Degraded => "degraded",
+        HealthStatus::Unhealthy => "unhealthy",
+        HealthStatus::Stopping => "stopping",
+    }
+}
+
+fn data_type(hint: i32) -> String {
+    match DataTypeHint::try_from(hint) {
+        Ok(DataTypeHint::Audio) => "audio".into(),
+        Ok(DataTypeHint::Video) => "video".into(),
+        Ok(DataTypeHint::Tensor) => "tensor".into(),
+        Ok(DataTypeHint::Json) => "json".into(),
+        Ok(DataTypeHint::Text) => "text".into(),
+        Ok(DataTypeHint::Binary) => "binary".into(),
+        Ok(DataTypeHint::Any) => "any".into(),
+        Ok(DataTypeHint::Unspecified) | Err(_) => format!("type-{hint}"),
+    }
+}
+
+fn reason(reason: RemovalReason) -> &'static str {
+    match reason {
+        RemovalReason::Unspecified => "no longer matches",
+        RemovalReason::Deregistered => "deregistered",
+        RemovalReason::Expired => "expired",
+    }
+}
+
+/// The status a person should see: the effective one, saying so when it differs from
+/// what the component reported (its heartbeats are late).
+pub fn shown_status(c: &Component) -> String {
+    let effective = c.status();
+    let reported = c.reported_status();
+    if effective == HealthStatus::Unhealthy && reported != HealthStatus::Unhealthy {
+        format!("{} (late)", status(effective))
+    } else {
+        status(effective).to_string()
+    }
+}
+
+/// What a component offers: processor names for hosts, payload types otherwise.
+pub fn offers(c: &Component) -> String {
+    if c.kind() == ComponentKind::Processor {
+        c.capabilities
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        c.data_types
+            .iter()
+            .map(|t| data_type(*t))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn shorten(text: String, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text;
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+/// A short age like `4s`, `2m05s`, `3h10m` or `2d4h`.
+pub fn age(elapsed: Duration) -> String {
+    let s = elapsed.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn since(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
+    timestamp
+        .and_then(|t| SystemTime::try_from(*t).ok())
+        .map(|t| format!("{} ago", age(now.duration_since(t).unwrap_or_default())))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn rfc3339(timestamp: Option<&prost_types::Timestamp>) -> Value {
+    timestamp.map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+/// Lays rows out in columns separated by two spaces, the last column unpadded.
+pub fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The column headings of the component table.
+pub const TABLE_HEADINGS: [&str; 6] = [
+    "ID",
+    "KIND",
+    "STATUS",
+    "ENDPOINT",
+    "CAPABILITIES",
+    "LAST HEARTBEAT",
+];
+
+fn table_row(c: &Component, now: SystemTime) -> Vec<String> {
+    vec![
+        c.id.clone(),
+        kind(c.kind()).to_string(),
+        shown_status(c),
+        c.endpoint.clone(),
+        shorten(offers(c), CAPABILITIES_WIDTH),
+        since(c.last_heartbeat.as_ref(), now),
+    ]
+}
+
+/// An aligned table of components, one per line, with headings.
+pub fn table(components: &[Component], now: SystemTime) -> String {
+    if components.is_empty() {
+        return "no components\n".into();
+    }
+    let mut rows = vec![TABLE_HEADINGS.iter().map(|h| h.to_string()).collect()];
+    rows.extend(components.iter().map(|c| table_row(c, now)));
+    align(&rows)
+}
+
+/// Every detail of one component, as `label: value` lines.
+pub fn details(c: &Component, now: SystemTime) -> String {
+    let mut rows: Vec<Vec<String>> = vec![
+        vec!["id:".into(), c.id.clone()],
+        vec!["kind:".into(), kind(c.kind()).into()],
+        vec!["status:".into(), shown_status(c)],
+        vec![
+            "reported status:".into(),
+            status(c.reported_status()).into(),
+        ],
+        vec!["endpoint:".into(), c.endpoint.clone()],
+    ];
+    if !c.version.is_empty() {
+        rows.push(vec!["version:".into(), c.version.clone()]);
+    }
+    rows.push(vec![
+        "registered:".into(),
+        since(c.registered_at.as_ref(), now),
+    ]);
+    rows.push(vec![
+        "last heartbeat:".into(),
+        since(c.last_heartbeat.as_ref(), now),
+    ]);
+    let expires = c
+        .lease_expires_at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map(|t| match t.duration_since(now) {
+            Ok(left) => format!("in {}", age(left)),
+            Err(_) => "now".into(),
+        })
+        .unwrap_or_else(|| "-".into());
+    rows.push(vec!["lease expires:".into(), expires]);
+    let mut metadata: Vec<_> = c.metadata.iter().collect();
+    metadata.sort();
+    for (i, (k, v)) in metadata.into_iter().enumerate() {
+        rows.push(vec![
+            if i == 0 {
+                "metadata:".into()
+            } else {
+                String::new()
+            },
+            format!("{k}={v}"),
+        ]);
+    }
+    if !c.data_types.is_empty() {
+        rows.push(vec!["data types:".into(), offers(c)]);
+    }
+    for (i, p) in c.capabilities.iter().enumerate() {
+        let mut text = p.name.clone();
+        if !p.version.is_empty() {
+            text.push_str(&format!(" {}", p.version));
+        }
+        if !p.description.is_empty() {
+            text.push_str(&format!(" - {}", p.description));
+        }
+        rows.push(vec![
+            if i == 0 {
+                "capabilities:".into()
+            } else {
+                String::new()
+            },
+            text,
+        ]);
+    }
+    let mut metrics: Vec<_> = c.metrics.iter().flat_map(|m| m.values.iter()).collect();
+    metrics.sort_by(|a, b| a.0.cmp(b.0));
+    for (i, (k, v)) in metrics.into_iter().enumerate() {
+        rows.push(vec![
+            if i == 0 {
+                "metrics:".into()
+            } else {
+                String::new()
+            },
+            format!("{k}={v}"),
+        ]);
+    }
+    align(&rows)
+}
+
+/// A component as a JSON object with lowercase enum names and RFC 3339 times.
+pub fn json(c: &Component) -> Value {
+    let mut metrics: Vec<_> = c.metrics.iter().flat_map(|m| m.values.iter()).collect();
+    metrics.sort_by(|a, b| a.0.cmp(b.0));
+    json!({
+        "id": c.id,
+        "kind": kind(c.kind()),
+        "status": status(c.status()),
+        "reported_status": status(c.reported_status()),
+        "endpoint": c.endpoint,
+        "version": c.version,
+        "capabilities": c.capabilities.iter().map(|p| json!({
+            "name": p.name,
+            "version": p.version,
+            "description": p.description,
+            "stateless": p.stateless,
+        })).collect::<Vec<_>>(),
+        "data_types": c.data_types.iter().map(|t| data_type(*t)).collect::<Vec<_>>(),
+        "metadata": c.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "metrics": metrics.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "registered_at": rfc3339(c.registered_at.as_ref()),
+        "last_heartbeat": rfc3339(c.last_heartbeat.as_ref()),
+        "lease_expires_at": rfc3339(c.lease_expires_at.as_ref()),
+    })
+}
+
+/// Heading line of the watch event table; widths match [`event_line`].
+pub fn event_heading() -> String {
+    format!(
+        "{:<9} {:<28} {:<10} {:<16} {:<24} {}\n",
+        "EVENT", "ID", "KIND", "STATUS", "ENDPOINT", "CAPABILITIES"
+    )
+}
+
+fn event_row(event: &str, c: &Component) -> String {
+    format!(
+        "{:<9} {:<28} {:<10} {:<16} {:<24} {}\n",
+        event,
+        c.id,
+        kind(c.kind()),
+        shown_status(c),
+        c.endpoint,
+        shorten(offers(c), CAPABILITIES_WIDTH)
+    )
+}
+
+/// One watch message as text: a snapshot prints a summary and its components, a change
+/// prints one line.
+pub fn event_line(message: &WatchComponentsResponse) -> String {
+    match &message.event {
+        Some(Event::Snapshot(s)) => {
+            let mut out = format!(
+                "# {} of {} component(s) at revision {}\n",
+                if s.resync {
+                    "resync snapshot"
+                } else {
+                    "snapshot"
+                },
+                s.components.len(),
+                message.revision
+            );
+            for c in &s.components {
+                out.push_str(&event_row("EXISTS", c));
+            }
+            out
+        }
+        Some(Event::Added(c)) => event_row("ADDED", c),
+        Some(Event::Updated(c)) => event_row("UPDATED", c),
+        Some(Event::Removed(r)) => match &r.component {
+            Some(c) => {
+                let mut line = event_row("REMOVED", c);
+                line.pop();
+                format!("{line}  ({})\n", reason(r.reason()))
+            }
+            None => format!("REMOVED   (unknown component, {})\n", reason(r.reason())),
+        },
+        None => String::new(),
+    }
+}
+
+/// One watch message as a JSON object (one line of NDJSON).
+pub fn event_json(message: &WatchComponentsResponse) -> Value {
+    let revision = message.revision;
+    match &message.event {
+        Some(Event::Snapshot(s)) => json!({
+            "event": "snapshot",
+            "revision": revision,
+            "resync": s.resync,
+            "components": s.components.iter().map(json).collect::<Vec<_>>(),
+        }),
+        Some(Event::Added(c)) => {
+            json!({"event": "added", "revision": revision, "component": json(c)})
+        }
+        Some(Event::Updated(c)) => {
+            json!({"event": "updated", "revision": revision, "component": json(c)})
+        }
+        Some(Event::Removed(r)) => json!({
+            "event": "removed",
+            "revision": revision,
+            "reason": match r.reason() {
+                RemovalReason::Unspecified => "unspecified",
+                RemovalReason::Deregistered => "deregistered",
+                RemovalReason::Expired => "expired",
+            },
+            "component": r.component.as_ref().map(json),
+        }),
+        None => json!({"event": "unknown", "revision": revision}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowplane_proto::{
+        common::v1::Metrics, controlplane::v1::ComponentRemoved, processor::v1::ProcessorCapability,
+    };
+
+    use super::*;
+
+    const NOW_SECS: u64 = 1_700_000_000;
+
+    fn at(secs_ago: u64) -> Option<prost_types::Timestamp> {
+        Some((SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS - secs_ago)).into())
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS)
+    }
+
+    fn host(id: &str, status: HealthStatus, reported: HealthStatus, caps: &[&str]) -> Component {
+        Component {
+            id: id.into(),
+            kind: ComponentKind::Processor as i32,
+            endpoint: "127.0.0.1:7000".into(),
+            capabilities: caps
+                .iter()
+                .map(|c| ProcessorCapability {
+                    name: c.to_string(),
+                    version: "1.0".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            status: status as i32,
+            reported_status: reported as i32,
+            last_heartbeat: at(3),
+            registered_at: at(125),
+            lease_expires_at: at(0).map(|mut t| {
+                t.seconds += 12;
+                t
+            }),
+            metadata: [("zone".to_string(), "a".to_string())].into(),
+            metrics: Some(Metrics {
+                values: [("chunks_in_total".to_string(), 7.0)].into(),
+            }),
+            version: "0.1.0".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_columns_line_up() {
+        let components = vec![
+            host(
+                "p-1",
+                HealthStatus::Healthy,
+                HealthStatus::Healthy,
+                &["echo", "json.calculator"],
+            ),
+            host(
+                "a-much-longer-processor-id",
+                HealthStatus::Unhealthy,
+                HealthStatus::Healthy,
+                &["upper"],
+            ),
+            Component {
+                id: "mic".into(),
+                kind: ComponentKind::Source as i32,
+                endpoint: "localhost:9000".into(),
+                data_types: vec![DataTypeHint::Audio as i32],
+                status: HealthStatus::Starting as i32,
+                reported_status: HealthStatus::Starting as i32,
+                ..Default::default()
+            },
+        ];
+        let text = table(&components, now());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("ID  "), "{text}");
+        // Every column starts at the same offset on every line.
+        for heading in [
+            "KIND",
+            "STATUS",
+            "ENDPOINT",
+            "CAPABILITIES",
+            "LAST HEARTBEAT",
+        ] {
+            let column = lines[0].find(heading).unwrap();
+            for line in &lines[1..] {
+                assert_eq!(
+                    &line[column - 2..column],
+                    "  ",
+                    "{heading} misaligned in {line:?}"
+                );
+            }
+        }
+        assert!(
+            lines[1].contains("healthy")
+                && lines[1].contains("echo,json.calculator")
+                && lines[1].ends_with("3s ago")
+        );
+        assert!(lines[2].contains("unhealthy (late)"), "{}", lines[2]);
+        assert!(
+            lines[3].contains("audio") && lines[3].ends_with("-"),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(table(&[], now()), "no components\n");
+    }
+
+    #[test]
+    fn long_capability_lists_are_shortened() {
+        let many: Vec<String> = (0..30).map(|i| format!("processor-{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let text = table(
+            &[host(
+                "p",
+                HealthStatus::Healthy,
+                HealthStatus::Healthy,
+                &refs,
+            )],
+            now(),
+        );
+        assert!(text.contains('…'), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() < 140), "{text}");
+    }
+
+    #[test]
+    fn ages_are_short_and_readable() {
+        assert_eq!(age(Duration::from_secs(0)), "0s");
+        assert_eq!(age(Duration::from_secs(59)), "59s");
+        assert_eq!(age(Duration::from_secs(125)), "2m05s");
+        assert_eq!(age(Duration::from_secs(3 * 3600 + 600)), "3h10m");
+        assert_eq!(age(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d4h");
+    }
+
+    #[test]
+    fn details_show_everything() {
+        let text = details(
+            &host(
+                "p-1",
+                HealthStatus::Degraded,
+                HealthStatus::Degraded,
+                &["echo"],
+            ),
+            now(),
+        );
+        for expected in [
+            "id:",
+            "p-1",
+            "degraded",
+            "127.0.0.1:7000",
+            "0.1.0",
+            "2m05s ago",
+            "3s ago",
+            "in 12s",
+            "zone=a",
+            "echo 1.0",
+            "chunks_in_total=7",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn json_uses_lowercase_names_and_rfc3339_times() {
+        let value = json(&host(
+            "p-1",
+            HealthStatus::Unhealthy,
+            HealthStatus::Healthy,
+            &["echo"],
+        ));
+        assert_eq!(value["id"], "p-1");
+        assert_eq!(value["kind"], "processor");
+        assert_eq!(value["status"], "unhealthy");
+        assert_eq!(value["reported_status"], "healthy");
+        assert_eq!(value["capabilities"][0]["name"], "echo");
+        assert_eq!(value["metadata"]["zone"], "a");
+        assert_eq!(value["metrics"]["chunks_in_total"], 7.0);
+        assert_eq!(value["last_heartbeat"], "2023-11-14T22:13:17Z");
+    }
+
+    #[test]
+    fn watch_events_render_as_lines_and_json() {
+        let c = host(
+            "p-1",
+            HealthStatus::Healthy,
+            HealthStatus::Healthy,
+            &["echo"],
+        );
+        let removed = WatchComponentsResponse {
+            event: Some(Event::Removed(ComponentRemoved {
+                component: Some(c.clone()),
+                reason: RemovalReason::Expired as i32,
+            })),
+            revision: 9,
+        };
+        let line = event_line(&removed);
+        assert!(
+            line.starts_with("REMOVED")
+                && line.contains("p-1")
+                && line.trim_end().ends_with("(expired)"),
+            "{line}"
+        );
+        let value = event_json(&removed);
+        assert_eq!(value["event"], "removed");
+        assert_eq!(value["reason"], "expired");
+        assert_eq!(value["revision"], 9);
+        let added = WatchComponentsResponse {
+            event: Some(Event::Added(c)),
+            revision: 10,
+        };
+        assert!(event_line(&added).starts_with("ADDED"));
+        assert_eq!(event_line(&added).find("p-1"), event_heading().find("ID"));
+    }
+}

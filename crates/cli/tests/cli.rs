@@ -1,0 +1,342 @@
+//! The CLI end to end against an in-process control plane on 127.0.0.1: `components
+//! list|get|watch` through the library, and `health` and `components list` through the
+//! real `flowplane` binary.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use clap::Parser;
+use flowplane_cli::{Cli, Error};
+use flowplane_proto::{
+    common::v1::HealthStatus,
+    controlplane::v1::{self as pb, control_plane_service_client::ControlPlaneServiceClient},
+    data::v1::DataTypeHint,
+    processor::v1::ProcessorCapability,
+};
+use flowplane_test_support::wait_until;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+struct Platform {
+    url: String,
+    addr: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<flowplane_control_plane::Result<()>>,
+    client: ControlPlaneServiceClient<Channel>,
+}
+
+async fn platform() -> Platform {
+    let listener = flowplane_test_support::local_listener().await;
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    let task = tokio::spawn(flowplane_control_plane::run(
+        flowplane_control_plane::Config::default(),
+        listener,
+        async move { signal.cancelled().await },
+    ));
+    let url = format!("http://{addr}");
+    let channel = flowplane_grpc::client::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    Platform {
+        url,
+        addr,
+        shutdown,
+        task,
+        client: ControlPlaneServiceClient::new(channel),
+    }
+}
+
+impl Platform {
+    async fn register(&mut self, id: &str, capabilities: &[&str], status: HealthStatus) {
+        let lease = self
+            .client
+            .register_processor(pb::RegisterProcessorRequest {
+                processor_id: id.into(),
+                endpoint: "127.0.0.1:7000".into(),
+                capabilities: capabilities
+                    .iter()
+                    .map(|c| ProcessorCapability {
+                        name: c.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                metadata: [("zone".to_string(), "a".to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        self.client
+            .processor_heartbeat(pb::ProcessorHeartbeatRequest {
+                processor_id: id.into(),
+                lease_token: lease.lease_token,
+                status: status as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn run(platform: &Platform, args: &[&str]) -> Result<String, Error> {
+    let cli = Cli::try_parse_from(
+        ["flowplane", "--control-plane", platform.url.as_str()]
+            .into_iter()
+            .chain(args.iter().copied()),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    flowplane_cli::run(cli, &mut out).await?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[tokio::test]
+async fn components_list_and_get_against_a_live_control_plane() {
+    let mut platform = platform().await;
+    platform
+        .register("proc-echo", &["echo", "upper"], HealthStatus::Healthy)
+        .await;
+    platform
+        .register("proc-busy", &["echo"], HealthStatus::Degraded)
+        .await;
+    platform
+        .register("proc-draining", &["echo"], HealthStatus::Stopping)
+        .await;
+    platform
+        .client
+        .register_source(pb::RegisterSourceRequest {
+            source_id: "mic".into(),
+            endpoint: "127.0.0.1:9000".into(),
+            data_types: vec![DataTypeHint::Audio as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let table = run(&platform, &["components", "list"]).await.unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("LAST HEARTBEAT"),
+        "{table}"
+    );
+    let ids: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(ids, ["mic", "proc-busy", "proc-draining", "proc-echo"]);
+    let status_column = lines[0].find("STATUS").unwrap();
+    assert!(lines[4][status_column..].starts_with("healthy"), "{table}");
+    assert!(lines[4].contains("echo,upper"), "{table}");
+    assert!(lines[1].contains("audio"), "{table}");
+
+    // Discovery through the CLI: healthy and degraded hosts of a processor.
+    let discovered = run(
+        &platform,
+        &["components", "list", "--capability", "echo", "-o", "json"],
+    )
+    .await
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&discovered).unwrap();
+    let ids: Vec<&str> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["proc-busy", "proc-echo"]);
+    let stopping = run(&platform, &["components", "list", "--status", "stopping"])
+        .await
+        .unwrap();
+    assert!(
+        stopping.contains("proc-draining") && !stopping.contains("proc-echo"),
+        "{stopping}"
+    );
+    let sources = run(
+        &platform,
+        &[
+            "components",
+            "list",
+            "--kind",
+            "source",
+            "--label",
+            "zone=a",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(sources, "no components\n");
+
+    let details = run(&platform, &["components", "get", "proc-echo"])
+        .await
+        .unwrap();
+    for expected in [
+        "proc-echo",
+        "processor",
+        "healthy",
+        "zone=a",
+        "echo",
+        "upper",
+    ] {
+        assert!(details.contains(expected), "{expected} missing:\n{details}");
+    }
+    let json = run(
+        &platform,
+        &["components", "get", "proc-echo", "--output", "json"],
+    )
+    .await
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["status"], "healthy");
+
+    match run(&platform, &["components", "get", "ghost"]).await {
+        Err(Error::Rpc { status, .. }) => assert_eq!(status.code(), tonic::Code::NotFound),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    platform.stop().await;
+}
+
+/// A writer both the command and the test can see.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn components_watch_prints_the_snapshot_then_changes_until_the_server_stops() {
+    let mut platform = platform().await;
+    platform
+        .register("before", &["echo"], HealthStatus::Healthy)
+        .await;
+    let cli = Cli::try_parse_from([
+        "flowplane",
+        "--control-plane",
+        &platform.url,
+        "components",
+        "watch",
+        "-o",
+        "json",
+    ])
+    .unwrap();
+    let output = Shared::default();
+    let mut writer = output.clone();
+    let watching = tokio::spawn(async move { flowplane_cli::run(cli, &mut writer).await });
+
+    wait_until("the watch prints its snapshot", || {
+        let text = output.text();
+        async move { text.contains("\"snapshot\"") }
+    })
+    .await;
+    platform
+        .register("after", &["echo"], HealthStatus::Healthy)
+        .await;
+    wait_until("the watch prints the update", || {
+        let text = output.text();
+        async move { text.contains("\"updated\"") }
+    })
+    .await;
+    platform.stop().await;
+    watching
+        .await
+        .unwrap()
+        .expect("the watch ends cleanly when the server stops");
+
+    let events: Vec<serde_json::Value> = output
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["snapshot", "added", "updated"]);
+    assert_eq!(events[0]["components"][0]["id"], "before");
+    assert_eq!(events[1]["component"]["id"], "after");
+    assert_eq!(events[2]["component"]["status"], "healthy");
+}
+
+async fn flowplane(args: &[&str], control_plane: &str) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_flowplane"))
+        .args(args)
+        .env("FLOWPLANE_CONTROL_PLANE", control_plane)
+        .env_remove("FLOWPLANE_TOKEN")
+        .env_remove("FLOWPLANE_TLS_CA")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_checks_health_and_lists_components() {
+    let mut platform = platform().await;
+    platform
+        .register("proc-1", &["echo"], HealthStatus::Healthy)
+        .await;
+
+    let serving = flowplane(
+        &[
+            "health",
+            &platform.addr,
+            "--service",
+            flowplane_control_plane::SERVICE_NAME,
+        ],
+        "",
+    )
+    .await;
+    assert!(serving.status.success(), "{serving:?}");
+    assert_eq!(String::from_utf8_lossy(&serving.stdout).trim(), "SERVING");
+    let whole = flowplane(&["health", &platform.url], "").await;
+    assert!(whole.status.success(), "{whole:?}");
+
+    let unknown = flowplane(
+        &["health", &platform.addr, "--service", "no.such.Service"],
+        "",
+    )
+    .await;
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).starts_with("flowplane: "),
+        "{unknown:?}"
+    );
+
+    let listed = flowplane(&["components", "list"], &platform.url).await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("proc-1"));
+
+    let addr = platform.addr.clone();
+    platform.stop().await;
+    // Nothing listens any more: health fails, and so does list.
+    let down = flowplane(&["health", &addr, "--timeout", "3"], "").await;
+    assert!(!down.status.success(), "{down:?}");
+    let unreachable = flowplane(&["components", "list"], &format!("http://{addr}")).await;
+    assert!(!unreachable.status.success());
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"),
+        "{unreachable:?}"
+    );
+}

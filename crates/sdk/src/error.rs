@@ -1,0 +1,254 @@
+//! The SDK's errors: [`Error`] ends a stream or fails a host, and `From<Error> for Status`
+//! is the one table from error kind to gRPC code. [`ProcessError`] and [`ParamError`] are
+//! what processor code returns; they never end a stream by themselves.
+
+use std::borrow::Cow;
+
+use flowplane_proto::common::v1::ErrorDetail;
+use tonic::{Code, Status};
+
+/// Errors of the processor host and its lifecycle with the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the first message of a process stream must be init")]
+    MissingInit,
+    #[error("init sent twice on one process stream")]
+    DuplicateInit,
+    #[error("process request carries neither init nor chunk")]
+    EmptyRequest,
+    #[error("init.processor is empty; this host serves: {known}")]
+    MissingProcessorName { known: String },
+    #[error("unknown processor {name:?}; this host serves: {known}")]
+    UnknownProcessor { name: String, known: String },
+    #[error("processor {processor:?}: {source}")]
+    InvalidParam {
+        processor: String,
+        #[source]
+        source: ParamError,
+    },
+    #[error("processor {processor:?} panicked at sequence {sequence}: {message}")]
+    ProcessorPanicked {
+        processor: String,
+        sequence: u64,
+        message: String,
+    },
+    #[error("processor {processor:?} panicked while starting: {message}")]
+    CreatePanicked { processor: String, message: String },
+    #[error("processor host is shutting down and the grace period is over")]
+    ShuttingDown,
+    #[error("processor {processor:?} is declared wrongly: {message}")]
+    InvalidCapability { processor: String, message: String },
+    #[error("processor {0:?} is registered twice")]
+    DuplicateProcessor(String),
+    #[error("invalid {setting}: {message}")]
+    InvalidConfig {
+        setting: &'static str,
+        message: String,
+    },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Grpc(#[from] flowplane_grpc::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let code = match &error {
+            Error::MissingInit | Error::DuplicateInit => Code::FailedPrecondition,
+            Error::EmptyRequest
+            | Error::MissingProcessorName { .. }
+            | Error::InvalidParam { .. } => Code::InvalidArgument,
+            Error::UnknownProcessor { .. } => Code::NotFound,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::ProcessorPanicked { .. }
+            | Error::CreatePanicked { .. }
+            | Error::InvalidCapability { .. }
+            | Error::DuplicateProcessor(_)
+            | Error::InvalidConfig { .. }
+            | Error::Io(_)
+            | Error::Grpc(_) => Code::Internal,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// A chunk failed: answered with an error for that sequence; the stream goes on.
+///
+/// `code` is the gRPC code the client sees in `ErrorDetail.code`, `reason` is a
+/// machine-readable UPPER_SNAKE_CASE cause and `field` the dotted path of the offending
+/// request field (for example `chunk.buffer.json.json`), when there is one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProcessError {
+    code: Code,
+    reason: Cow<'static, str>,
+    field: String,
+    message: String,
+}
+
+impl ProcessError {
+    /// An error with any code.
+    pub fn new(
+        code: Code,
+        reason: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+            field: String::new(),
+            message: message.into(),
+        }
+    }
+
+    /// The input was wrong (bad JSON, a zero divisor, a malformed payload): INVALID_ARGUMENT
+    /// naming `field`.
+    pub fn invalid(
+        reason: impl Into<Cow<'static, str>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(Code::InvalidArgument, reason, message).with_field(field)
+    }
+
+    /// The processor itself misbehaved: INTERNAL.
+    pub fn internal(reason: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, reason, message)
+    }
+
+    /// Names the offending request field as a dotted path.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = field.into();
+        self
+    }
+
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The machine-readable cause.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The offending field, empty when there is none.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The human-readable explanation.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The wire form, naming the node and the sequence it concerns.
+    pub fn into_detail(self, node_id: &str, sequence: u64) -> ErrorDetail {
+        ErrorDetail {
+            reason: self.reason.into_owned(),
+            message: format!("sequence {sequence}: {}", self.message),
+            node_id: node_id.to_string(),
+            sequence: Some(sequence),
+            field: self.field,
+            code: self.code as i32,
+        }
+    }
+}
+
+/// A parameter was missing, of the wrong type or out of range; the stream does not open.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid param {param:?}: {message}")]
+pub struct ParamError {
+    param: String,
+    message: String,
+}
+
+impl ParamError {
+    /// An error about parameter `param`.
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The parameter's name.
+    pub fn param(&self) -> &str {
+        &self.param
+    }
+
+    /// The explanation.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_error_maps_to_its_documented_code() {
+        let cases = [
+            (Error::MissingInit, Code::FailedPrecondition),
+            (Error::DuplicateInit, Code::FailedPrecondition),
+            (Error::EmptyRequest, Code::InvalidArgument),
+            (
+                Error::UnknownProcessor {
+                    name: "nope".into(),
+                    known: "passthrough".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                Error::InvalidParam {
+                    processor: "audio.gain".into(),
+                    source: ParamError::new("gain_db", "must be a number"),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                Error::ProcessorPanicked {
+                    processor: "x".into(),
+                    sequence: 3,
+                    message: "boom".into(),
+                },
+                Code::Internal,
+            ),
+            (Error::ShuttingDown, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{text}");
+            assert_eq!(status.message(), text);
+        }
+    }
+
+    #[test]
+    fn param_errors_name_the_processor_and_the_param() {
+        let status = Status::from(Error::InvalidParam {
+            processor: "text.transform".into(),
+            source: ParamError::new("mode", "must be one of upper, lower, reverse"),
+        });
+        assert_eq!(
+            status.message(),
+            "processor \"text.transform\": invalid param \"mode\": must be one of upper, lower, reverse"
+        );
+    }
+
+    #[test]
+    fn chunk_errors_carry_code_sequence_and_node() {
+        let detail = ProcessError::invalid("INVALID_JSON", "chunk.buffer.json.json", "not json")
+            .into_detail("calc", 7);
+        assert_eq!(detail.code, Code::InvalidArgument as i32);
+        assert_eq!(detail.reason, "INVALID_JSON");
+        assert_eq!(detail.field, "chunk.buffer.json.json");
+        assert_eq!(detail.node_id, "calc");
+        assert_eq!(detail.sequence, Some(7));
+        assert_eq!(detail.message, "sequence 7: not json");
+    }
+}

@@ -1,0 +1,789 @@
+//! The `ProcessorService` host: one task per `Process` stream runs one processor
+//! instance, answering every chunk with exactly one result, in order, through a bounded
+//! channel. It must never let one stream's failure (bad chunk, panic) touch another.
+
+use std::{
+    collections::HashMap,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::pin,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use flowplane_proto::{
+    data::v1::{DataBuffer, DataChunk, DataTypeHint, data_buffer::Payload},
+    processor::v1::{
+        GetCapabilitiesRequest, GetCapabilitiesResponse, ProcessInit, ProcessOutput, ProcessReady,
+        ProcessRequest, ProcessResponse, ProcessResult, ProcessorCapability, process_request,
+        process_response,
+        processor_service_server::{ProcessorService, ProcessorServiceServer},
+    },
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::{
+    Capability, Error, Input, Output, Params, ProcessError, Processor, ProcessorFactory, Result,
+    TypedFactory, payload,
+    stats::{self, HostStats},
+};
+
+/// Results a stream may have queued for a slow client before the host stops reading its
+/// requests: this, plus HTTP/2 flow control, bounds a stream's in-flight work.
+pub const STREAM_BUFFER: usize = 32;
+
+/// Reason of a chunk whose payload type the input port does not accept.
+pub const TYPE_MISMATCH: &str = "TYPE_MISMATCH";
+/// Reason of a chunk naming an input port the processor does not have.
+pub const UNKNOWN_INPUT: &str = "UNKNOWN_INPUT";
+/// Reason of a chunk with an empty `input` sent to a processor with several inputs.
+pub const AMBIGUOUS_INPUT: &str = "AMBIGUOUS_INPUT";
+/// Reason of a chunk without a payload.
+pub const MISSING_PAYLOAD: &str = "MISSING_PAYLOAD";
+/// Reason of an output the processor did not declare (a processor bug, INTERNAL).
+pub const UNDECLARED_OUTPUT: &str = "UNDECLARED_OUTPUT";
+/// Reason of a result whose outputs together exceed the message limit (RESOURCE_EXHAUSTED).
+pub const RESULT_TOO_LARGE: &str = "RESULT_TOO_LARGE";
+
+/// Builds a [`ProcessorHost`].
+pub struct HostBuilder {
+    name: String,
+    version: String,
+    host_id: Option<String>,
+    max_streams: usize,
+    factories: Vec<Arc<dyn ProcessorFactory>>,
+}
+
+impl HostBuilder {
+    /// A host called `name` (shown by `GetCapabilities`), serving nothing yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            host_id: None,
+            max_streams: 1024,
+            factories: Vec::new(),
+        }
+    }
+
+    /// The host software version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The id to report before the control plane assigns one.
+    pub fn host_id(mut self, id: impl Into<String>) -> Self {
+        self.host_id = Some(id.into());
+        self
+    }
+
+    /// Open streams above which the host reports itself DEGRADED.
+    pub fn max_streams(mut self, max: usize) -> Self {
+        self.max_streams = max;
+        self
+    }
+
+    /// Serves processor type `P`.
+    pub fn processor<P: Processor>(self) -> Self {
+        self.factory(TypedFactory::<P>::new())
+    }
+
+    /// Serves the processor a factory makes.
+    pub fn factory(mut self, factory: impl ProcessorFactory) -> Self {
+        self.factories.push(Arc::new(factory));
+        self
+    }
+
+    /// Checks every capability and builds the host.
+    pub fn build(self) -> Result<ProcessorHost> {
+        let mut processors: HashMap<String, Arc<Entry>> = HashMap::new();
+        let mut order = Vec::new();
+        for factory in self.factories {
+            let capability = factory.capability();
+            let entry = Entry::new(capability, factory)?;
+            let name = entry.name.clone();
+            if processors.insert(name.clone(), Arc::new(entry)).is_some() {
+                return Err(Error::DuplicateProcessor(name));
+            }
+            order.push(name);
+        }
+        Ok(ProcessorHost {
+            inner: Arc::new(HostInner {
+                name: self.name,
+                version: self.version,
+                host_id: RwLock::new(self.host_id.unwrap_or_default()),
+                max_streams: self.max_streams,
+                processors,
+                order,
+                stats: Arc::new(HostStats::default()),
+                abort: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+}
+
+/// A declared port, with its accepted types as a bit mask for a cheap check per chunk.
+#[derive(Debug)]
+struct Port {
+    name: String,
+    mask: u32,
+    types: String,
+}
+
+impl Port {
+    fn new(spec: &flowplane_proto::processor::v1::PortSpec) -> Result<Self, String> {
+        if spec.name.is_empty() {
+            return Err("a port has an empty name".into());
+        }
+        if spec.types.is_empty() {
+            return Err(format!("port {:?} declares no types", spec.name));
+        }
+        let mut mask = 0;
+        let mut names = Vec::new();
+        for t in &spec.types {
+            match DataTypeHint::try_from(*t) {
+                Ok(DataTypeHint::Unspecified) | Err(_) => {
+                    return Err(format!("port {:?} declares type {t}", spec.name));
+                }
+                Ok(hint) => {
+                    mask |= bit(hint);
+                    names.push(hint.short_name());
+                }
+            }
+        }
+        Ok(Self {
+            name: spec.name.clone(),
+            mask,
+            types: names.join(", "),
+        })
+    }
+
+    fn accepts(&self, hint: DataTypeHint) -> bool {
+        self.mask & (bit(DataTypeHint::Any) | bit(hint)) != 0
+    }
+}
+
+fn bit(hint: DataTypeHint) -> u32 {
+    1 << (hint as i32)
+}
+
+/// One registered processor.
+struct Entry {
+    name: String,
+    capability: Capability,
+    factory: Arc<dyn ProcessorFactory>,
+    inputs: Vec<Port>,
+    outputs: Vec<Port>,
+    input_names: String,
+}
+
+impl Entry {
+    fn new(capability: Capability, factory: Arc<dyn ProcessorFactory>) -> Result<Self> {
+        let name = capability.name().to_string();
+        let invalid = |message: String| Error::InvalidCapability {
+            processor: name.clone(),
+            message,
+        };
+        if name.is_empty() {
+            return Err(invalid("the name is empty".into()));
+        }
+        let proto = capability.proto();
+        if proto.inputs.is_empty() {
+            return Err(invalid("it declares no input".into()));
+        }
+        let ports = |specs: &[flowplane_proto::processor::v1::PortSpec], what: &str| {
+            let ports = specs
+                .iter()
+                .map(Port::new)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(invalid)?;
+            for (i, p) in ports.iter().enumerate() {
+                if ports[..i].iter().any(|q| q.name == p.name) {
+                    return Err(invalid(format!(
+                        "{what} port {:?} is declared twice",
+                        p.name
+                    )));
+                }
+            }
+            Ok(ports)
+        };
+        let inputs = ports(&proto.inputs, "input")?;
+        let outputs = ports(&proto.outputs, "output")?;
+        let input_names = inputs
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Self {
+            name,
+            capability,
+            factory,
+            inputs,
+            outputs,
+            input_names,
+        })
+    }
+}
+
+struct HostInner {
+    name: String,
+    version: String,
+    host_id: RwLock<String>,
+    max_streams: usize,
+    processors: HashMap<String, Arc<Entry>>,
+    /// Registration order, so listings are stable.
+    order: Vec<String>,
+    stats: Arc<HostStats>,
+    /// Cancelled when the grace period of a shutdown is over: open streams end UNAVAILABLE.
+    abort: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Serves `ProcessorService` for a set of processors. Cheap to clone: clones share state.
+#[derive(Clone)]
+pub struct ProcessorHost {
+    inner: Arc<HostInner>,
+}
+
+impl std::fmt::Debug for ProcessorHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessorHost")
+            .field("name", &self.inner.name)
+            .field("processors", &self.inner.order)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessorHost {
+    /// Starts describing a host.
+    pub fn builder(name: impl Into<String>) -> HostBuilder {
+        HostBuilder::new(name)
+    }
+
+    /// The tonic service, with flowplane's message limits, to add to a server's routes.
+    pub fn service(&self) -> ProcessorServiceServer<ProcessorHost> {
+        ProcessorServiceServer::new(self.clone())
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+    }
+
+    /// Every processor served, in registration order.
+    pub fn capabilities(&self) -> Vec<ProcessorCapability> {
+        self.inner
+            .order
+            .iter()
+            .map(|n| self.inner.processors[n].capability.to_proto())
+            .collect()
+    }
+
+    /// The host's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The host software version.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// The component id streams and `GetCapabilities` report.
+    pub fn host_id(&self) -> String {
+        self.inner
+            .host_id
+            .read()
+            .map(|id| id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets the id, once the control plane has assigned it.
+    pub fn set_host_id(&self, id: &str) {
+        if let Ok(mut current) = self.inner.host_id.write() {
+            id.clone_into(&mut current);
+        }
+    }
+
+    /// The host's counters.
+    pub fn stats(&self) -> &Arc<HostStats> {
+        &self.inner.stats
+    }
+
+    /// True when more streams are open than the host is configured for.
+    pub fn overloaded(&self) -> bool {
+        self.inner.stats.active_streams() > self.inner.max_streams as u64
+    }
+
+    /// Ends every open stream with UNAVAILABLE: the end of a shutdown's grace period.
+    pub fn abort_streams(&self) {
+        self.inner.abort.cancel();
+    }
+
+    /// Waits until every stream task has ended; call after the server stopped accepting.
+    pub async fn streams_ended(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    fn known(&self) -> String {
+        if self.inner.order.is_empty() {
+            "nothing".into()
+        } else {
+            self.inner.order.join(", ")
+        }
+    }
+
+    /// Validates an init and creates the processor instance.
+    fn open(&self, init: ProcessInit) -> Result<StreamState> {
+        if init.processor.is_empty() {
+            return Err(Error::MissingProcessorName {
+                known: self.known(),
+            });
+        }
+        let Some(entry) = self.inner.processors.get(&init.processor).cloned() else {
+            return Err(Error::UnknownProcessor {
+                name: init.processor,
+                known: self.known(),
+            });
+        };
+        let params = Params::validate(&entry.capability.proto().params, init.params.as_ref())
+            .map_err(|source| Error::InvalidParam {
+                processor: entry.name.clone(),
+                source,
+            })?;
+        let created = catch_unwind(AssertUnwindSafe(|| entry.factory.create(&params)));
+        let processor = match created {
+            Ok(Ok(p)) => p,
+            Ok(Err(source)) => {
+                return Err(Error::InvalidParam {
+                    processor: entry.name.clone(),
+                    source,
+                });
+            }
+            Err(panic) => {
+                return Err(Error::CreatePanicked {
+                    processor: entry.name.clone(),
+                    message: panic_message(&panic),
+                });
+            }
+        };
+        Ok(StreamState::new(self, entry, processor, init.node_id))
+    }
+}
+
+#[tonic::async_trait]
+impl ProcessorService for ProcessorHost {
+    type ProcessStream = ReceiverStream<Result<ProcessResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // The response starts at once; init errors arrive as the stream's status, so a
+        // client that waits for response headers before sending its init cannot deadlock.
+        self.inner
+            .tasks
+            .spawn(run_stream(self.clone(), inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_capabilities(
+        &self,
+        _request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<GetCapabilitiesResponse>, Status> {
+        Ok(Response::new(GetCapabilitiesResponse {
+            host_id: self.host_id(),
+            name: self.inner.name.clone(),
+            version: self.inner.version.clone(),
+            processors: self.capabilities(),
+        }))
+    }
+}
+
+type Tx = mpsc::Sender<Result<ProcessResponse, Status>>;
+
+async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>, tx: Tx) {
+    let abort_token = host.inner.abort.clone();
+    let mut abort = pin!(abort_token.clone().cancelled_owned());
+    let first = tokio::select! {
+        biased;
+        () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
+        first = inbound.message() => first,
+    };
+    let init = match first {
+        Ok(Some(ProcessRequest {
+            request: Some(process_request::Request::Init(init)),
+        })) => init,
+        Ok(Some(_)) => return end(&tx, &abort_token, Error::MissingInit).await,
+        // The client went away before saying anything: nobody to answer.
+        Ok(None) | Err(_) => return,
+    };
+    let node_id = init.node_id.clone();
+    let mut stream = match host.open(init) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::info!(node_id = %node_id, error = %error, "process stream refused");
+            return end(&tx, &abort_token, error).await;
+        }
+    };
+    let ready = ProcessResponse {
+        response: Some(process_response::Response::Ready(ProcessReady {
+            processor: stream.entry.name.clone(),
+            node_id: stream.node_id.clone(),
+            host_id: host.host_id(),
+        })),
+    };
+    if tx.send(Ok(ready)).await.is_err() {
+        return;
+    }
+    tracing::debug!(processor = %stream.entry.name, node_id = %stream.node_id, "process stream opened");
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
+            message = inbound.message() => message,
+        };
+        let chunk = match message {
+            Ok(Some(ProcessRequest {
+                request: Some(process_request::Request::Chunk(chunk)),
+            })) => chunk,
+            Ok(Some(ProcessRequest {
+                request: Some(process_request::Request::Init(_)),
+            })) => return end(&tx, &abort_token, Error::DuplicateInit).await,
+            Ok(Some(ProcessRequest { request: None })) => {
+                return end(&tx, &abort_token, Error::EmptyRequest).await;
+            }
+            // The client closed its side: every chunk has been answered.
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(processor = %stream.entry.name, %status, "process stream broken by the client");
+                return;
+            }
+        };
+        let response = match stream.handle(chunk) {
+            Ok(response) => response,
+            Err(fatal) => {
+                tracing::error!(processor = %stream.entry.name, node_id = %stream.node_id, error = %fatal, "process stream failed");
+                return end(&tx, &abort_token, fatal).await;
+            }
+        };
+        let sent = tokio::select! {
+            biased;
+            () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
+            sent = tx.send(Ok(response)) => sent,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Ends a stream with `error`'s status. It waits for room behind the results already
+/// queued, unless the shutdown's grace period is over: then a client that stopped reading
+/// loses the status with the stream.
+async fn end(tx: &Tx, abort: &CancellationToken, error: Error) {
+    tokio::select! {
+        biased;
+        _ = tx.send(Err(error.into())) => {}
+        () = abort.cancelled() => {}
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
+}
+
+/// One open stream: its processor instance and its metric handles.
+struct StreamState {
+    entry: Arc<Entry>,
+    processor: Box<dyn Processor>,
+    node_id: String,
+    stats: Arc<HostStats>,
+    chunks_in: metrics::Counter,
+    chunks_out: metrics::Counter,
+    errors: metrics::Counter,
+    latency: metrics::Histogram,
+    active: metrics::Gauge,
+}
+
+impl StreamState {
+    fn new(
+        host: &ProcessorHost,
+        entry: Arc<Entry>,
+        processor: Box<dyn Processor>,
+        node_id: String,
+    ) -> Self {
+        let name = entry.name.clone();
+        let stats = host.inner.stats.clone();
+        stats.stream_opened();
+        let active = metrics::gauge!(stats::ACTIVE_STREAMS, "processor" => name.clone());
+        active.increment(1.0);
+        Self {
+            chunks_in: metrics::counter!(stats::CHUNKS_TOTAL, "processor" => name.clone(), "direction" => "in"),
+            chunks_out: metrics::counter!(stats::CHUNKS_TOTAL, "processor" => name.clone(), "direction" => "out"),
+            errors: metrics::counter!(stats::ERRORS_TOTAL, "processor" => name.clone()),
+            latency: metrics::histogram!(stats::LATENCY_SECONDS, "processor" => name),
+            active,
+            entry,
+            processor,
+            node_id,
+            stats,
+        }
+    }
+
+    /// Answers one chunk. `Err` only when the stream must end (a panic).
+    fn handle(&mut self, chunk: DataChunk) -> Result<ProcessResponse> {
+        let started = Instant::now();
+        let sequence = chunk.sequence;
+        self.stats.chunk_in();
+        self.chunks_in.increment(1);
+        let result = match self.run(chunk)? {
+            Ok(outputs) => {
+                self.stats.chunks_out(outputs.len() as u64);
+                self.chunks_out.increment(outputs.len() as u64);
+                ProcessResult {
+                    input_sequence: sequence,
+                    outputs,
+                    error: None,
+                }
+            }
+            Err(error) => {
+                self.stats.error();
+                self.errors.increment(1);
+                tracing::debug!(processor = %self.entry.name, sequence, reason = error.reason(), "chunk failed");
+                ProcessResult {
+                    input_sequence: sequence,
+                    outputs: Vec::new(),
+                    error: Some(error.into_detail(&self.node_id, sequence)),
+                }
+            }
+        };
+        let mut response = ProcessResponse {
+            response: Some(process_response::Response::Result(result)),
+        };
+        // Sending an over-limit message would break the whole stream; fail the chunk instead.
+        let size = response.encoded_len();
+        if size > flowplane_grpc::MAX_MESSAGE_BYTES {
+            self.stats.error();
+            self.errors.increment(1);
+            let error = ProcessError::new(
+                Code::ResourceExhausted,
+                RESULT_TOO_LARGE,
+                format!(
+                    "the outputs of processor {:?} encode to {size} bytes, over the message limit of {} bytes (MAX_MESSAGE_BYTES)",
+                    self.entry.name,
+                    flowplane_grpc::MAX_MESSAGE_BYTES
+                ),
+            );
+            response.response = Some(process_response::Response::Result(ProcessResult {
+                input_sequence: sequence,
+                outputs: Vec::new(),
+                error: Some(error.into_detail(&self.node_id, sequence)),
+            }));
+        }
+        let elapsed = started.elapsed();
+        self.stats.latency(elapsed);
+        self.latency.record(elapsed.as_secs_f64());
+        Ok(response)
+    }
+
+    /// The outer `Result` is the stream's fate, the inner one the chunk's.
+    #[allow(clippy::type_complexity)]
+    fn run(&mut self, chunk: DataChunk) -> Result<Result<Vec<ProcessOutput>, ProcessError>> {
+        let DataChunk {
+            sequence,
+            input,
+            buffer,
+            timestamp_us,
+            metadata,
+        } = chunk;
+        let port = match self.resolve_input(&input) {
+            Ok(port) => port,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(DataBuffer {
+            payload: Some(payload),
+            metadata: buffer_metadata,
+        }) = buffer
+        else {
+            return Ok(Err(ProcessError::invalid(
+                MISSING_PAYLOAD,
+                "chunk.buffer",
+                "chunk carries no payload",
+            )));
+        };
+        if let Err(e) = self.check_payload(port, &payload) {
+            return Ok(Err(e));
+        }
+        let port_name = self.entry.inputs[port].name.as_str();
+        let input = Input {
+            port: port_name,
+            sequence,
+            payload,
+        };
+        let processor = &mut self.processor;
+        let outputs = match catch_unwind(AssertUnwindSafe(|| processor.process(input))) {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(panic) => {
+                self.stats.error();
+                self.errors.increment(1);
+                return Err(Error::ProcessorPanicked {
+                    processor: self.entry.name.clone(),
+                    sequence,
+                    message: panic_message(&panic),
+                });
+            }
+        };
+        Ok(self.wrap_outputs(outputs, sequence, timestamp_us, metadata, buffer_metadata))
+    }
+
+    fn resolve_input(&self, input: &str) -> Result<usize, ProcessError> {
+        let inputs = &self.entry.inputs;
+        if input.is_empty() {
+            if inputs.len() == 1 {
+                return Ok(0);
+            }
+            return Err(ProcessError::invalid(
+                AMBIGUOUS_INPUT,
+                "chunk.input",
+                format!(
+                    "processor {:?} has several inputs ({}); chunk.input must name one",
+                    self.entry.name, self.entry.input_names
+                ),
+            ));
+        }
+        inputs.iter().position(|p| p.name == input).ok_or_else(|| {
+            ProcessError::invalid(
+                UNKNOWN_INPUT,
+                "chunk.input",
+                format!(
+                    "processor {:?} has no input {input:?}; its inputs are: {}",
+                    self.entry.name, self.entry.input_names
+                ),
+            )
+        })
+    }
+
+    fn check_payload(&self, port: usize, payload: &Payload) -> Result<(), ProcessError> {
+        let port = &self.entry.inputs[port];
+        let hint = payload.type_hint();
+        if !port.accepts(hint) {
+            return Err(ProcessError::invalid(
+                TYPE_MISMATCH,
+                "chunk.buffer",
+                format!(
+                    "input {:?} of processor {:?} accepts {}, not {}",
+                    port.name,
+                    self.entry.name,
+                    port.types,
+                    hint.short_name()
+                ),
+            ));
+        }
+        payload::check_size(payload, flowplane_grpc::MAX_PAYLOAD_BYTES)?;
+        payload::check(payload)
+    }
+
+    fn wrap_outputs(
+        &self,
+        outputs: Vec<Output>,
+        sequence: u64,
+        timestamp_us: i64,
+        mut metadata: HashMap<String, String>,
+        mut buffer_metadata: HashMap<String, String>,
+    ) -> Result<Vec<ProcessOutput>, ProcessError> {
+        let count = outputs.len();
+        let mut wrapped = Vec::with_capacity(count);
+        for (i, output) in outputs.into_iter().enumerate() {
+            let port = self.resolve_output(&output)?;
+            let last = i + 1 == count;
+            // The last output takes the input's maps, so a single output copies nothing.
+            let (chunk_metadata, mut buffer_meta) = if last {
+                (
+                    std::mem::take(&mut metadata),
+                    std::mem::take(&mut buffer_metadata),
+                )
+            } else {
+                (metadata.clone(), buffer_metadata.clone())
+            };
+            buffer_meta.extend(output.metadata);
+            wrapped.push(ProcessOutput {
+                output: port.name.clone(),
+                chunk: Some(DataChunk {
+                    sequence,
+                    input: String::new(),
+                    buffer: Some(DataBuffer {
+                        payload: Some(output.payload),
+                        metadata: buffer_meta,
+                    }),
+                    timestamp_us,
+                    metadata: chunk_metadata,
+                }),
+            });
+        }
+        Ok(wrapped)
+    }
+
+    fn resolve_output(&self, output: &Output) -> Result<&Port, ProcessError> {
+        let outputs = &self.entry.outputs;
+        let port = if output.port.is_empty() && outputs.len() == 1 {
+            Some(&outputs[0])
+        } else {
+            outputs.iter().find(|p| p.name == output.port)
+        };
+        let Some(port) = port else {
+            return Err(ProcessError::internal(
+                UNDECLARED_OUTPUT,
+                format!(
+                    "processor {:?} produced output {:?}, which it does not declare",
+                    self.entry.name, output.port
+                ),
+            ));
+        };
+        let hint = output.payload.type_hint();
+        if !port.accepts(hint) {
+            return Err(ProcessError::new(
+                Code::Internal,
+                UNDECLARED_OUTPUT,
+                format!(
+                    "processor {:?} produced {} on output {:?}, which declares {}",
+                    self.entry.name,
+                    hint.short_name(),
+                    port.name,
+                    port.types
+                ),
+            ));
+        }
+        let len = output.payload.payload_len();
+        if len > flowplane_grpc::MAX_PAYLOAD_BYTES {
+            return Err(ProcessError::new(
+                Code::ResourceExhausted,
+                RESULT_TOO_LARGE,
+                format!(
+                    "processor {:?} produced {len} bytes on output {:?}, over the limit of {} bytes (MAX_PAYLOAD_BYTES)",
+                    self.entry.name,
+                    port.name,
+                    flowplane_grpc::MAX_PAYLOAD_BYTES
+                ),
+            ));
+        }
+        Ok(port)
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.stats.stream_closed();
+        self.active.decrement(1.0);
+    }
+}

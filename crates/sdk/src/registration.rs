@@ -1,0 +1,333 @@
+//! The host's lifecycle with the control plane: register (retrying with capped
+//! exponential backoff until it answers), heartbeat at the lease's interval with metrics
+//! and an honest status, register again when the control plane no longer knows the host,
+//! and on shutdown report STOPPING and deregister. It must never touch open streams: a
+//! control plane that is down only means nobody new can find this host.
+
+use std::{collections::HashMap, time::Duration};
+
+use flowplane_grpc::{auth::AttachBearer, config::ClientArgs};
+use flowplane_proto::{
+    common::v1::HealthStatus,
+    controlplane::v1::{
+        DeregisterRequest, ProcessorHeartbeatRequest, RegisterProcessorRequest,
+        RegisterProcessorResponse, control_plane_service_client::ControlPlaneServiceClient,
+    },
+};
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+
+use crate::{Error, ProcessorHost, Result};
+
+/// Longest wait for one control-plane call, so a hung control plane cannot stall heartbeats.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat interval used when the control plane's answer does not give one.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Shortest heartbeat interval honoured, whatever the control plane says.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How to reach the control plane and what to register as.
+#[derive(Clone, Debug)]
+pub struct RegistrationConfig {
+    /// Control plane address, `host:port` or a URI (`https://` uses TLS).
+    pub control_plane: String,
+    /// TLS trust for `https://` control planes.
+    pub client: ClientArgs,
+    /// Join token presented as `authorization: Bearer <token>`.
+    pub join_token: Option<String>,
+    /// Wanted component id; `None` lets the control plane assign one.
+    pub processor_id: Option<String>,
+    /// Labels registered with the host.
+    pub metadata: HashMap<String, String>,
+    /// First retry delay of a failed registration.
+    pub initial_backoff: Duration,
+    /// Longest retry delay of a failed registration.
+    pub max_backoff: Duration,
+}
+
+impl RegistrationConfig {
+    /// Registers with the control plane at `control_plane`, with default backoff
+    /// (100 ms doubling up to 5 s).
+    pub fn new(control_plane: impl Into<String>) -> Self {
+        Self {
+            control_plane: control_plane.into(),
+            client: ClientArgs::default(),
+            join_token: None,
+            processor_id: None,
+            metadata: HashMap::new(),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the lifecycle stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// Trying to register, or to register again.
+    Registering,
+    /// Registered and heartbeating.
+    Registered {
+        /// The component id.
+        processor_id: String,
+        /// The interval heartbeats are sent at.
+        heartbeat_interval: Duration,
+    },
+    /// Stopped: deregistered, or shut down before registering.
+    Stopped,
+}
+
+type Client = ControlPlaneServiceClient<InterceptedService<Channel, AttachBearer>>;
+
+/// A live lease.
+struct Lease {
+    processor_id: String,
+    lease_token: String,
+    heartbeat_interval: Duration,
+}
+
+/// Registers a host and keeps it registered until shut down.
+pub struct Registration {
+    client: Client,
+    config: RegistrationConfig,
+    endpoint: String,
+    host: ProcessorHost,
+    state: watch::Sender<RegistrationState>,
+}
+
+impl Registration {
+    /// Prepares the lifecycle of `host`, advertised at `endpoint`. Connects lazily: the
+    /// control plane need not be up. Fails on an address or token that cannot be used.
+    pub fn new(config: RegistrationConfig, endpoint: String, host: ProcessorHost) -> Result<Self> {
+        let channel = flowplane_grpc::client::lazy_channel(&config.control_plane, &config.client)?;
+        let auth =
+            AttachBearer::new(config.join_token.as_deref()).map_err(|e| Error::InvalidConfig {
+                setting: "join token",
+                message: e.message().to_string(),
+            })?;
+        let client = ControlPlaneServiceClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+        let (state, _) = watch::channel(RegistrationState::Registering);
+        Ok(Self {
+            client,
+            config,
+            endpoint,
+            host,
+            state,
+        })
+    }
+
+    /// Follows the lifecycle's state.
+    pub fn watch(&self) -> watch::Receiver<RegistrationState> {
+        self.state.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled, then reports STOPPING and deregisters.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(mut lease) = self.register(&shutdown, None).await else {
+            self.state.send_replace(RegistrationState::Stopped);
+            return;
+        };
+        let mut failing = false;
+        // The first heartbeat goes at once: a registration alone leaves the host STARTING.
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            next = Instant::now() + lease.heartbeat_interval;
+            let status = if self.host.overloaded() {
+                HealthStatus::Degraded
+            } else {
+                HealthStatus::Healthy
+            };
+            match self.heartbeat(&lease, status).await {
+                Ok(interval) => {
+                    if failing {
+                        tracing::info!(processor_id = %lease.processor_id, "control plane reachable again");
+                        failing = false;
+                    }
+                    if let Some(interval) = interval.filter(|i| *i != lease.heartbeat_interval) {
+                        lease.heartbeat_interval = interval;
+                        self.publish(&lease);
+                    }
+                }
+                Err(status) if status.code() == Code::NotFound => {
+                    tracing::warn!(processor_id = %lease.processor_id, "control plane no longer knows this host, registering again");
+                    self.state.send_replace(RegistrationState::Registering);
+                    let id = lease.processor_id.clone();
+                    match self.register(&shutdown, Some(&id)).await {
+                        Some(renewed) => lease = renewed,
+                        None => break,
+                    }
+                    failing = false;
+                    next = Instant::now();
+                }
+                Err(status) => {
+                    // Open streams carry on; only discovery of this host suffers.
+                    if failing {
+                        tracing::debug!(processor_id = %lease.processor_id, code = ?status.code(), message = status.message(), "heartbeat failed again");
+                    } else {
+                        tracing::warn!(processor_id = %lease.processor_id, code = ?status.code(), message = status.message(), "heartbeat failed; streams are unaffected");
+                        failing = true;
+                    }
+                }
+            }
+        }
+        self.stop(&lease).await;
+    }
+
+    fn publish(&self, lease: &Lease) {
+        self.state.send_replace(RegistrationState::Registered {
+            processor_id: lease.processor_id.clone(),
+            heartbeat_interval: lease.heartbeat_interval,
+        });
+    }
+
+    /// Registers, retrying with capped exponential backoff. `None` when shut down first.
+    async fn register(
+        &self,
+        shutdown: &CancellationToken,
+        previous_id: Option<&str>,
+    ) -> Option<Lease> {
+        let mut backoff = self.config.initial_backoff;
+        let wanted_id = previous_id
+            .map(str::to_string)
+            .or_else(|| self.config.processor_id.clone())
+            .unwrap_or_default();
+        loop {
+            let request = RegisterProcessorRequest {
+                processor_id: wanted_id.clone(),
+                endpoint: self.endpoint.clone(),
+                metadata: self.config.metadata.clone(),
+                capabilities: self.host.capabilities(),
+                lease_token: String::new(),
+                version: self.host.version().to_string(),
+            };
+            let mut client = self.client.clone();
+            let attempt = call(RPC_TIMEOUT, client.register_processor(request));
+            let outcome = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(response) => {
+                    let lease = lease_from(response);
+                    self.host.set_host_id(&lease.processor_id);
+                    tracing::info!(
+                        processor_id = %lease.processor_id,
+                        endpoint = %self.endpoint,
+                        heartbeat_interval_ms = lease.heartbeat_interval.as_millis() as u64,
+                        "registered with the control plane"
+                    );
+                    self.publish(&lease);
+                    return Some(lease);
+                }
+                Err(status) => {
+                    tracing::warn!(
+                        control_plane = %self.config.control_plane,
+                        code = ?status.code(),
+                        message = status.message(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "registration failed, retrying"
+                    );
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// One heartbeat; `Ok` carries the interval the control plane asks for, if any.
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        status: HealthStatus,
+    ) -> Result<Option<Duration>, Status> {
+        let request = ProcessorHeartbeatRequest {
+            processor_id: lease.processor_id.clone(),
+            timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            metrics: self.host.stats().snapshot().to_metrics(),
+            status: status as i32,
+            lease_token: lease.lease_token.clone(),
+        };
+        let mut client = self.client.clone();
+        let timeout = lease
+            .heartbeat_interval
+            .clamp(MIN_HEARTBEAT_INTERVAL, RPC_TIMEOUT);
+        let response = call(timeout, client.processor_heartbeat(request)).await?;
+        Ok(response.heartbeat_interval.and_then(duration_from))
+    }
+
+    /// Reports STOPPING, then deregisters. Failures are logged: the lease then expires.
+    async fn stop(&self, lease: &Lease) {
+        if let Err(status) = self.heartbeat(lease, HealthStatus::Stopping).await {
+            tracing::debug!(code = ?status.code(), message = status.message(), "stopping heartbeat failed");
+        }
+        let request = DeregisterRequest {
+            component_id: lease.processor_id.clone(),
+            lease_token: lease.lease_token.clone(),
+        };
+        let mut client = self.client.clone();
+        match call(RPC_TIMEOUT, client.deregister(request)).await {
+            Ok(_) => {
+                tracing::info!(processor_id = %lease.processor_id, "deregistered from the control plane")
+            }
+            Err(status) => tracing::warn!(
+                processor_id = %lease.processor_id,
+                code = ?status.code(),
+                message = status.message(),
+                "deregistration failed; the lease will expire"
+            ),
+        }
+        self.state.send_replace(RegistrationState::Stopped);
+    }
+}
+
+/// A unary call bounded by `timeout`, answering DEADLINE_EXCEEDED when it runs out.
+async fn call<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "control plane did not answer within {timeout:?}"
+        ))),
+    }
+}
+
+fn duration_from(d: prost_types::Duration) -> Option<Duration> {
+    Duration::try_from(d)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(|d| d.max(MIN_HEARTBEAT_INTERVAL))
+}
+
+fn lease_from(response: RegisterProcessorResponse) -> Lease {
+    let heartbeat_interval = response
+        .heartbeat_interval
+        .and_then(duration_from)
+        .or_else(|| {
+            response
+                .lease_ttl
+                .and_then(duration_from)
+                .map(|ttl| ttl / 3)
+        })
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
+        .max(MIN_HEARTBEAT_INTERVAL);
+    Lease {
+        processor_id: response.processor_id,
+        lease_token: response.lease_token,
+        heartbeat_interval,
+    }
+}

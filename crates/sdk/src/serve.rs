@@ -1,0 +1,123 @@
+//! Runs a host the production way: the shared gRPC stack (health, reflection, limits,
+//! TLS), the lifecycle with the control plane when one is configured, and a graceful
+//! shutdown that deregisters at once and gives open streams a grace period to finish.
+
+use std::{future::Future, pin::pin, time::Duration};
+
+use flowplane_grpc::server::GrpcServer;
+use flowplane_proto::processor::v1::processor_service_server::SERVICE_NAME;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{service::Routes, transport::ServerTlsConfig};
+
+use crate::{ProcessorHost, Registration, RegistrationConfig, Result};
+
+/// How long the server may take to close after the grace period ended the open streams.
+const AFTER_ABORT: Duration = Duration::from_secs(5);
+
+/// How to serve a host.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// TLS identity; `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Address registered with the control plane; `None` uses the bound address.
+    pub advertise: Option<String>,
+    /// Register with this control plane; `None` serves without registering.
+    pub registration: Option<RegistrationConfig>,
+    /// How long open streams may go on after shutdown before they end UNAVAILABLE.
+    pub grace_period: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            advertise: None,
+            registration: None,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The host's routes without tonic's UNIMPLEMENTED fallback: `GrpcServer` already has
+/// one, and axum refuses to merge two routers that both carry a fallback.
+fn routes(host: &ProcessorHost) -> Routes {
+    let mut routes = Routes::default();
+    *routes.axum_router_mut() = Default::default();
+    routes.add_service(host.service())
+}
+
+/// Serves `host` on `listener` until `shutdown` resolves. Then: health NOT_SERVING,
+/// STOPPING reported and the host deregistered, no new streams, open streams drained
+/// within the grace period and ended UNAVAILABLE after it.
+pub async fn serve(
+    host: ProcessorHost,
+    options: ServeOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let bound = listener.local_addr()?;
+    let endpoint = options
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let registration = options
+        .registration
+        .map(|config| Registration::new(config, endpoint.clone(), host.clone()))
+        .transpose()?;
+    let server = GrpcServer::new()?
+        .with_tls(options.tls)
+        .with_routes(routes(&host));
+    flowplane_grpc::server::set_serving(&server.health(), SERVICE_NAME).await;
+    tracing::info!(
+        listen = %bound,
+        endpoint = %endpoint,
+        processors = ?host.capabilities().iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        "processor host serving"
+    );
+
+    let stop = CancellationToken::new();
+    let watch_shutdown = async {
+        tokio::select! {
+            () = shutdown => {
+                tracing::info!("processor host shutting down");
+                stop.cancel();
+            }
+            () = stop.cancelled() => {}
+        }
+    };
+    let lifecycle = async {
+        if let Some(registration) = registration {
+            registration.run(stop.clone()).await;
+        }
+    };
+    let grace = options.grace_period;
+    let serving = async {
+        let mut serve = pin!(server.serve(listener, stop.clone().cancelled_owned()));
+        let grace_over = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = &mut serve => result,
+            () = grace_over => {
+                tracing::warn!(active_streams = host.stats().active_streams(), "grace period over, ending open streams");
+                host.abort_streams();
+                match tokio::time::timeout(AFTER_ABORT, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("server did not close after the grace period; leaving it");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        // A server that failed by itself takes the lifecycle down with it.
+        stop.cancel();
+        result
+    };
+    let ((), result, ()) = tokio::join!(watch_shutdown, serving, lifecycle);
+    result?;
+    tracing::info!("processor host stopped");
+    Ok(())
+}

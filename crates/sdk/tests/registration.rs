@@ -1,0 +1,430 @@
+//! The lifecycle against a scripted control plane on 127.0.0.1: retry until it answers,
+//! heartbeats with metrics and honest status, registering again on NOT_FOUND, STOPPING
+//! then deregistration on shutdown, and open streams untouched by a control plane outage.
+//! The real control plane is exercised in tests/tests/processor_lifecycle.rs.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use flowplane_grpc::{auth::check_bearer, config::ClientArgs, server::GrpcServer};
+use flowplane_sdk::{
+    Capability, Input, Output, ParamError, Params, ProcessError, Processor, ProcessorHost,
+    RegistrationConfig, ServeOptions,
+    client::{ProcessStream, chunk, init},
+    proto::{
+        common::v1::HealthStatus,
+        controlplane::v1::{
+            self as cp, control_plane_service_server::ControlPlaneService,
+            control_plane_service_server::ControlPlaneServiceServer,
+        },
+        data::v1::{DataTypeHint, TextData, data_buffer::Payload},
+    },
+    serve,
+};
+use flowplane_test_support::{local_listener, wait_for, wait_until};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, service::Routes};
+
+const TOKEN: &str = "join-secret";
+const HEARTBEAT: Duration = Duration::from_millis(50);
+
+/// What the fake control plane saw, and the ids it currently knows.
+#[derive(Default)]
+struct Seen {
+    registrations: Vec<cp::RegisterProcessorRequest>,
+    heartbeats: Vec<cp::ProcessorHeartbeatRequest>,
+    deregistrations: Vec<cp::DeregisterRequest>,
+    live: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakeControlPlane {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl FakeControlPlane {
+    fn registrations(&self) -> Vec<cp::RegisterProcessorRequest> {
+        self.seen.lock().unwrap().registrations.clone()
+    }
+    fn heartbeats(&self) -> Vec<cp::ProcessorHeartbeatRequest> {
+        self.seen.lock().unwrap().heartbeats.clone()
+    }
+    fn deregistrations(&self) -> Vec<cp::DeregisterRequest> {
+        self.seen.lock().unwrap().deregistrations.clone()
+    }
+    fn forget_everyone(&self) {
+        self.seen.lock().unwrap().live.clear();
+    }
+}
+
+fn unimplemented<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not in the fake"))
+}
+
+#[tonic::async_trait]
+impl ControlPlaneService for FakeControlPlane {
+    type WatchComponentsStream = tokio_stream::Empty<Result<cp::WatchComponentsResponse, Status>>;
+
+    async fn register_processor(
+        &self,
+        request: Request<cp::RegisterProcessorRequest>,
+    ) -> Result<Response<cp::RegisterProcessorResponse>, Status> {
+        check_bearer(request.metadata(), TOKEN)?;
+        let request = request.into_inner();
+        let mut seen = self.seen.lock().unwrap();
+        let id = if request.processor_id.is_empty() {
+            format!("assigned-{}", seen.registrations.len() + 1)
+        } else {
+            request.processor_id.clone()
+        };
+        seen.registrations.push(request);
+        seen.live.push(id.clone());
+        Ok(Response::new(cp::RegisterProcessorResponse {
+            processor_id: id.clone(),
+            lease_token: format!("lease-of-{id}"),
+            lease_ttl: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            heartbeat_interval: Some(prost_types::Duration::try_from(HEARTBEAT).unwrap()),
+            lease_expires_at: None,
+        }))
+    }
+
+    async fn processor_heartbeat(
+        &self,
+        request: Request<cp::ProcessorHeartbeatRequest>,
+    ) -> Result<Response<cp::ProcessorHeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let mut seen = self.seen.lock().unwrap();
+        let known = seen.live.contains(&request.processor_id);
+        seen.heartbeats.push(request);
+        if !known {
+            return Err(Status::not_found("no such processor"));
+        }
+        Ok(Response::new(cp::ProcessorHeartbeatResponse::default()))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<cp::DeregisterRequest>,
+    ) -> Result<Response<cp::DeregisterResponse>, Status> {
+        let request = request.into_inner();
+        let mut seen = self.seen.lock().unwrap();
+        seen.live.retain(|id| *id != request.component_id);
+        seen.deregistrations.push(request);
+        Ok(Response::new(cp::DeregisterResponse {}))
+    }
+
+    async fn register_source(
+        &self,
+        _: Request<cp::RegisterSourceRequest>,
+    ) -> Result<Response<cp::RegisterSourceResponse>, Status> {
+        unimplemented()
+    }
+    async fn source_heartbeat(
+        &self,
+        _: Request<cp::SourceHeartbeatRequest>,
+    ) -> Result<Response<cp::SourceHeartbeatResponse>, Status> {
+        unimplemented()
+    }
+    async fn register_consumer(
+        &self,
+        _: Request<cp::RegisterConsumerRequest>,
+    ) -> Result<Response<cp::RegisterConsumerResponse>, Status> {
+        unimplemented()
+    }
+    async fn consumer_heartbeat(
+        &self,
+        _: Request<cp::ConsumerHeartbeatRequest>,
+    ) -> Result<Response<cp::ConsumerHeartbeatResponse>, Status> {
+        unimplemented()
+    }
+    async fn get_component(
+        &self,
+        _: Request<cp::GetComponentRequest>,
+    ) -> Result<Response<cp::GetComponentResponse>, Status> {
+        unimplemented()
+    }
+    async fn list_components(
+        &self,
+        _: Request<cp::ListComponentsRequest>,
+    ) -> Result<Response<cp::ListComponentsResponse>, Status> {
+        unimplemented()
+    }
+    async fn watch_components(
+        &self,
+        _: Request<cp::WatchComponentsRequest>,
+    ) -> Result<Response<Self::WatchComponentsStream>, Status> {
+        unimplemented()
+    }
+}
+
+/// Serves `fake` on `listener` until the returned token is cancelled.
+fn start_fake(
+    fake: &FakeControlPlane,
+    listener: TcpListener,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let mut routes = Routes::default();
+    *routes.axum_router_mut() = Default::default();
+    let routes = routes.add_service(ControlPlaneServiceServer::new(fake.clone()));
+    let server = GrpcServer::new().unwrap().with_routes(routes);
+    let shutdown = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move { server.serve(listener, shutdown).await.unwrap() });
+    (stop, task)
+}
+
+/// Echoes text.
+struct Echo;
+
+impl Processor for Echo {
+    fn capability() -> Capability {
+        Capability::new("test.echo", "echoes text")
+            .input("text", [DataTypeHint::Text], "text")
+            .output("text", [DataTypeHint::Text], "the same text")
+            .stateless()
+    }
+    fn create(_: &Params) -> Result<Self, ParamError> {
+        Ok(Self)
+    }
+    fn process(&mut self, input: Input<'_>) -> Result<Vec<Output>, ProcessError> {
+        Ok(vec![Output::new("text", input.payload)])
+    }
+}
+
+struct Host {
+    addr: SocketAddr,
+    host: ProcessorHost,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<flowplane_sdk::Result<()>>,
+}
+
+async fn start_host(control_plane: SocketAddr, max_streams: usize) -> Host {
+    let host = ProcessorHost::builder("test-host")
+        .max_streams(max_streams)
+        .processor::<Echo>()
+        .build()
+        .unwrap();
+    let listener = local_listener().await;
+    let addr = listener.local_addr().unwrap();
+    let mut registration = RegistrationConfig::new(control_plane.to_string());
+    registration.join_token = Some(TOKEN.into());
+    registration.initial_backoff = Duration::from_millis(20);
+    registration.max_backoff = Duration::from_millis(100);
+    registration.metadata.insert("zone".into(), "test".into());
+    let options = ServeOptions {
+        registration: Some(registration),
+        advertise: Some(format!("processor.test:{}", addr.port())),
+        grace_period: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(
+        host.clone(),
+        options,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    Host {
+        addr,
+        host,
+        stop,
+        task,
+    }
+}
+
+async fn open_echo(addr: SocketAddr) -> ProcessStream {
+    let channel = flowplane_grpc::client::connect(&addr.to_string(), &ClientArgs::default())
+        .await
+        .unwrap();
+    ProcessStream::open(channel, init("test.echo", "n", serde_json::Value::Null))
+        .await
+        .unwrap()
+        .0
+}
+
+async fn echo(stream: &mut ProcessStream, sequence: u64) {
+    let payload = Payload::Text(TextData {
+        text: format!("hello {sequence}"),
+        language: String::new(),
+    });
+    stream
+        .send(chunk(sequence, "", payload.clone()))
+        .await
+        .unwrap();
+    let result = stream.result().await.unwrap().unwrap();
+    assert_eq!(result.input_sequence, sequence);
+    let out = result.outputs[0].chunk.as_ref().unwrap();
+    assert_eq!(out.buffer.as_ref().unwrap().payload, Some(payload));
+}
+
+#[tokio::test]
+async fn registers_once_the_control_plane_answers_then_heartbeats_with_metrics() {
+    // Reserve a port, and start the control plane on it only after the host is trying.
+    let reserved = local_listener().await;
+    let cp_addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let host = start_host(cp_addr, 100).await;
+
+    let mut stream = open_echo(host.addr).await;
+    echo(&mut stream, 1).await;
+
+    let fake = FakeControlPlane::default();
+    let listener = TcpListener::bind(cp_addr).await.unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+
+    let registration = wait_for("the host to register", || {
+        let fake = fake.clone();
+        async move { fake.registrations().into_iter().next() }
+    })
+    .await;
+    assert_eq!(
+        registration.endpoint,
+        format!("processor.test:{}", host.addr.port())
+    );
+    assert_eq!(registration.metadata["zone"], "test");
+    assert_eq!(registration.capabilities.len(), 1);
+    assert_eq!(registration.capabilities[0].name, "test.echo");
+    assert_eq!(registration.version, env!("CARGO_PKG_VERSION"));
+    wait_until("the assigned id to reach the host", || async {
+        host.host.host_id() == "assigned-1"
+    })
+    .await;
+
+    let beat = wait_for("a heartbeat with a chunk counted", || {
+        let fake = fake.clone();
+        async move {
+            fake.heartbeats()
+                .into_iter()
+                .find(|h| h.metrics.get("chunks_in_total") == Some(&1.0))
+        }
+    })
+    .await;
+    assert_eq!(beat.processor_id, "assigned-1");
+    assert_eq!(beat.lease_token, "lease-of-assigned-1");
+    assert_eq!(beat.status, HealthStatus::Healthy as i32);
+    for key in [
+        "chunks_in_total",
+        "chunks_out_total",
+        "errors_total",
+        "active_streams",
+        "streams_total",
+        "latency_p50_ms",
+        "latency_p99_ms",
+    ] {
+        assert!(
+            beat.metrics.contains_key(key),
+            "{key} missing from {:?}",
+            beat.metrics
+        );
+    }
+    assert_eq!(beat.metrics["active_streams"], 1.0);
+    assert_eq!(beat.metrics["chunks_out_total"], 1.0);
+    drop(stream);
+    host.stop.cancel();
+    host.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reports_degraded_while_over_its_stream_limit() {
+    let fake = FakeControlPlane::default();
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let host = start_host(cp_addr, 1).await;
+    let healthy = |status: HealthStatus| {
+        let fake = fake.clone();
+        move || {
+            let fake = fake.clone();
+            async move {
+                fake.heartbeats()
+                    .last()
+                    .is_some_and(|h| h.status == status as i32)
+            }
+        }
+    };
+    wait_until("a healthy heartbeat", healthy(HealthStatus::Healthy)).await;
+    let first = open_echo(host.addr).await;
+    let second = open_echo(host.addr).await;
+    wait_until("a degraded heartbeat", healthy(HealthStatus::Degraded)).await;
+    drop((first, second));
+    wait_until("healthy again", healthy(HealthStatus::Healthy)).await;
+}
+
+#[tokio::test]
+async fn registers_again_when_the_control_plane_forgets_it() {
+    let fake = FakeControlPlane::default();
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let host = start_host(cp_addr, 100).await;
+    wait_until("the first registration", || {
+        let fake = fake.clone();
+        async move { fake.registrations().len() == 1 }
+    })
+    .await;
+    fake.forget_everyone();
+    let again = wait_for("a second registration", || {
+        let fake = fake.clone();
+        async move { fake.registrations().get(1).cloned() }
+    })
+    .await;
+    // It asks for the id it had, so it stays the same component.
+    assert_eq!(again.processor_id, "assigned-1");
+    assert_eq!(host.host.host_id(), "assigned-1");
+}
+
+#[tokio::test]
+async fn shutdown_reports_stopping_then_deregisters() {
+    let fake = FakeControlPlane::default();
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let host = start_host(cp_addr, 100).await;
+    wait_until("a heartbeat", || {
+        let fake = fake.clone();
+        async move { !fake.heartbeats().is_empty() }
+    })
+    .await;
+    host.stop.cancel();
+    host.task.await.unwrap().unwrap();
+    let last = fake.heartbeats().pop().unwrap();
+    assert_eq!(last.status, HealthStatus::Stopping as i32);
+    let deregistered = fake.deregistrations();
+    assert_eq!(deregistered.len(), 1);
+    assert_eq!(deregistered[0].component_id, "assigned-1");
+    assert_eq!(deregistered[0].lease_token, "lease-of-assigned-1");
+}
+
+#[tokio::test]
+async fn a_control_plane_outage_never_stops_open_streams() {
+    let fake = FakeControlPlane::default();
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (cp_stop, cp_task) = start_fake(&fake, listener);
+    let host = start_host(cp_addr, 100).await;
+    let mut stream = open_echo(host.addr).await;
+    echo(&mut stream, 1).await;
+    wait_until("a heartbeat", || {
+        let fake = fake.clone();
+        async move { !fake.heartbeats().is_empty() }
+    })
+    .await;
+    cp_stop.cancel();
+    cp_task.await.unwrap();
+    for sequence in 2..50 {
+        echo(&mut stream, sequence).await;
+    }
+    // New streams open too: only discovery depends on the control plane.
+    let mut fresh = open_echo(host.addr).await;
+    echo(&mut fresh, 1).await;
+    // With its streams closed, the host stops at once although the control plane is gone.
+    drop((stream, fresh));
+    host.stop.cancel();
+    host.task.await.unwrap().unwrap();
+}

@@ -1,0 +1,343 @@
+//! The live view of processor instances, kept from the control plane's WatchComponents
+//! stream (never a poll per session). Sessions pick instances here; when the control
+//! plane is unreachable the last view stays in use, so new sessions still start. This
+//! module never blocks a session on the control plane.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use flowplane_grpc::{
+    auth::AttachBearer,
+    client::{TracedChannel, lazy_traced_channel},
+    config::ClientArgs,
+};
+use flowplane_manifest::Capabilities;
+use flowplane_proto::{
+    common::v1::{ComponentKind, HealthStatus},
+    controlplane::v1::{
+        Component, WatchComponentsRequest, control_plane_service_client::ControlPlaneServiceClient,
+        watch_components_response::Event,
+    },
+    processor::v1::ProcessorCapability,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::InterceptedService;
+
+/// One processor host a node can run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Component id of the host.
+    pub id: String,
+    /// Where it serves ProcessorService.
+    pub endpoint: String,
+}
+
+/// Counts node streams per instance while a guard lives, for least-loaded picking.
+pub struct LoadGuard {
+    directory: Arc<Directory>,
+    id: String,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut load = self.directory.load.lock().expect("load lock");
+        if let Some(n) = load.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                load.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// The processor instances the control plane currently offers.
+pub struct Directory {
+    components: RwLock<HashMap<String, Component>>,
+    load: Mutex<HashMap<String, usize>>,
+    channels: Mutex<HashMap<String, TracedChannel>>,
+    round_robin: AtomicUsize,
+    client: ClientArgs,
+}
+
+impl Directory {
+    /// An empty directory; fill it with [`Directory::watch`] or [`Directory::replace`].
+    pub fn new(client: ClientArgs) -> Arc<Self> {
+        Arc::new(Self {
+            components: RwLock::new(HashMap::new()),
+            load: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            round_robin: AtomicUsize::new(0),
+            client,
+        })
+    }
+
+    /// Keeps the view in step with the control plane at `address` until `stop` fires,
+    /// reconnecting with capped backoff. The last view is kept while disconnected.
+    pub fn watch(self: &Arc<Self>, address: String, stop: CancellationToken) {
+        let directory = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let attempt = directory.watch_once(&address);
+                let outcome = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    outcome = attempt => outcome,
+                };
+                match outcome {
+                    Ok(true) => backoff = Duration::from_millis(100),
+                    Ok(false) => {}
+                    Err(status) => tracing::warn!(
+                        control_plane = %address,
+                        code = ?status.code(),
+                        error = %status.message(),
+                        "control plane watch failed, keeping the last view"
+                    ),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+
+    /// One watch stream; returns whether it delivered anything before ending.
+    async fn watch_once(&self, address: &str) -> Result<bool, tonic::Status> {
+        let channel = lazy_traced_channel(address, &self.client)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let auth = AttachBearer::new(self.client.token.as_deref())?;
+        let mut client = ControlPlaneServiceClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+        let mut stream = client
+            .watch_components(WatchComponentsRequest {
+                kind: ComponentKind::Processor as i32,
+                capability: String::new(),
+            })
+            .await?
+            .into_inner();
+        let mut delivered = false;
+        while let Some(message) = stream.message().await? {
+            delivered = true;
+            match message.event {
+                Some(Event::Snapshot(snapshot)) => self.replace(snapshot.components),
+                Some(Event::Added(c)) | Some(Event::Updated(c)) => self.upsert(c),
+                Some(Event::Removed(removed)) => {
+                    if let Some(c) = removed.component {
+                        self.remove(&c.id);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Replaces the whole view.
+    pub fn replace(&self, components: Vec<Component>) {
+        let mut view = self.components.write().expect("view lock");
+        *view = components.into_iter().map(|c| (c.id.clone(), c)).collect();
+        tracing::debug!(instances = view.len(), "processor view replaced");
+    }
+
+    /// Adds or updates one component.
+    pub fn upsert(&self, component: Component) {
+        self.components
+            .write()
+            .expect("view lock")
+            .insert(component.id.clone(), component);
+    }
+
+    /// Removes one component.
+    pub fn remove(&self, id: &str) {
+        self.components.write().expect("view lock").remove(id);
+    }
+
+    /// Whether `id` is still offered for discovery.
+    pub fn is_available(&self, id: &str) -> bool {
+        self.components
+            .read()
+            .expect("view lock")
+            .get(id)
+            .is_some_and(available)
+    }
+
+    /// Picks an instance for `processor`, skipping `exclude`: the least-loaded of the
+    /// healthy ones (degraded ones only when no healthy one is left), round robin on ties.
+    pub fn pick(&self, processor: &str, exclude: &[String]) -> Option<Instance> {
+        let view = self.components.read().expect("view lock");
+        let load = self.load.lock().expect("load lock");
+        let mut candidates: Vec<&Component> = view
+            .values()
+            .filter(|c| available(c) && offers(c, processor) && !exclude.contains(&c.id))
+            .collect();
+        if candidates
+            .iter()
+            .any(|c| c.status == HealthStatus::Healthy as i32)
+        {
+            candidates.retain(|c| c.status == HealthStatus::Healthy as i32);
+        }
+        candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        let least = candidates
+            .iter()
+            .map(|c| load.get(&c.id).copied().unwrap_or(0))
+            .min()?;
+        let tied: Vec<&&Component> = candidates
+            .iter()
+            .filter(|c| load.get(&c.id).copied().unwrap_or(0) == least)
+            .collect();
+        let turn = self.round_robin.fetch_add(1, Ordering::Relaxed);
+        let chosen = tied[turn % tied.len()];
+        Some(Instance {
+            id: chosen.id.clone(),
+            endpoint: chosen.endpoint.clone(),
+        })
+    }
+
+    /// Counts a node stream against `instance` until the guard drops.
+    pub fn hold(self: &Arc<Self>, instance: &Instance) -> LoadGuard {
+        *self
+            .load
+            .lock()
+            .expect("load lock")
+            .entry(instance.id.clone())
+            .or_default() += 1;
+        LoadGuard {
+            directory: self.clone(),
+            id: instance.id.clone(),
+        }
+    }
+
+    /// A shared channel to `endpoint` (one HTTP/2 connection per instance).
+    pub fn channel(&self, endpoint: &str) -> flowplane_grpc::Result<TracedChannel> {
+        let mut channels = self.channels.lock().expect("channel lock");
+        if let Some(channel) = channels.get(endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = lazy_traced_channel(endpoint, &self.client)?;
+        channels.insert(endpoint.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the channel to `endpoint` after its instance failed, so the next use reconnects.
+    pub fn forget_channel(&self, endpoint: &str) {
+        self.channels.lock().expect("channel lock").remove(endpoint);
+    }
+
+    /// The client token and TLS settings used towards processors.
+    pub fn client_args(&self) -> &ClientArgs {
+        &self.client
+    }
+
+    /// A client to a processor host with flowplane's limits and auth.
+    pub fn processor_client(
+        &self,
+        endpoint: &str,
+    ) -> Result<
+        flowplane_proto::processor::v1::processor_service_client::ProcessorServiceClient<
+            InterceptedService<TracedChannel, AttachBearer>,
+        >,
+        tonic::Status,
+    > {
+        let channel = self
+            .channel(endpoint)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let auth = AttachBearer::new(self.client.token.as_deref())?;
+        Ok(
+            flowplane_proto::processor::v1::processor_service_client::ProcessorServiceClient::with_interceptor(
+                channel, auth,
+            )
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES),
+        )
+    }
+}
+
+impl Capabilities for Directory {
+    fn capability(&self, processor: &str) -> Option<ProcessorCapability> {
+        let view = self.components.read().expect("view lock");
+        let mut offering: Vec<&Component> = view
+            .values()
+            .filter(|c| available(c) && offers(c, processor))
+            .collect();
+        offering.sort_by(|a, b| a.id.cmp(&b.id));
+        offering
+            .first()
+            .and_then(|c| c.capabilities.iter().find(|p| p.name == processor).cloned())
+    }
+}
+
+/// HEALTHY and DEGRADED instances are offered; STARTING, UNHEALTHY and STOPPING are not.
+fn available(c: &Component) -> bool {
+    c.status == HealthStatus::Healthy as i32 || c.status == HealthStatus::Degraded as i32
+}
+
+fn offers(c: &Component, processor: &str) -> bool {
+    c.capabilities.iter().any(|p| p.name == processor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, status: HealthStatus, processors: &[&str]) -> Component {
+        Component {
+            id: id.into(),
+            endpoint: format!("{id}:1"),
+            status: status as i32,
+            capabilities: processors
+                .iter()
+                .map(|p| ProcessorCapability {
+                    name: (*p).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn picks_least_loaded_healthy_instance_and_skips_excluded() {
+        let dir = Directory::new(ClientArgs::default());
+        dir.replace(vec![
+            host("a", HealthStatus::Healthy, &["p"]),
+            host("b", HealthStatus::Healthy, &["p"]),
+            host("c", HealthStatus::Degraded, &["p"]),
+            host("d", HealthStatus::Stopping, &["p"]),
+            host("e", HealthStatus::Healthy, &["q"]),
+        ]);
+        let first = dir.pick("p", &[]).unwrap();
+        let _held = dir.hold(&first);
+        let second = dir.pick("p", &[]).unwrap();
+        assert_ne!(first.id, second.id, "least loaded goes to the idle host");
+        assert!(["a", "b"].contains(&second.id.as_str()));
+        // With both healthy hosts excluded, the degraded one is used; never the stopping one.
+        let fallback = dir.pick("p", &["a".into(), "b".into()]).unwrap();
+        assert_eq!(fallback.id, "c");
+        assert!(
+            dir.pick("p", &["a".into(), "b".into(), "c".into()])
+                .is_none()
+        );
+        assert!(dir.capability("q").is_some());
+        assert!(dir.capability("nope").is_none());
+    }
+
+    #[test]
+    fn load_guard_releases_on_drop() {
+        let dir = Directory::new(ClientArgs::default());
+        dir.replace(vec![host("a", HealthStatus::Healthy, &["p"])]);
+        let inst = dir.pick("p", &[]).unwrap();
+        {
+            let _g1 = dir.hold(&inst);
+            let _g2 = dir.hold(&inst);
+            assert_eq!(dir.load.lock().unwrap()["a"], 2);
+        }
+        assert!(dir.load.lock().unwrap().get("a").is_none());
+    }
+}

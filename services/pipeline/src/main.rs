@@ -1,0 +1,106 @@
+//! `flowplane-pipeline`: parses flags, starts telemetry, binds, and runs the service.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use flowplane_grpc::config::{ClientArgs, ServeArgs};
+use flowplane_pipeline::{Config, ServiceLimits, SessionLimits};
+
+/// The flowplane streaming pipeline service.
+#[derive(Debug, Parser)]
+#[command(name = "flowplane-pipeline", version, about)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+
+    #[command(flatten)]
+    client: ClientArgs,
+
+    #[command(flatten)]
+    telemetry: flowplane_telemetry::TelemetryArgs,
+
+    /// Control plane address where processors are discovered, HOST:PORT or URI.
+    #[arg(
+        long,
+        env = "FLOWPLANE_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    control_plane: String,
+
+    /// Bearer token clients must present on every data RPC; unset accepts all clients.
+    #[arg(long, env = "FLOWPLANE_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+
+    /// Sessions open at once before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FLOWPLANE_MAX_SESSIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions: u32,
+
+    /// Input chunks in flight per session (the backpressure window).
+    #[arg(long, env = "FLOWPLANE_SESSION_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    session_window: u32,
+
+    /// Payload bytes in flight per session, in MiB.
+    #[arg(long, env = "FLOWPLANE_SESSION_WINDOW_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..))]
+    session_window_mib: u32,
+
+    /// Seconds a session may stay silent before it ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "FLOWPLANE_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+
+    /// Seconds a new stream may take to send its init.
+    #[arg(long, env = "FLOWPLANE_INIT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    init_timeout_secs: u64,
+
+    /// Trace one chunk in every N as its own span (0: none; the rest are aggregated).
+    #[arg(long, env = "FLOWPLANE_CHUNK_SPAN_EVERY", default_value_t = 1000)]
+    chunk_span_every: u64,
+
+    /// Seconds open sessions may run on after SIGTERM.
+    #[arg(long, env = "FLOWPLANE_GRACE_PERIOD_SECS", default_value_t = 10)]
+    grace_period_secs: u64,
+}
+
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50071);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let telemetry = flowplane_telemetry::init("flowplane-pipeline", &cli.telemetry)?;
+    let config = Config {
+        control_plane: cli.control_plane.clone(),
+        client: cli.client.clone(),
+        auth_token: cli.auth_token.clone(),
+        tls: cli.serve.server_tls()?,
+        limits: ServiceLimits {
+            max_sessions: cli.max_sessions as usize,
+            init_timeout: Duration::from_secs(cli.init_timeout_secs),
+            session: SessionLimits {
+                window: cli.session_window as usize,
+                window_bytes: cli.session_window_mib as usize * 1024 * 1024,
+                idle_timeout: Duration::from_secs(cli.idle_timeout_secs),
+                chunk_span_every: cli.chunk_span_every,
+                ..SessionLimits::default()
+            },
+        },
+        grace_period: Duration::from_secs(cli.grace_period_secs),
+    };
+    flowplane_grpc::client::endpoint(&config.control_plane, &config.client)
+        .context("--control-plane")?;
+    let stop = flowplane_grpc::shutdown::on_signals();
+    flowplane_telemetry::metrics::spawn(cli.serve.metrics_listen, stop.clone().cancelled_owned())
+        .await?;
+    let listen = cli.serve.listen_or(DEFAULT_LISTEN);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind --listen {listen}"))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        control_plane = %config.control_plane,
+        "pipeline service serving"
+    );
+    let result = flowplane_pipeline::run(config, listener, stop.cancelled_owned()).await;
+    telemetry.shutdown().await;
+    Ok(result?)
+}

@@ -1,0 +1,173 @@
+//! One node's link to a processor instance: a `Process` stream opened with an init,
+//! confirmed by `ready`, fed from an unbounded sender (the session's window bounds what is
+//! in it) and read by a task that forwards every result to the session. Links never
+//! decide what a failure means; the session does.
+
+use std::sync::Arc;
+
+use flowplane_manifest::PlanNode;
+use flowplane_proto::{
+    data::v1::DataChunk,
+    processor::v1::{
+        ProcessInit, ProcessRequest, ProcessResult, process_request, process_response,
+    },
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::Instrument;
+
+use crate::directory::{Directory, Instance, LoadGuard};
+
+/// What a node link reports to its session.
+#[derive(Debug)]
+pub enum NodeEvent {
+    /// The processor answered one chunk.
+    Result(ProcessResult),
+    /// The stream ended: `None` when the processor closed it cleanly.
+    Ended(Option<tonic::Status>),
+}
+
+/// A live Process stream for one node.
+pub struct NodeLink {
+    /// Where the node runs.
+    pub instance: Instance,
+    requests: mpsc::UnboundedSender<ProcessRequest>,
+    _load: LoadGuard,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeLink {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Why a link could not be opened.
+pub enum OpenError {
+    /// No instance, or the instance could not be reached: another instance may work.
+    Unreachable(tonic::Status),
+    /// The processor refused the init (bad params, unknown processor): no instance will do better.
+    Refused(tonic::Status),
+}
+
+impl NodeLink {
+    /// Sends a chunk to the processor. Fails only when the stream is already gone, which
+    /// the reader reports as [`NodeEvent::Ended`].
+    pub fn send(&self, chunk: DataChunk) -> bool {
+        self.requests
+            .send(ProcessRequest {
+                request: Some(process_request::Request::Chunk(chunk)),
+            })
+            .is_ok()
+    }
+
+    /// Opens `node` on `instance` and waits for `ready`. Events carry `tag` so the
+    /// session can tell a replaced link's late events from the current one's.
+    pub async fn open<T: Send + 'static>(
+        directory: &Arc<Directory>,
+        instance: Instance,
+        node: &PlanNode,
+        session_id: &str,
+        tag: T,
+        events: mpsc::UnboundedSender<(T, NodeEvent)>,
+    ) -> Result<Self, OpenError>
+    where
+        T: Clone,
+    {
+        let load = directory.hold(&instance);
+        let mut client = directory
+            .processor_client(&instance.endpoint)
+            .map_err(OpenError::Unreachable)?;
+        let (requests, rx) = mpsc::unbounded_channel();
+        let init = ProcessRequest {
+            request: Some(process_request::Request::Init(ProcessInit {
+                processor: node.processor.clone(),
+                node_id: node.id.clone(),
+                params: Some(flowplane_proto::json_to_struct(&node.params)),
+                session_id: session_id.to_string(),
+            })),
+        };
+        requests
+            .send(init)
+            .expect("receiver is alive until the call starts");
+        let span = tracing::info_span!(
+            "pipeline.node",
+            flowplane.node_id = %node.id,
+            flowplane.processor = %node.processor,
+            flowplane.instance = %instance.id,
+            flowplane.endpoint = %instance.endpoint,
+        );
+        let mut stream = client
+            .process(UnboundedReceiverStream::new(rx))
+            .instrument(span.clone())
+            .await
+            .map_err(classify)?
+            .into_inner();
+        match stream.message().await.map_err(classify)? {
+            Some(response) => match response.response {
+                Some(process_response::Response::Ready(_)) => {}
+                other => {
+                    return Err(OpenError::Refused(tonic::Status::internal(format!(
+                        "processor {:?} on {} answered init with {other:?} instead of ready",
+                        node.processor, instance.id
+                    ))));
+                }
+            },
+            None => {
+                return Err(OpenError::Unreachable(tonic::Status::unavailable(format!(
+                    "processor host {} closed the stream before ready",
+                    instance.id
+                ))));
+            }
+        }
+        let reader = tokio::spawn(
+            async move {
+                loop {
+                    let event = match stream.message().await {
+                        Ok(Some(response)) => match response.response {
+                            Some(process_response::Response::Result(result)) => {
+                                NodeEvent::Result(result)
+                            }
+                            // A second ready or an empty message carries nothing to route.
+                            _ => continue,
+                        },
+                        Ok(None) => NodeEvent::Ended(None),
+                        Err(status) => NodeEvent::Ended(Some(status)),
+                    };
+                    let ended = matches!(event, NodeEvent::Ended(_));
+                    if events.send((tag.clone(), event)).is_err() || ended {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Self {
+            instance,
+            requests,
+            _load: load,
+            reader,
+        })
+    }
+}
+
+/// Transport trouble means another instance may work; anything else is the processor's verdict.
+fn classify(status: tonic::Status) -> OpenError {
+    if is_instance_failure(&status) {
+        OpenError::Unreachable(status)
+    } else {
+        OpenError::Refused(status)
+    }
+}
+
+/// Codes that mean the instance (or the way to it) failed, not the request.
+pub fn is_instance_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+            | tonic::Code::DeadlineExceeded
+    )
+}

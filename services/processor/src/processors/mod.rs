@@ -1,0 +1,90 @@
+//! The built-in processors, one module each. Every one validates its params in `create`
+//! and reports bad input as a per-chunk error naming the field; none may panic on input.
+
+pub mod audio;
+pub mod binary_digest;
+pub mod json_calculator;
+pub mod passthrough;
+pub mod tensor_normalize;
+pub mod text_transform;
+pub mod video_grayscale;
+
+use flowplane_sdk::{
+    HostBuilder, ProcessError, Processor,
+    proto::data::v1::{JsonData, data_buffer::Payload},
+};
+
+/// Version every built-in reports: the binary's.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Reason of a chunk whose JSON does not parse.
+pub const INVALID_JSON: &str = "INVALID_JSON";
+/// Reason of a JSON document that parses but does not say what the processor needs.
+pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+
+type Register = fn(HostBuilder) -> HostBuilder;
+
+fn register<P: Processor>(builder: HostBuilder) -> HostBuilder {
+    builder.processor::<P>()
+}
+
+/// Every built-in processor by name, in the order hosts list them.
+pub const BUILT_INS: &[(&str, Register)] = &[
+    ("passthrough", register::<passthrough::Passthrough>),
+    (
+        "json.calculator",
+        register::<json_calculator::JsonCalculator>,
+    ),
+    ("text.transform", register::<text_transform::TextTransform>),
+    ("audio.gain", register::<audio::Gain>),
+    ("audio.resample", register::<audio::Resample>),
+    ("audio.level", register::<audio::Level>),
+    ("audio.dynamic_gain", register::<audio::DynamicGain>),
+    ("video.grayscale", register::<video_grayscale::Grayscale>),
+    ("tensor.normalize", register::<tensor_normalize::Normalize>),
+    ("binary.digest", register::<binary_digest::Digest>),
+];
+
+/// The names of every built-in processor.
+pub fn names() -> Vec<&'static str> {
+    BUILT_INS.iter().map(|(name, _)| *name).collect()
+}
+
+/// Parses a JSON document, naming the field and the parser's complaint on failure.
+pub(crate) fn parse_json(json: &JsonData) -> Result<serde_json::Value, ProcessError> {
+    serde_json::from_str(&json.json).map_err(|e| {
+        ProcessError::invalid(
+            INVALID_JSON,
+            "chunk.buffer.json.json",
+            format!("json.json is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// A JSON payload.
+pub(crate) fn json_payload(value: &serde_json::Value) -> Payload {
+    Payload::Json(JsonData {
+        json: value.to_string(),
+        schema_hint: String::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_its_processors_capability_name() {
+        for (name, register) in BUILT_INS {
+            let host = register(HostBuilder::new("t")).build().unwrap();
+            assert_eq!(host.capabilities()[0].name, *name);
+            assert_eq!(host.capabilities()[0].version, VERSION);
+        }
+        let all = BUILT_INS
+            .iter()
+            .fold(HostBuilder::new("t"), |b, (_, register)| register(b))
+            .build()
+            .unwrap();
+        assert_eq!(all.capabilities().len(), 10);
+    }
+}

@@ -1,0 +1,189 @@
+//! The real `flowplane-processor` binary: invalid settings exit non-zero naming the flag
+//! before any port is bound, and SIGTERM stops a serving host cleanly.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use flowplane_sdk::{
+    client::{ProcessStream, chunk, init},
+    proto::data::v1::{BinaryData, data_buffer::Payload},
+};
+
+fn processor() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowplane-processor"));
+    for (var, _) in std::env::vars() {
+        if var.starts_with("FLOWPLANE_") {
+            command.env_remove(var);
+        }
+    }
+    command.env("FLOWPLANE_LOG", "info");
+    command
+}
+
+/// Extra environment for one case.
+type Env = Vec<(&'static str, &'static str)>;
+
+#[test]
+fn invalid_settings_exit_non_zero_naming_the_flag() {
+    // A port this test holds: were the binary to get as far as binding, it would fail
+    // naming --listen instead of the bad setting.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, Env, &str)> = vec![
+        (vec!["--processors", "audio.gian"], vec![], "--processors"),
+        (
+            vec![],
+            vec![("FLOWPLANE_PROCESSORS", "passthrough,nope")],
+            "--processors",
+        ),
+        (vec!["--grace-period", "soon"], vec![], "--grace-period"),
+        (vec!["--max-streams", "0"], vec![], "--max-streams"),
+        (
+            vec!["--control-plane", "not a uri"],
+            vec![],
+            "--control-plane",
+        ),
+        (vec!["--label", "novalue"], vec![], "--label"),
+        (vec!["--join-token", "has space"], vec![], "--join-token"),
+        (vec!["--id", ""], vec![], "--id"),
+        (
+            vec!["--tls-cert", "/nonexistent/cert.pem"],
+            vec![],
+            "--tls-key",
+        ),
+    ];
+    for (args, env, flag) in cases {
+        let output = processor()
+            .args(["--listen", &listen])
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} {env:?} should fail");
+        assert!(
+            stderr.contains(flag),
+            "{args:?} {env:?}: stderr does not name {flag}:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("cannot listen"),
+            "{args:?}: it got as far as binding"
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn help_lists_the_settings_and_their_environment_variables() {
+    let output = processor().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "--listen",
+        "--advertise",
+        "--control-plane",
+        "FLOWPLANE_CONTROL_PLANE",
+        "--id",
+        "FLOWPLANE_ID",
+        "--join-token",
+        "FLOWPLANE_JOIN_TOKEN",
+        "--processors",
+        "--grace-period",
+        "--max-streams",
+    ] {
+        assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
+    }
+}
+
+/// Kills the child if the test fails before it exits by itself.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serves_then_stops_cleanly_on_sigterm() {
+    let mut child = KillOnDrop(
+        processor()
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--processors",
+                "passthrough",
+                "--grace-period",
+                "5s",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The bound port is in the "processor host serving" log line.
+    let stderr = child.0.stderr.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addr = None;
+    while addr.is_none() {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the processor logs that it is serving");
+        if line.contains("processor host serving") {
+            addr = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("listen="))
+                .map(str::to_string);
+        }
+    }
+    let addr = addr.unwrap();
+    let channel = flowplane_grpc::client::connect(&addr, &Default::default())
+        .await
+        .unwrap();
+    let (mut stream, _) =
+        ProcessStream::open(channel, init("passthrough", "bin", serde_json::Value::Null))
+            .await
+            .unwrap();
+    let payload = Payload::Binary(BinaryData {
+        data: bytes::Bytes::from_static(b"through the real binary"),
+        mime_type: String::new(),
+    });
+    stream.send(chunk(1, "", payload.clone())).await.unwrap();
+    let result = stream.result().await.unwrap().unwrap();
+    assert_eq!(
+        result.outputs[0]
+            .chunk
+            .as_ref()
+            .unwrap()
+            .buffer
+            .as_ref()
+            .unwrap()
+            .payload,
+        Some(payload)
+    );
+    // Closing the stream lets the drain finish at once.
+    drop(stream);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = flowplane_test_support::wait_for("the processor to exit after SIGTERM", || {
+        let status = child.0.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "exited with {status}");
+}
