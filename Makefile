@@ -68,19 +68,48 @@ dup-check: ## cargo tree -d must show one tonic, prost, hyper and h2
 	bash tests/workspace/single_versions.sh
 
 .PHONY: test-rust
-test-rust: ## every Rust unit and integration test
+test-rust: ## every Rust unit and integration test (binaries first: some tests start them)
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 .PHONY: test
 test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust ## everything CI runs
 
 .PHONY: demo
-demo: ## the main job: start the platform locally and stream the example pipelines
-	@echo "demo: the control plane, processors and pipeline service are not built yet;"
-	@echo "      see the open issues. What works today: make test (contract, codegen, buf checks)."
-	@exit 1
+demo: ## the main job: start the platform on localhost and stream every example pipeline
+	$(CARGO) build --release --bins
+	bash examples/demo.sh target/release
+
+.PHONY: demo-check
+demo-check: ## the demo, comparing every result with examples/expected/
+	$(CARGO) build --release --bins
+	DEMO_CHECK=1 bash examples/demo.sh target/release
 
 .PHONY: clean
 clean: ## remove build output, generated code and the tool venv
 	$(CARGO) clean
 	rm -rf gen $(VENV)
+
+# ---- deploy: container image and docker compose (deploy/) ------------------------------------
+# The scripts pick `docker compose` or `docker-compose`, whichever the machine has.
+
+.PHONY: images
+images: ## build the flowplane image: deploy/Dockerfile if its base can be pulled, else FROM scratch offline
+	bash deploy/scripts/build-images.sh
+
+.PHONY: up
+up: images ## start the compose stack on 127.0.0.1 and wait for health (OBSERVABILITY=1 adds traces/metrics/Grafana)
+	bash deploy/scripts/stack.sh up
+
+.PHONY: down
+down: ## stop the compose stack and remove its containers, network and volumes
+	bash deploy/scripts/stack.sh down
+
+.PHONY: compose-test
+compose-test: ## containers for real: start, example pipelines, kill a processor, restart the control plane
+	bash deploy/scripts/compose-test.sh
+
+.PHONY: compose-config
+compose-config: ## validate deploy/docker-compose.yml (observability profile too) and the files it mounts
+	bash deploy/scripts/stack.sh config
+# ---- end deploy -------------------------------------------------------------------------------
