@@ -365,3 +365,28 @@ outputs: [{ name: out, source: { node: t } }]"#,
     assert!(status.message().contains("\"t\""), "{}", status.message());
     assert!(status.message().contains("mode"), "{}", status.message());
 }
+
+/// The pipeline keeps its last view of the processors: with the control plane gone, new
+/// sessions still start and run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_start_while_the_control_plane_is_unreachable() {
+    let platform = Platform::start(1).await;
+    let m = manifest(TEXT_CHAIN);
+    platform.wait_until_runnable(&m).await;
+    let mut client = platform.pipeline_client().await;
+    let Platform {
+        control_plane,
+        processors: _hosts,
+        pipeline: _pipeline,
+    } = platform;
+    control_plane.stop().await;
+    let mut session = Session::open(&mut client, init(m)).await.unwrap();
+    session
+        .send(send(chunk(0, "text", text("still here"))))
+        .await;
+    session.send(control(ControlCommand::Close)).await;
+    session.finish_sending();
+    let outcome = session.read_to_end().await;
+    assert!(outcome.status.is_none(), "{:?}", outcome.status);
+    assert_eq!(text_of(payload(&outcome.results[0])), "EREH LLITS");
+}

@@ -115,11 +115,18 @@ impl PipelineService {
                     outcome = session.run(events) => outcome,
                     _ = stop.cancelled() => Err(Error::ShuttingDown),
                 };
-                if let Err(err) = outcome {
-                    let status = tonic::Status::from(err);
-                    tracing::info!(code = ?status.code(), error = %status.message(), "session ended");
-                    let _ = out.send(Err(status)).await;
-                }
+                let code = match outcome {
+                    Ok(()) => tonic::Code::Ok,
+                    Err(err) => {
+                        let status = tonic::Status::from(err);
+                        tracing::info!(code = ?status.code(), error = %status.message(), "session ended");
+                        let code = status.code();
+                        let _ = out.send(Err(status)).await;
+                        code
+                    }
+                };
+                metrics::counter!("flowplane_pipeline_sessions_total", "code" => flowplane_telemetry::rpc::code_name(code))
+                    .increment(1);
                 metrics::gauge!("flowplane_pipeline_sessions_active").decrement(1.0);
                 drop(admission);
             }

@@ -161,6 +161,8 @@ pub struct Session {
     node_rx: mpsc::UnboundedReceiver<(NodeTag, NodeEvent)>,
     stats: Stats,
     started: Instant,
+    chunks_in: metrics::Counter,
+    bytes_in: metrics::Counter,
 }
 
 impl Session {
@@ -231,6 +233,8 @@ impl Session {
                 node_rx,
                 stats: Stats::default(),
                 started: Instant::now(),
+                chunks_in: metrics::counter!("flowplane_pipeline_chunks_total"),
+                bytes_in: metrics::counter!("flowplane_pipeline_bytes_total"),
             },
             ready,
         ))
@@ -309,6 +313,8 @@ impl Session {
         let bytes = chunk.buffer.as_ref().map_or(0, |b| b.payload_len());
         self.stats.chunks_in += 1;
         self.stats.bytes_in += bytes as u64;
+        self.chunks_in.increment(1);
+        self.bytes_in.increment(bytes as u64);
         let span = (self.limits.chunk_span_every > 0
             && ticket_id % self.limits.chunk_span_every == 0)
             .then(|| {
@@ -709,7 +715,12 @@ impl Session {
                 self.stats.results_out += 1;
                 self.stats.bytes_out += r.buffer.as_ref().map_or(0, |b| b.payload_len()) as u64;
             }
-            Response::Error(_) => self.stats.errors += 1,
+            Response::Error(e) => {
+                self.stats.errors += 1;
+                let code = flowplane_telemetry::rpc::code_name(tonic::Code::from_i32(e.code));
+                metrics::counter!("flowplane_pipeline_chunk_errors_total", "code" => code)
+                    .increment(1);
+            }
             _ => {}
         }
         self.out
