@@ -214,7 +214,7 @@ fn spawn_processor(control_plane: &str, id: &str) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_of_a_processor_process_mid_stream_loses_nothing() {
     let cp = control_plane(Duration::from_secs(3)).await;
-    let mut children = vec![
+    let mut children = [
         Some(spawn_processor(&cp.url(), "bin-0")),
         Some(spawn_processor(&cp.url(), "bin-1")),
     ];

@@ -324,3 +324,48 @@ async fn open_streams_keep_flowing_while_the_control_plane_is_down() {
     drop((stream, calc));
     host.stop().await;
 }
+
+#[tokio::test]
+async fn instances_side_by_side_register_as_their_own_components() {
+    let cp = control_plane(Duration::from_secs(3)).await;
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let listener = local_listener().await;
+        let addr = listener.local_addr().unwrap();
+        // No id: the control plane assigns one to each.
+        let config = flowplane_processor::Config {
+            control_plane: Some(cp.url()),
+            processors: vec!["passthrough".into()],
+            ..Default::default()
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(flowplane_processor::run(config, listener, shutdown));
+        hosts.push((addr, stop, task));
+    }
+    let components = wait_for("two processor hosts", || async {
+        let components = client(&cp.url())
+            .await
+            .list_components(ListComponentsRequest {
+                kind: ComponentKind::Processor as i32,
+                status: HealthStatus::Healthy as i32,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .components;
+        (components.len() == 2).then_some(components)
+    })
+    .await;
+    assert_ne!(components[0].id, components[1].id);
+    let mut endpoints: Vec<String> = components.iter().map(|c| c.endpoint.clone()).collect();
+    endpoints.sort();
+    let mut expected: Vec<String> = hosts.iter().map(|(addr, _, _)| addr.to_string()).collect();
+    expected.sort();
+    assert_eq!(endpoints, expected);
+    for (_, stop, task) in hosts {
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+}

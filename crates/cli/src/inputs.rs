@@ -224,7 +224,7 @@ fn raw_rgb(d: &[u8], size: Option<(u32, u32)>) -> Result<Vec<Payload>> {
     let (width, height) = size.context("raw .rgb video needs --frame-size WIDTHxHEIGHT")?;
     let len = width as usize * height as usize * 3;
     ensure!(
-        len > 0 && d.len() % len == 0,
+        len > 0 && d.len().is_multiple_of(len),
         "file size {} is not a whole number of {width}x{height} rgb24 frames",
         d.len()
     );

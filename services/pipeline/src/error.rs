@@ -26,7 +26,7 @@ pub enum Error {
     #[error("{message}")]
     NodeUnavailable {
         message: String,
-        detail: ErrorDetail,
+        detail: Box<ErrorDetail>,
     },
     /// A processor rejected its init or failed its stream for a reason other than
     /// losing its instance; carries the processor's code.
@@ -34,7 +34,7 @@ pub enum Error {
     NodeFailed {
         code: tonic::Code,
         message: String,
-        detail: ErrorDetail,
+        detail: Box<ErrorDetail>,
     },
     /// The client cancelled the session.
     #[error("session cancelled by client")]
@@ -70,8 +70,8 @@ impl From<Error> for tonic::Status {
             Error::InvalidInput(_) => (tonic::Code::InvalidArgument, None),
             Error::LimitExceeded(_) => (tonic::Code::ResourceExhausted, None),
             Error::Timeout(_) => (tonic::Code::DeadlineExceeded, None),
-            Error::NodeUnavailable { detail, .. } => (tonic::Code::Unavailable, Some(detail)),
-            Error::NodeFailed { code, detail, .. } => (code, Some(detail)),
+            Error::NodeUnavailable { detail, .. } => (tonic::Code::Unavailable, Some(*detail)),
+            Error::NodeFailed { code, detail, .. } => (code, Some(*detail)),
             Error::Cancelled => (tonic::Code::Cancelled, None),
             Error::ShuttingDown => (tonic::Code::Unavailable, None),
             Error::Server(_) => (tonic::Code::Internal, None),

@@ -63,17 +63,14 @@ impl NodeLink {
 
     /// Opens `node` on `instance` and waits for `ready`. Events carry `tag` so the
     /// session can tell a replaced link's late events from the current one's.
-    pub async fn open<T: Send + 'static>(
+    pub async fn open<T: Clone + Send + 'static>(
         directory: &Arc<Directory>,
         instance: Instance,
         node: &PlanNode,
         session_id: &str,
         tag: T,
         events: mpsc::UnboundedSender<(T, NodeEvent)>,
-    ) -> Result<Self, OpenError>
-    where
-        T: Clone,
-    {
+    ) -> Result<Self, OpenError> {
         let load = directory.hold(&instance);
         let mut client = directory
             .processor_client(&instance.endpoint)

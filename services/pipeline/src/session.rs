@@ -316,23 +316,23 @@ impl Session {
         self.chunks_in.increment(1);
         self.bytes_in.increment(bytes as u64);
         let span = (self.limits.chunk_span_every > 0
-            && ticket_id % self.limits.chunk_span_every == 0)
-            .then(|| {
-                let payload = chunk
-                    .buffer
-                    .as_ref()
-                    .map_or(DataTypeHint::Unspecified, |b| b.type_hint());
-                (
-                    tracing::info_span!(
-                        "pipeline.chunk",
-                        flowplane.sequence = chunk.sequence,
-                        flowplane.payload_type = payload.short_name(),
-                        flowplane.bytes = bytes,
-                        latency_ms = tracing::field::Empty,
-                    ),
-                    Instant::now(),
-                )
-            });
+            && ticket_id.is_multiple_of(self.limits.chunk_span_every))
+        .then(|| {
+            let payload = chunk
+                .buffer
+                .as_ref()
+                .map_or(DataTypeHint::Unspecified, |b| b.type_hint());
+            (
+                tracing::info_span!(
+                    "pipeline.chunk",
+                    flowplane.sequence = chunk.sequence,
+                    flowplane.payload_type = payload.short_name(),
+                    flowplane.bytes = bytes,
+                    latency_ms = tracing::field::Empty,
+                ),
+                Instant::now(),
+            )
+        });
         self.tickets.push_back(Ticket {
             sequence: chunk.sequence,
             remaining: 0,
@@ -633,7 +633,7 @@ impl Session {
         );
         Error::NodeFailed {
             code,
-            detail: self.node_detail(node, code, "NODE_FAILED", &message),
+            detail: Box::new(self.node_detail(node, code, "NODE_FAILED", &message)),
             message,
         }
     }
@@ -647,7 +647,12 @@ impl Session {
             self.last_delivered_text()
         );
         Error::NodeUnavailable {
-            detail: self.node_detail(node, tonic::Code::Unavailable, "NODE_UNAVAILABLE", &message),
+            detail: Box::new(self.node_detail(
+                node,
+                tonic::Code::Unavailable,
+                "NODE_UNAVAILABLE",
+                &message,
+            )),
             message,
         }
     }
@@ -828,13 +833,13 @@ async fn open_node(
                 node.id, node.processor
             );
             return Err(Error::NodeUnavailable {
-                detail: ErrorDetail {
+                detail: Box::new(ErrorDetail {
                     reason: "NODE_UNAVAILABLE".into(),
                     message: message.clone(),
                     node_id: node.id.clone(),
                     code: tonic::Code::Unavailable as i32,
                     ..Default::default()
-                },
+                }),
                 message,
             });
         };
@@ -866,13 +871,13 @@ async fn open_node(
                 );
                 return Err(Error::NodeFailed {
                     code: status.code(),
-                    detail: ErrorDetail {
+                    detail: Box::new(ErrorDetail {
                         reason: "NODE_INIT_REFUSED".into(),
                         message: message.clone(),
                         node_id: node.id.clone(),
                         code: status.code() as i32,
                         ..Default::default()
-                    },
+                    }),
                     message,
                 });
             }
