@@ -73,7 +73,7 @@ test-rust: ## every Rust unit and integration test (binaries first: some tests s
 	$(CARGO) test --workspace
 
 .PHONY: test
-test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust ## everything CI runs
+test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust compose-config compose-test ## everything CI runs
 
 .PHONY: demo
 demo: ## the main job: start the platform on localhost and stream every example pipeline

@@ -146,9 +146,19 @@ pub struct Plan {
     pub nodes: Vec<PlanNode>,
     /// Where each pipeline input goes, by input name.
     pub inputs: BTreeMap<String, Vec<Destination>>,
+    /// Pipeline output names, in manifest order.
+    pub outputs: Vec<String>,
 }
 
 impl Plan {
+    /// The position of pipeline output `name` in the manifest (`usize::MAX` if unknown).
+    pub fn output_index(&self, name: &str) -> usize {
+        self.outputs
+            .iter()
+            .position(|o| o == name)
+            .unwrap_or(usize::MAX)
+    }
+
     /// The name a chunk with an empty `input` means: the pipeline's only input.
     pub fn default_input(&self) -> Option<&str> {
         let mut names = self.inputs.keys();
@@ -600,7 +610,7 @@ impl Validator {
                 );
                 continue;
             };
-            if !json_type_matches(&spec.r#type, value) {
+            if !flowplane_proto::param_type_matches(&spec.r#type, value) {
                 self.invalid(
                     "PARAM_TYPE",
                     &node.id,
@@ -630,18 +640,6 @@ impl Validator {
 
 fn or_default(port: &str) -> &str {
     if port.is_empty() { "<default>" } else { port }
-}
-
-fn json_type_matches(declared: &str, value: &serde_json::Value) -> bool {
-    match declared {
-        "number" => value.is_number(),
-        "string" => value.is_string(),
-        "bool" | "boolean" => value.is_boolean(),
-        "object" => value.is_object(),
-        "list" | "array" => value.is_array(),
-        // An undeclared or free-form type is the processor's to check at init.
-        _ => true,
-    }
 }
 
 fn types_intersect(out: &[i32], inp: &[i32]) -> bool {
@@ -692,5 +690,6 @@ fn build_plan(
             .into_iter()
             .map(|(k, v)| (k, v.iter().map(remap).collect()))
             .collect(),
+        outputs: m.outputs.iter().map(|o| o.name.clone()).collect(),
     }
 }

@@ -85,6 +85,20 @@ pub fn type_set_name(declared: &[i32]) -> String {
     format!("{{{}}}", names.join(", "))
 }
 
+/// True when `value` has the JSON type a `ParamSpec.type` declares ("number", "string",
+/// "bool", "object", "list"). An empty or unknown declared type is not checked here: the
+/// processor checks it itself.
+pub fn param_type_matches(declared: &str, value: &serde_json::Value) -> bool {
+    match declared {
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "bool" => value.is_boolean(),
+        "object" => value.is_object(),
+        "list" => value.is_array(),
+        _ => true,
+    }
+}
+
 /// A `google.protobuf.Struct` as a JSON object.
 pub fn struct_to_json(value: &Struct) -> serde_json::Map<String, serde_json::Value> {
     value

@@ -43,7 +43,7 @@ impl Params {
                 if value.is_null() {
                     continue;
                 }
-                if !json_type_matches(&spec.r#type, &value) {
+                if !flowplane_proto::param_type_matches(&spec.r#type, &value) {
                     return Err(ParamError::new(
                         name,
                         format!("must be a {}, got {}", spec.r#type, json_type_name(&value)),
@@ -121,18 +121,6 @@ impl Params {
         self.values
             .get(name)
             .ok_or_else(|| ParamError::new(name, "is required"))
-    }
-}
-
-fn json_type_matches(declared: &str, value: &Value) -> bool {
-    match declared {
-        "number" => value.is_number(),
-        "string" => value.is_string(),
-        "bool" => value.is_boolean(),
-        "object" => value.is_object(),
-        "list" => value.is_array(),
-        // An undeclared or unknown type is not checked here; the processor checks it.
-        _ => true,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use flowplane_grpc::{auth::AttachBearer, config::ClientArgs};
+use flowplane_grpc::{auth::AttachBearer, client::TracedChannel, config::ClientArgs};
 use flowplane_proto::{
     common::v1::HealthStatus,
     controlplane::v1::{
@@ -16,7 +16,7 @@ use flowplane_proto::{
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{Code, Status, service::interceptor::InterceptedService};
 
 use crate::{Error, ProcessorHost, Result};
 
@@ -78,7 +78,7 @@ pub enum RegistrationState {
     Stopped,
 }
 
-type Client = ControlPlaneServiceClient<InterceptedService<Channel, AttachBearer>>;
+type Client = ControlPlaneServiceClient<InterceptedService<TracedChannel, AttachBearer>>;
 
 /// A live lease.
 struct Lease {
@@ -100,7 +100,8 @@ impl Registration {
     /// Prepares the lifecycle of `host`, advertised at `endpoint`. Connects lazily: the
     /// control plane need not be up. Fails on an address or token that cannot be used.
     pub fn new(config: RegistrationConfig, endpoint: String, host: ProcessorHost) -> Result<Self> {
-        let channel = flowplane_grpc::client::lazy_channel(&config.control_plane, &config.client)?;
+        let channel =
+            flowplane_grpc::client::lazy_traced_channel(&config.control_plane, &config.client)?;
         let auth =
             AttachBearer::new(config.join_token.as_deref()).map_err(|e| Error::InvalidConfig {
                 setting: "join token",
@@ -162,7 +163,11 @@ impl Registration {
                     let id = lease.processor_id.clone();
                     match self.register(&shutdown, Some(&id)).await {
                         Some(renewed) => lease = renewed,
-                        None => break,
+                        // Shut down while unregistered: there is nothing to deregister.
+                        None => {
+                            self.state.send_replace(RegistrationState::Stopped);
+                            return;
+                        }
                     }
                     failing = false;
                     next = Instant::now();

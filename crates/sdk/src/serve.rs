@@ -39,14 +39,6 @@ impl Default for ServeOptions {
     }
 }
 
-/// The host's routes without tonic's UNIMPLEMENTED fallback: `GrpcServer` already has
-/// one, and axum refuses to merge two routers that both carry a fallback.
-fn routes(host: &ProcessorHost) -> Routes {
-    let mut routes = Routes::default();
-    *routes.axum_router_mut() = Default::default();
-    routes.add_service(host.service())
-}
-
 /// Serves `host` on `listener` until `shutdown` resolves. Then: health NOT_SERVING,
 /// STOPPING reported and the host deregistered, no new streams, open streams drained
 /// within the grace period and ended UNAVAILABLE after it.
@@ -67,7 +59,8 @@ pub async fn serve(
         .transpose()?;
     let server = GrpcServer::new()?
         .with_tls(options.tls)
-        .with_routes(routes(&host));
+        .with_routes(Routes::new(host.service()));
+    crate::stats::describe();
     flowplane_grpc::server::set_serving(&server.health(), SERVICE_NAME).await;
     tracing::info!(
         listen = %bound,
@@ -118,6 +111,13 @@ pub async fn serve(
     };
     let ((), result, ()) = tokio::join!(watch_shutdown, serving, lifecycle);
     result?;
+    // Every response has ended by now; let the stream tasks drop their processors.
+    if tokio::time::timeout(AFTER_ABORT, host.streams_ended())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some stream tasks had not ended when the host stopped");
+    }
     tracing::info!("processor host stopped");
     Ok(())
 }

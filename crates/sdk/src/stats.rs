@@ -13,6 +13,24 @@ pub const LATENCY_SECONDS: &str = "flowplane_processor_latency_seconds";
 /// Open Process streams, by processor.
 pub const ACTIVE_STREAMS: &str = "flowplane_processor_active_streams";
 
+/// Describes the metrics above to the installed recorder (a no-op without one).
+pub fn describe() {
+    metrics::describe_counter!(
+        CHUNKS_TOTAL,
+        "Chunks a processor received (direction=in) and output chunks it produced (direction=out)"
+    );
+    metrics::describe_counter!(
+        ERRORS_TOTAL,
+        "Chunks answered with an error, and streams ended by a processor panic"
+    );
+    metrics::describe_histogram!(
+        LATENCY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a chunk's arrival at the host to its result"
+    );
+    metrics::describe_gauge!(ACTIVE_STREAMS, "Open Process streams");
+}
+
 /// Sub-buckets per power of two: about 19% resolution, plenty for p50/p99 in heartbeats.
 const SUB_BUCKETS: usize = 4;
 /// Powers of two of microseconds covered: 1 us up to about 2^40 us.

@@ -170,9 +170,7 @@ fn start_fake(
     listener: TcpListener,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let mut routes = Routes::default();
-    *routes.axum_router_mut() = Default::default();
-    let routes = routes.add_service(ControlPlaneServiceServer::new(fake.clone()));
+    let routes = Routes::new(ControlPlaneServiceServer::new(fake.clone()));
     let server = GrpcServer::new().unwrap().with_routes(routes);
     let shutdown = stop.clone().cancelled_owned();
     let task = tokio::spawn(async move { server.serve(listener, shutdown).await.unwrap() });

@@ -36,9 +36,20 @@ pub struct NodeLink {
     reader: tokio::task::JoinHandle<()>,
 }
 
+/// How long a dropped link's processor gets to end its stream after the half-close.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Drop for NodeLink {
+    /// Half-closes the request stream so the processor ends its side with OK, and reads
+    /// to that end; a processor that does not end within the grace is cut off.
     fn drop(&mut self) {
-        self.reader.abort();
+        let abort = self.reader.abort_handle();
+        let reader = std::mem::replace(&mut self.reader, tokio::spawn(async {}));
+        tokio::spawn(async move {
+            if tokio::time::timeout(CLOSE_GRACE, reader).await.is_err() {
+                abort.abort();
+            }
+        });
     }
 }
 

@@ -680,22 +680,27 @@ impl Session {
     }
 
     /// Hands the oldest tickets' results to the client, in input order, releasing each
-    /// ticket's window permits once all its work is done.
+    /// ticket's window permits once all its work is done. A ticket's results go out when
+    /// the ticket is complete, ordered by the manifest's output order (errors last, by
+    /// node), so a chunk's results never depend on which branch answered first.
     async fn drain(&mut self) -> Result<()> {
         if !self.fan_in.held.is_empty() {
             self.release_fan_in();
         }
-        while let Some(front) = self.tickets.front_mut() {
-            let results = std::mem::take(&mut front.results);
-            let done = front.remaining == 0;
-            for response in results {
+        while self.tickets.front().is_some_and(|t| t.remaining == 0) {
+            let mut ticket = self.tickets.pop_front().expect("front exists");
+            if ticket.results.len() > 1 {
+                let plan = &self.plan;
+                ticket.results.sort_by_cached_key(|r| match &r.response {
+                    Some(Response::Result(r)) => (plan.output_index(&r.output), String::new()),
+                    Some(Response::Error(e)) => (usize::MAX, e.node_id.clone()),
+                    _ => (usize::MAX, String::new()),
+                });
+            }
+            for response in std::mem::take(&mut ticket.results) {
                 self.send(response.response.expect("results carry a response"))
                     .await?;
             }
-            if !done {
-                break;
-            }
-            let ticket = self.tickets.pop_front().expect("front exists");
             self.first_ticket += 1;
             self.last_delivered = Some(ticket.sequence);
             if let Some((span, started)) = ticket.span {

@@ -2,6 +2,19 @@
 //! `flowplane.processor.v1.ProcessorService` with the SDK, and registers with the control
 //! plane when one is configured. Several instances may run side by side, each its own
 //! component. It never imports another service; everything shared lives in the SDK.
+//!
+//! | processor | inputs -> outputs | params | notes |
+//! | --- | --- | --- | --- |
+//! | `passthrough` | `data` ANY -> `data` ANY | | zero-copy |
+//! | `json.calculator` | `json` JSON -> `json` JSON | | `{"op", "operands"}` -> `{"result"}` |
+//! | `text.transform` | `text` TEXT -> `text` TEXT | `mode` (required): upper, lower, reverse | reverse by grapheme cluster |
+//! | `audio.gain` | `audio` AUDIO -> `audio` AUDIO | `gain_db` (required, -120..120) | integers clip |
+//! | `audio.resample` | `audio` AUDIO -> `audio` AUDIO | `target_rate` (required, 1..768000) | stateful linear interpolation |
+//! | `audio.level` | `audio` AUDIO -> `level` JSON | | RMS and peak dBFS, null for silence |
+//! | `audio.dynamic_gain` | `audio` AUDIO, `control` JSON -> `audio` AUDIO | `gain_db` (default 0) | stateful |
+//! | `video.grayscale` | `video` VIDEO -> `video` VIDEO (GRAY8) | | BT.601 luma |
+//! | `tensor.normalize` | `tensor` TENSOR (F32, F64) -> `tensor` TENSOR | | population variance |
+//! | `binary.digest` | `data` BINARY -> `digest` TEXT | | SHA-256, lowercase hex |
 
 pub mod processors;
 
