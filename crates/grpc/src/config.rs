@@ -2,7 +2,7 @@
 //! scripts and containers start any service the same way. Each binary flattens these
 //! into its own `clap` parser; precedence is default -> `FLOWPLANE_*` env -> flag.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tonic::transport::{Identity, ServerTlsConfig};
 
@@ -76,6 +76,30 @@ pub(crate) fn read(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>
     })
 }
 
+/// Parses a duration like `15s`, `500ms`, `2m`, `1h` or plain seconds (`15`, `1.5`).
+pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{raw:?} is not a duration: use e.g. 15s, 500ms, 2m or plain seconds")
+    })?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))
+}
+
 /// How a client reaches a flowplane server: TLS trust and the bearer token to present.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ClientArgs {
@@ -91,4 +115,22 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_humanely() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "fast", "10 parsecs", "-5s", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! never build a `tonic::transport::Server` themselves.
 
 pub mod auth;
+pub mod binary;
 pub mod client;
 pub mod config;
 pub mod server;

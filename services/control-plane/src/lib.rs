@@ -93,30 +93,6 @@ impl Config {
     }
 }
 
-/// Parses a duration like `15s`, `500ms`, `2m`, `1h` or plain seconds (`15`, `1.5`).
-pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(raw.len());
-    let (number, unit) = raw.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("{raw:?} is not a duration: use e.g. 15s, 500ms, 2m or plain seconds")
-    })?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))
-}
-
 /// Serves the control plane on `listener` until `shutdown` resolves, with the in-memory
 /// registry. On shutdown: health goes NOT_SERVING, watches end cleanly, in-flight calls
 /// finish, then this returns.
@@ -175,19 +151,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_humanely() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "fast", "10 parsecs", "-5s", "1.2.3s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn config_validation_names_the_flag() {

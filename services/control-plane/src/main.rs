@@ -8,16 +8,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use clap::Parser;
-use flowplane_control_plane::{
-    Config, DEFAULT_MAX_COMPONENTS, parse_duration, registry::DEFAULT_WATCH_BUFFER,
-};
-use flowplane_grpc::config::ServeArgs;
+use flowplane_control_plane::{Config, DEFAULT_MAX_COMPONENTS, registry::DEFAULT_WATCH_BUFFER};
+use flowplane_grpc::config::{ServeArgs, parse_duration};
 use flowplane_telemetry::TelemetryArgs;
-
-/// Exit code for invalid settings (EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 
@@ -68,45 +62,13 @@ fn config(args: &Args) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match config(&args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("flowplane-control-plane: {error:#}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flowplane-control-plane: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("flowplane-control-plane: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
-    let telemetry = flowplane_telemetry::init("flowplane-control-plane", &args.telemetry)?;
-    let shutdown = flowplane_grpc::shutdown::on_signals();
-    flowplane_telemetry::metrics::spawn(
-        args.serve.metrics_listen,
-        shutdown.clone().cancelled_owned(),
+    let config = config(&args).map_err(|e| format!("{e:#}"));
+    flowplane_grpc::binary::serve_main(
+        "flowplane-control-plane",
+        &args.telemetry,
+        &args.serve,
+        DEFAULT_LISTEN,
+        config,
+        flowplane_control_plane::run,
     )
-    .await?;
-    let listen = args.serve.listen_or(DEFAULT_LISTEN);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
-    let served = flowplane_control_plane::run(config, listener, shutdown.cancelled_owned()).await;
-    if let Err(error) = &served {
-        tracing::error!(%error, "control plane failed");
-    }
-    telemetry.shutdown().await;
-    Ok(served?)
 }

@@ -1,6 +1,6 @@
 //! `flowplane-pipeline`: parses flags, starts telemetry, binds, and runs the service.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -64,14 +64,11 @@ struct Cli {
 const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50071);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let telemetry = flowplane_telemetry::init("flowplane-pipeline", &cli.telemetry)?;
+fn config(cli: &Cli) -> anyhow::Result<Config> {
     let config = Config {
         control_plane: cli.control_plane.clone(),
         client: cli.client.clone(),
-        auth_token: cli.auth_token.clone(),
+        auth_token: cli.auth_token.clone().filter(|t| !t.is_empty()),
         tls: cli.serve.server_tls()?,
         limits: ServiceLimits {
             max_sessions: cli.max_sessions as usize,
@@ -88,19 +85,18 @@ async fn main() -> anyhow::Result<()> {
     };
     flowplane_grpc::client::endpoint(&config.control_plane, &config.client)
         .context("--control-plane")?;
-    let stop = flowplane_grpc::shutdown::on_signals();
-    flowplane_telemetry::metrics::spawn(cli.serve.metrics_listen, stop.clone().cancelled_owned())
-        .await?;
-    let listen = cli.serve.listen_or(DEFAULT_LISTEN);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot bind --listen {listen}"))?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        control_plane = %config.control_plane,
-        "pipeline service serving"
-    );
-    let result = flowplane_pipeline::run(config, listener, stop.cancelled_owned()).await;
-    telemetry.shutdown().await;
-    Ok(result?)
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = config(&cli).map_err(|e| format!("{e:#}"));
+    flowplane_grpc::binary::serve_main(
+        "flowplane-pipeline",
+        &cli.telemetry,
+        &cli.serve,
+        DEFAULT_LISTEN,
+        config,
+        flowplane_pipeline::run,
+    )
 }

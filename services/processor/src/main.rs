@@ -8,13 +8,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use clap::Parser;
-use flowplane_grpc::config::{ClientArgs, ServeArgs};
+use flowplane_grpc::config::{ClientArgs, ServeArgs, parse_duration};
 use flowplane_processor::Config;
-
-/// Exit code for invalid settings (EX_USAGE).
-const EXIT_USAGE: u8 = 64;
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50061);
 
@@ -75,30 +71,6 @@ struct Args {
     labels: Vec<(String, String)>,
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h` or plain seconds.
-fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(raw.len());
-    let (number, unit) = raw.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("{raw:?} is not a duration: use e.g. 10s, 500ms, 2m or plain seconds")
-    })?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))
-}
-
 fn parse_label(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -135,83 +107,13 @@ fn config(args: &Args) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match config(&args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("flowplane-processor: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flowplane-processor: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("flowplane-processor: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(args: Args, config: Config) -> anyhow::Result<()> {
-    let _telemetry = flowplane_telemetry::init("flowplane-processor", &args.telemetry)?;
-    let shutdown = flowplane_grpc::shutdown::on_signals();
-    flowplane_telemetry::metrics::spawn(
-        args.serve.metrics_listen,
-        shutdown.clone().cancelled_owned(),
+    let config = config(&args).map_err(|e| format!("{e:#}"));
+    flowplane_grpc::binary::serve_main(
+        "flowplane-processor",
+        &args.telemetry,
+        &args.serve,
+        DEFAULT_LISTEN,
+        config,
+        flowplane_processor::run,
     )
-    .await?;
-    let listen = args.serve.listen_or(DEFAULT_LISTEN);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
-    flowplane_processor::run(config, listener, shutdown.cancelled_owned()).await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_parse_into_a_config() {
-        let args = Args::try_parse_from([
-            "flowplane-processor",
-            "--control-plane",
-            "127.0.0.1:50051",
-            "--processors",
-            "passthrough, audio.gain",
-            "--grace-period",
-            "500ms",
-            "--label",
-            "zone=a,gpu=none",
-            "--token",
-            "t0k",
-        ])
-        .unwrap();
-        let config = config(&args).unwrap();
-        assert_eq!(config.processors, ["passthrough", "audio.gain"]);
-        assert_eq!(config.grace_period, Duration::from_millis(500));
-        assert_eq!(config.labels["zone"], "a");
-        assert_eq!(config.join_token.as_deref(), Some("t0k"));
-    }
-
-    #[test]
-    fn bad_values_name_the_flag() {
-        let bad = Args::try_parse_from(["flowplane-processor", "--processors", "nope"]).unwrap();
-        assert!(
-            config(&bad)
-                .unwrap_err()
-                .to_string()
-                .contains("--processors")
-        );
-        let err =
-            Args::try_parse_from(["flowplane-processor", "--grace-period", "soon"]).unwrap_err();
-        assert!(err.to_string().contains("--grace-period"), "{err}");
-    }
 }

@@ -1,0 +1,78 @@
+//! What every flowplane server binary does around its service's `run`, in one place:
+//! invalid settings exit with EX_USAGE before any port is bound, naming the flag; then
+//! telemetry first, signal handling, the /metrics endpoint, bind, run, flush on the way
+//! out. A binary's `main` parses its flags, builds its config and calls [`serve_main`].
+
+use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::config::ServeArgs;
+
+/// Exit code for invalid settings (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Runs a server binary named `name`. `config` is the checked configuration, or the
+/// message naming the bad flag; `run` is the service's `run(config, listener, shutdown)`.
+pub fn serve_main<C, F, Fut, E>(
+    name: &'static str,
+    telemetry: &flowplane_telemetry::TelemetryArgs,
+    serve: &ServeArgs,
+    default_listen: SocketAddr,
+    config: Result<C, String>,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(C, TcpListener, WaitForCancellationFutureOwned) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let config = match config {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{name}: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let telemetry = flowplane_telemetry::init(name, telemetry).map_err(|e| e.to_string())?;
+        let shutdown = crate::shutdown::on_signals();
+        let served = async {
+            flowplane_telemetry::metrics::spawn(
+                serve.metrics_listen,
+                shutdown.clone().cancelled_owned(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let listen = serve.listen_or(default_listen);
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen} (--listen): {e}"))?;
+            tracing::info!(listen = %listener.local_addr().map_err(|e| e.to_string())?, "{name} starting");
+            run(config, listener, shutdown.cancelled_owned())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = &served {
+            tracing::error!(%error, "{name} failed");
+        }
+        telemetry.shutdown().await;
+        served
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
