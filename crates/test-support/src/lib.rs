@@ -2,6 +2,8 @@
 //! fixed sleeps: these helpers poll a condition until it holds or a generous deadline
 //! passes, and then fail loudly with what was being waited for.
 
+pub mod binary;
+
 use std::{future::Future, time::Duration};
 
 /// How long `wait_until` waits before failing: generous, because CI machines are shared.

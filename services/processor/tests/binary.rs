@@ -13,90 +13,54 @@ use flowplane_sdk::{
     proto::data::v1::{BinaryData, data_buffer::Payload},
 };
 
+const BINARY: &str = env!("CARGO_BIN_EXE_flowplane-processor");
+
 fn processor() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flowplane-processor"));
-    for (var, _) in std::env::vars() {
-        if var.starts_with("FLOWPLANE_") {
-            command.env_remove(var);
-        }
-    }
+    let mut command = flowplane_test_support::binary::command(BINARY);
     command.env("FLOWPLANE_LOG", "info");
     command
 }
 
-/// Extra environment for one case.
-type Env = Vec<(&'static str, &'static str)>;
-
 #[test]
 fn invalid_settings_exit_non_zero_naming_the_flag() {
-    // A port this test holds: were the binary to get as far as binding, it would fail
-    // naming --listen instead of the bad setting.
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = held.local_addr().unwrap().to_string();
-    let cases: Vec<(Vec<&str>, Env, &str)> = vec![
-        (vec!["--processors", "audio.gian"], vec![], "--processors"),
-        (
-            vec![],
-            vec![("FLOWPLANE_PROCESSORS", "passthrough,nope")],
-            "--processors",
-        ),
-        (vec!["--grace-period", "soon"], vec![], "--grace-period"),
-        (vec!["--max-streams", "0"], vec![], "--max-streams"),
-        (
-            vec!["--control-plane", "not a uri"],
-            vec![],
-            "--control-plane",
-        ),
-        (vec!["--label", "novalue"], vec![], "--label"),
-        (vec!["--join-token", "has space"], vec![], "--join-token"),
-        (vec!["--id", ""], vec![], "--id"),
-        (
-            vec!["--tls-cert", "/nonexistent/cert.pem"],
-            vec![],
-            "--tls-key",
-        ),
-    ];
-    for (args, env, flag) in cases {
-        let output = processor()
-            .args(["--listen", &listen])
-            .args(&args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} {env:?} should fail");
-        assert!(
-            stderr.contains(flag),
-            "{args:?} {env:?}: stderr does not name {flag}:\n{stderr}"
-        );
-        assert!(
-            !stderr.contains("cannot listen"),
-            "{args:?}: it got as far as binding"
-        );
-    }
-    drop(held);
+    flowplane_test_support::binary::assert_rejects_before_binding(
+        BINARY,
+        &[
+            (&["--processors", "audio.gian"], &[], "--processors"),
+            (
+                &[],
+                &[("FLOWPLANE_PROCESSORS", "passthrough,nope")],
+                "--processors",
+            ),
+            (&["--grace-period", "soon"], &[], "--grace-period"),
+            (&["--max-streams", "0"], &[], "--max-streams"),
+            (&["--control-plane", "not a uri"], &[], "--control-plane"),
+            (&["--label", "novalue"], &[], "--label"),
+            (&["--join-token", "has space"], &[], "--join-token"),
+            (&["--id", ""], &[], "--id"),
+            (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
+        ],
+    );
 }
 
 #[test]
 fn help_lists_the_settings_and_their_environment_variables() {
-    let output = processor().arg("--help").output().unwrap();
-    assert!(output.status.success());
-    let help = String::from_utf8_lossy(&output.stdout);
-    for expected in [
-        "--listen",
-        "--advertise",
-        "--control-plane",
-        "FLOWPLANE_CONTROL_PLANE",
-        "--id",
-        "FLOWPLANE_ID",
-        "--join-token",
-        "FLOWPLANE_JOIN_TOKEN",
-        "--processors",
-        "--grace-period",
-        "--max-streams",
-    ] {
-        assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
-    }
+    flowplane_test_support::binary::assert_help_lists(
+        BINARY,
+        &[
+            "--listen",
+            "--advertise",
+            "--control-plane",
+            "FLOWPLANE_CONTROL_PLANE",
+            "--id",
+            "FLOWPLANE_ID",
+            "--join-token",
+            "FLOWPLANE_JOIN_TOKEN",
+            "--processors",
+            "--grace-period",
+            "--max-streams",
+        ],
+    );
 }
 
 /// Kills the child if the test fails before it exits by itself.

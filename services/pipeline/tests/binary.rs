@@ -1,0 +1,59 @@
+//! The real `flowplane-pipeline` binary: invalid settings exit non-zero naming the flag
+//! before any port is bound, and `--help` documents every setting with its variable.
+
+use flowplane_test_support::binary::{assert_help_lists, assert_rejects_before_binding};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_flowplane-pipeline");
+
+#[test]
+fn invalid_settings_exit_non_zero_naming_the_flag() {
+    assert_rejects_before_binding(
+        BINARY,
+        &[
+            (&["--control-plane", "not a uri"], &[], "--control-plane"),
+            (
+                &[],
+                &[("FLOWPLANE_CONTROL_PLANE", "::bad::")],
+                "--control-plane",
+            ),
+            (&["--max-sessions", "0"], &[], "--max-sessions"),
+            (&["--session-window", "none"], &[], "--session-window"),
+            (&["--session-window-mib", "1"], &[], "--session-window-mib"),
+            (&["--idle-timeout-secs", "0"], &[], "--idle-timeout-secs"),
+            (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
+            (
+                &[
+                    "--tls-cert",
+                    "/nonexistent/cert.pem",
+                    "--tls-key",
+                    "/nonexistent/key.pem",
+                ],
+                &[],
+                "--tls-cert",
+            ),
+            (&["--listen", "not-an-address"], &[], "--listen"),
+        ],
+    );
+}
+
+#[test]
+fn help_lists_the_settings_and_their_environment_variables() {
+    assert_help_lists(
+        BINARY,
+        &[
+            "--listen",
+            "FLOWPLANE_LISTEN",
+            "--metrics-listen",
+            "--control-plane",
+            "FLOWPLANE_CONTROL_PLANE",
+            "--auth-token",
+            "FLOWPLANE_AUTH_TOKEN",
+            "--max-sessions",
+            "--session-window",
+            "--idle-timeout-secs",
+            "--chunk-span-every",
+            "--grace-period-secs",
+            "--log-format",
+        ],
+    );
+}
