@@ -363,3 +363,45 @@ outputs: [{ name: out, source: { node: g } }]"#,
         "{doubled:?}"
     );
 }
+
+/// SIGTERM (here: the shutdown future) drains: an open session may finish within the
+/// grace period, then it is ended with UNAVAILABLE and the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_sessions_finish_then_ends_the_rest() {
+    let platform = Platform::start(1).await;
+    let m = manifest(UPPER);
+    let mut config = flowplane_pipeline::Config::new(platform.control_plane.url());
+    config.grace_period = Duration::from_millis(300);
+    let pipeline = pipeline_with(config).await;
+    let mut client = StreamingPipelineServiceClient::connect(pipeline.url())
+        .await
+        .unwrap();
+    let session = flowplane_test_support::wait_for("a session", || {
+        let mut client = client.clone();
+        let m = m.clone();
+        async move { Session::open(&mut client, init(m)).await.ok() }
+    })
+    .await;
+    session.send(send(chunk(0, "text", text("before")))).await;
+    let stopping = tokio::spawn(pipeline.stop());
+    let outcome = session.read_to_end().await;
+    assert_eq!(
+        outcome.results.len(),
+        1,
+        "work sent before shutdown is delivered"
+    );
+    let status = outcome
+        .status
+        .expect("the session is ended after the grace period");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
+    stopping.await.unwrap();
+    assert!(
+        Session::open(&mut client, init(m)).await.is_err(),
+        "the server has stopped"
+    );
+}
