@@ -90,6 +90,19 @@ clean: ## remove build output, generated code and the tool venv
 	$(CARGO) clean
 	rm -rf gen $(VENV)
 
+# ---- bench: flowplane next to raw tonic (crates/bench, docs/benchmarks.md) ------------------
+BENCH      := ./target/release/flowplane-bench
+
+.PHONY: bench
+bench: ## every benchmark scenario (B1-B7, D1) vs raw tonic, release build: table + target/bench/results.json
+	$(CARGO) build --release --bins
+	$(BENCH) --json target/bench/results.json
+
+.PHONY: bench-quick
+bench-quick: ## smoke run of every benchmark scenario in under a minute (asserts nothing about speed)
+	$(CARGO) build --release --bins
+	$(BENCH) --quick --json target/bench/results-quick.json
+
 # ---- deploy: container image and docker compose (deploy/) ------------------------------------
 # The scripts pick `docker compose` or `docker-compose`, whichever the machine has.
 
