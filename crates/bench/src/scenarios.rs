@@ -955,16 +955,8 @@ pub async fn b7_child(profile: &Profile, telemetry: &str, sessions: usize) -> Re
 /// subscriber can be installed once per process), alternating in rounds.
 pub async fn b7(profile: &Profile, bins: &Binaries, b3_best: Option<usize>) -> Result<Vec<Row>> {
     let (rounds, _, _) = profile.b7;
-    let sessions = match b3_best {
-        Some(n) if n > 0 => (n / 2).max(20),
-        _ => {
-            if profile.quick {
-                50
-            } else {
-                250
-            }
-        }
-    };
+    // Half the largest N that passed B3 (a load the platform sustains), at least 20.
+    let sessions = b3_best.map_or(if profile.quick { 20 } else { 50 }, |n| (n / 2).max(20));
     let mut off = Vec::new();
     let mut on = Vec::new();
     let mut none = Vec::new();

@@ -6,10 +6,9 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     service::Routes,
-    transport::{Server, ServerTlsConfig},
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -90,8 +89,11 @@ impl GrpcServer {
             shutdown.await;
             set_all_not_serving(&health).await;
         };
+        // Serving a pre-bound listener ignores the builder's tcp_nodelay, so set it per
+        // accepted socket: with Nagle on, small frames wait for a delayed ACK (~40 ms).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         builder
-            .serve_with_incoming_shutdown(self.routes, TcpListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(self.routes, incoming, signal)
             .await?;
         Ok(())
     }
