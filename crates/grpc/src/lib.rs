@@ -7,8 +7,10 @@ pub mod auth;
 pub mod binary;
 pub mod client;
 pub mod config;
+pub mod lifecycle;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 
 /// Largest payload a single chunk may carry. Checked by the handlers so that an
 /// oversized chunk gets RESOURCE_EXHAUSTED naming this limit instead of a transport error.
