@@ -36,6 +36,10 @@ pub struct Instance {
     pub id: String,
     /// Where it serves ProcessorService.
     pub endpoint: String,
+    /// This registration of the host (id and registration time): a host that restarts
+    /// under the same id is a new registration, so a session that gave up on the old
+    /// one may use it again.
+    pub registration: String,
 }
 
 /// Counts node streams per instance while a guard lives, for least-loaded picking.
@@ -168,14 +172,15 @@ impl Directory {
             .is_some_and(available)
     }
 
-    /// Picks an instance for `processor`, skipping `exclude`: the least-loaded of the
-    /// healthy ones (degraded ones only when no healthy one is left), round robin on ties.
+    /// Picks an instance for `processor`, skipping the registrations in `exclude`: the
+    /// least-loaded of the healthy ones (degraded ones only when no healthy one is left),
+    /// round robin on ties.
     pub fn pick(&self, processor: &str, exclude: &[String]) -> Option<Instance> {
         let view = self.components.read().expect("view lock");
         let load = self.load.lock().expect("load lock");
         let mut candidates: Vec<&Component> = view
             .values()
-            .filter(|c| available(c) && offers(c, processor) && !exclude.contains(&c.id))
+            .filter(|c| available(c) && offers(c, processor) && !exclude.contains(&registration(c)))
             .collect();
         if candidates
             .iter()
@@ -197,6 +202,7 @@ impl Directory {
         Some(Instance {
             id: chosen.id.clone(),
             endpoint: chosen.endpoint.clone(),
+            registration: registration(chosen),
         })
     }
 
@@ -273,6 +279,14 @@ impl Capabilities for Directory {
     }
 }
 
+/// The key of one registration of a component: its id and when it registered.
+fn registration(c: &Component) -> String {
+    match &c.registered_at {
+        Some(t) => format!("{}@{}.{:09}", c.id, t.seconds, t.nanos),
+        None => c.id.clone(),
+    }
+}
+
 /// HEALTHY and DEGRADED instances are offered; STARTING, UNHEALTHY and STOPPING are not.
 fn available(c: &Component) -> bool {
     c.status == HealthStatus::Healthy as i32 || c.status == HealthStatus::Degraded as i32
@@ -319,6 +333,10 @@ mod tests {
         assert!(["a", "b"].contains(&second.id.as_str()));
         // With both healthy hosts excluded, the degraded one is used; never the stopping one.
         let fallback = dir.pick("p", &["a".into(), "b".into()]).unwrap();
+        assert_eq!(
+            fallback.registration, "c",
+            "no registration time: the id is the key"
+        );
         assert_eq!(fallback.id, "c");
         assert!(
             dir.pick("p", &["a".into(), "b".into(), "c".into()])
@@ -326,6 +344,29 @@ mod tests {
         );
         assert!(dir.capability("q").is_some());
         assert!(dir.capability("nope").is_none());
+    }
+
+    #[test]
+    fn a_restarted_host_is_a_new_registration_and_usable_again() {
+        let dir = Directory::new(ClientArgs::default());
+        let mut first = host("a", HealthStatus::Healthy, &["p"]);
+        first.registered_at = Some(prost_types::Timestamp {
+            seconds: 100,
+            nanos: 0,
+        });
+        dir.replace(vec![first.clone()]);
+        let failed = dir.pick("p", &[]).unwrap();
+        assert!(dir.pick("p", &[failed.registration.clone()]).is_none());
+        // Same id, registered again after a restart.
+        let mut again = first;
+        again.registered_at = Some(prost_types::Timestamp {
+            seconds: 160,
+            nanos: 5,
+        });
+        dir.upsert(again);
+        let picked = dir.pick("p", &[failed.registration.clone()]).unwrap();
+        assert_eq!(picked.id, "a");
+        assert_ne!(picked.registration, failed.registration);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! processor instance found through the control plane, and routes every chunk through
 //! the nodes and back to the client, in order, with nothing lost.
 
+mod budget;
 mod directory;
 mod error;
 mod node;
+pub mod sequencer;
 mod service;
 mod session;
 
@@ -13,6 +15,7 @@ use std::{future::Future, time::Duration};
 use flowplane_grpc::{
     auth::BearerAuth,
     config::ClientArgs,
+    lifecycle::Lifecycle,
     server::{GrpcServer, set_not_serving, set_serving},
 };
 use flowplane_proto::streaming::v1::streaming_pipeline_service_server::StreamingPipelineServiceServer;
@@ -22,7 +25,7 @@ use tonic::{codegen::InterceptedService, service::Routes, transport::ServerTlsCo
 
 pub use directory::{Directory, Instance};
 pub use error::{Error, Result};
-pub use service::{PipelineService, ServiceLimits};
+pub use service::{PipelineService, ServiceLimits, SessionStream};
 pub use session::SessionLimits;
 
 /// The gRPC service name health reports on.
@@ -60,7 +63,8 @@ impl Config {
 }
 
 /// Serves the pipeline service on `listener` until `shutdown` resolves; then reports
-/// NOT_SERVING, lets open sessions finish within the grace period and ends the rest.
+/// NOT_SERVING, refuses new sessions at once (UNAVAILABLE), lets open sessions finish
+/// within the grace period and ends the rest.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -69,7 +73,8 @@ pub async fn run(
     let stop = CancellationToken::new();
     let directory = Directory::new(config.client.clone());
     directory.watch(config.control_plane.clone(), stop.child_token());
-    let service = PipelineService::new(directory, config.limits.clone(), stop.clone());
+    let lifecycle = Lifecycle::new();
+    let service = PipelineService::new(directory, config.limits.clone(), lifecycle.clone());
     let server = GrpcServer::new()?.with_tls(config.tls.clone());
     let health = server.health();
     set_serving(&health, SERVICE_NAME).await;
@@ -89,10 +94,9 @@ pub async fn run(
             grace_period = ?grace,
             "draining sessions"
         );
-        let deadline = tokio::time::Instant::now() + grace;
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        while service.active_sessions() > 0 && tokio::time::Instant::now() < deadline {
-            tick.tick().await;
+        let left = lifecycle.drain(grace).await;
+        if left > 0 {
+            tracing::warn!(sessions = left, "grace period over, ending open sessions");
         }
         stop.cancel();
     };

@@ -48,6 +48,15 @@ struct Cli {
     #[arg(long, env = "FLOWPLANE_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout_secs: u64,
 
+    /// Seconds a node may take to send ready, or to answer its oldest outstanding chunk,
+    /// before it fails over (or the session ends DEADLINE_EXCEEDED naming it).
+    #[arg(long, env = "FLOWPLANE_NODE_TIMEOUT", default_value = "5s", value_parser = flowplane_grpc::config::parse_duration)]
+    node_timeout: Duration,
+
+    /// MiB of chunks and results held across all sessions; past it readers wait.
+    #[arg(long, env = "FLOWPLANE_MEMORY_BUDGET_MIB", default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..))]
+    memory_budget_mib: u32,
+
     /// Seconds a new stream may take to send its init.
     #[arg(long, env = "FLOWPLANE_INIT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     init_timeout_secs: u64,
@@ -73,7 +82,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         limits: ServiceLimits {
             max_sessions: cli.max_sessions as usize,
             init_timeout: Duration::from_secs(cli.init_timeout_secs),
+            memory_budget: cli.memory_budget_mib as usize * 1024 * 1024,
             session: SessionLimits {
+                node_timeout: cli.node_timeout,
                 window: cli.session_window as usize,
                 window_bytes: cli.session_window_mib as usize * 1024 * 1024,
                 idle_timeout: Duration::from_secs(cli.idle_timeout_secs),

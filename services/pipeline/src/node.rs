@@ -1,9 +1,10 @@
 //! One node's link to a processor instance: a `Process` stream opened with an init,
-//! confirmed by `ready`, fed from an unbounded sender (the session's window bounds what is
-//! in it) and read by a task that forwards every result to the session. Links never
-//! decide what a failure means; the session does.
+//! confirmed by `ready` within a deadline, fed from an unbounded sender (the session's
+//! window bounds what is in it) and read by a task that forwards every result to the
+//! session, charging it to the service's memory budget and reading no further while the
+//! budget is full. Links never decide what a failure means; the session does.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use flowplane_manifest::PlanNode;
 use flowplane_proto::{
@@ -12,17 +13,21 @@ use flowplane_proto::{
         ProcessInit, ProcessRequest, ProcessResult, process_request, process_response,
     },
 };
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::Instrument;
 
-use crate::directory::{Directory, Instance, LoadGuard};
+use crate::{
+    budget::{Budget, Charge},
+    directory::{Directory, Instance, LoadGuard},
+};
 
 /// What a node link reports to its session.
 #[derive(Debug)]
 pub enum NodeEvent {
-    /// The processor answered one chunk.
-    Result(ProcessResult),
+    /// The processor answered one chunk; the charge holds its bytes in the budget.
+    Result(ProcessResult, Charge),
     /// The stream ended: `None` when the processor closed it cleanly.
     Ended(Option<tonic::Status>),
 }
@@ -34,6 +39,7 @@ pub struct NodeLink {
     requests: mpsc::UnboundedSender<ProcessRequest>,
     _load: LoadGuard,
     reader: tokio::task::JoinHandle<()>,
+    graceful: bool,
 }
 
 /// How long a dropped link's processor gets to end its stream after the half-close.
@@ -41,8 +47,13 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Drop for NodeLink {
     /// Half-closes the request stream so the processor ends its side with OK, and reads
-    /// to that end; a processor that does not end within the grace is cut off.
+    /// to that end; a processor that does not end within the grace is cut off. A link
+    /// dropped after [`NodeLink::abort`] is cut off at once (the stream is reset).
     fn drop(&mut self) {
+        if !self.graceful {
+            self.reader.abort();
+            return;
+        }
         let abort = self.reader.abort_handle();
         let reader = std::mem::replace(&mut self.reader, tokio::spawn(async {}));
         tokio::spawn(async move {
@@ -62,6 +73,12 @@ pub enum OpenError {
 }
 
 impl NodeLink {
+    /// Marks the link to be cut off at once when dropped: the session failed, so nothing
+    /// the processor still says matters, and its stream and load count go now.
+    pub fn abort(&mut self) {
+        self.graceful = false;
+    }
+
     /// Sends a chunk to the processor. Fails only when the stream is already gone, which
     /// the reader reports as [`NodeEvent::Ended`].
     pub fn send(&self, chunk: DataChunk) -> bool {
@@ -72,8 +89,10 @@ impl NodeLink {
             .is_ok()
     }
 
-    /// Opens `node` on `instance` and waits for `ready`. Events carry `tag` so the
-    /// session can tell a replaced link's late events from the current one's.
+    /// Opens `node` on `instance` and waits up to `ready_timeout` for `ready`. Events
+    /// carry `tag` so the session can tell a replaced link's late events from the
+    /// current one's.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open<T: Clone + Send + 'static>(
         directory: &Arc<Directory>,
         instance: Instance,
@@ -81,6 +100,8 @@ impl NodeLink {
         session_id: &str,
         tag: T,
         events: mpsc::UnboundedSender<(T, NodeEvent)>,
+        budget: Arc<Budget>,
+        ready_timeout: Duration,
     ) -> Result<Self, OpenError> {
         let load = directory.hold(&instance);
         let mut client = directory
@@ -105,36 +126,49 @@ impl NodeLink {
             flowplane.instance = %instance.id,
             flowplane.endpoint = %instance.endpoint,
         );
-        let mut stream = client
-            .process(UnboundedReceiverStream::new(rx))
-            .instrument(span.clone())
-            .await
-            .map_err(classify)?
-            .into_inner();
-        match stream.message().await.map_err(classify)? {
-            Some(response) => match response.response {
-                Some(process_response::Response::Ready(_)) => {}
-                other => {
-                    return Err(OpenError::Refused(tonic::Status::internal(format!(
+        let opening = async {
+            let mut stream = client
+                .process(UnboundedReceiverStream::new(rx))
+                .instrument(span.clone())
+                .await
+                .map_err(classify)?
+                .into_inner();
+            match stream.message().await.map_err(classify)? {
+                Some(response) => match response.response {
+                    Some(process_response::Response::Ready(_)) => Ok(stream),
+                    other => Err(OpenError::Refused(tonic::Status::internal(format!(
                         "processor {:?} on {} answered init with {other:?} instead of ready",
                         node.processor, instance.id
-                    ))));
-                }
-            },
-            None => {
-                return Err(OpenError::Unreachable(tonic::Status::unavailable(format!(
+                    )))),
+                },
+                None => Err(OpenError::Unreachable(tonic::Status::unavailable(format!(
                     "processor host {} closed the stream before ready",
                     instance.id
-                ))));
+                )))),
             }
-        }
+        };
+        let mut stream = match tokio::time::timeout(ready_timeout, opening).await {
+            Ok(opened) => opened?,
+            Err(_) => {
+                return Err(OpenError::Unreachable(tonic::Status::deadline_exceeded(
+                    format!(
+                        "processor {:?} on instance {} sent no ready within {ready_timeout:?} of init (node_timeout)",
+                        node.processor, instance.id
+                    ),
+                )));
+            }
+        };
         let reader = tokio::spawn(
             async move {
                 loop {
+                    // Read no further while the service is over its memory budget: the
+                    // processor then meets HTTP/2 flow control.
+                    budget.room().await;
                     let event = match stream.message().await {
                         Ok(Some(response)) => match response.response {
                             Some(process_response::Response::Result(result)) => {
-                                NodeEvent::Result(result)
+                                let charge = budget.charge(result.encoded_len());
+                                NodeEvent::Result(result, charge)
                             }
                             // A second ready or an empty message carries nothing to route.
                             _ => continue,
@@ -155,6 +189,7 @@ impl NodeLink {
             requests,
             _load: load,
             reader,
+            graceful: true,
         })
     }
 }

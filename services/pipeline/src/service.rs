@@ -1,9 +1,18 @@
-//! The StreamingPipelineService handlers: session admission and init, the client reader
-//! (window permits, idle timeout, legacy audio conversion), ExecutePipeline on the same
-//! session machinery, and ValidatePipeline on the same validation path.
+//! The StreamingPipelineService handlers: session admission (draining, session count,
+//! memory budget) and init, the client reader (window permits, budget, idle timeout,
+//! legacy audio conversion), ExecutePipeline on the same session machinery, and
+//! ValidatePipeline on the same validation path. A session's response stream always
+//! ends with the session's real outcome: never OK for a session that did not deliver.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future as _,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use flowplane_grpc::lifecycle::Lifecycle;
 use flowplane_manifest::{Manifest, validate};
 use flowplane_proto::{
     data::v1::{AudioBuffer, AudioFormat, DataBuffer, DataChunk, data_buffer::Payload},
@@ -15,15 +24,16 @@ use flowplane_proto::{
     },
 };
 use futures::Stream;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tokio_util::sync::CancellationToken;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use crate::{
     Error, Result,
+    budget::Budget,
     directory::Directory,
-    session::{Admission, ClientEvent, Session, SessionLimits},
+    session::{ClientEvent, Hold, Session, SessionContext, SessionLimits},
 };
 
 /// Service-wide settings.
@@ -33,6 +43,8 @@ pub struct ServiceLimits {
     pub max_sessions: usize,
     /// How long a new stream may take to send its init.
     pub init_timeout: Duration,
+    /// Bytes of chunks and results held across every session (see `Budget`).
+    pub memory_budget: usize,
     /// Per-session limits.
     pub session: SessionLimits,
 }
@@ -42,6 +54,7 @@ impl Default for ServiceLimits {
         Self {
             max_sessions: 10_000,
             init_timeout: Duration::from_secs(10),
+            memory_budget: 512 * 1024 * 1024,
             session: SessionLimits::default(),
         }
     }
@@ -53,17 +66,20 @@ pub struct PipelineService {
     directory: Arc<Directory>,
     limits: Arc<ServiceLimits>,
     sessions: Arc<Semaphore>,
-    stop: CancellationToken,
+    budget: Arc<Budget>,
+    lifecycle: Lifecycle,
 }
 
 impl PipelineService {
-    /// A service discovering processors through `directory`; `stop` ends every session.
-    pub fn new(directory: Arc<Directory>, limits: ServiceLimits, stop: CancellationToken) -> Self {
+    /// A service discovering processors through `directory`; `lifecycle` admits sessions
+    /// and, once its grace period is over, ends the open ones.
+    pub fn new(directory: Arc<Directory>, limits: ServiceLimits, lifecycle: Lifecycle) -> Self {
         Self {
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
+            budget: Budget::new(limits.memory_budget),
             directory,
             limits: Arc::new(limits),
-            stop,
+            lifecycle,
         }
     }
 
@@ -72,12 +88,18 @@ impl PipelineService {
         self.limits.max_sessions - self.sessions.available_permits()
     }
 
+    /// Bytes held in the service's memory budget right now.
+    pub fn budget_used(&self) -> usize {
+        self.budget.used()
+    }
+
     /// Validates, opens and starts a session fed by `events`; returns its response stream.
     async fn start(
         &self,
         manifest: &Manifest,
         events: mpsc::Receiver<ClientEvent>,
-    ) -> Result<ReceiverStream<std::result::Result<StreamPipelineResponse, tonic::Status>>> {
+    ) -> Result<SessionStream> {
+        let draining = self.lifecycle.admit().map_err(|_| Error::Draining)?;
         let admission = self.sessions.clone().try_acquire_owned().map_err(|_| {
             Error::LimitExceeded(format!(
                 "session limit reached: {} sessions open (max_sessions)",
@@ -93,35 +115,45 @@ impl PipelineService {
             flowplane.node_count = plan.nodes.len(),
         );
         let (out, responses) = mpsc::channel(64);
-        let (session, ready) = Session::open(
-            session_id,
-            plan,
-            self.directory.clone(),
-            self.limits.session.clone(),
-            out.clone(),
-        )
-        .instrument(span.clone())
-        .await?;
-        out.send(Ok(StreamPipelineResponse {
+        let (ending_tx, ending) = oneshot::channel();
+        let stream = SessionStream {
+            responses,
+            ending,
+            last: None,
+            done: false,
+        };
+        let cx = SessionContext {
+            directory: self.directory.clone(),
+            budget: self.budget.clone(),
+            limits: self.limits.session.clone(),
+        };
+        let (session, ready) = Session::open(session_id, plan, cx, out.clone())
+            .instrument(span.clone())
+            .await?;
+        out.send(StreamPipelineResponse {
             response: Some(Response::Ready(ready)),
-        }))
+        })
         .await
         .map_err(|_| Error::Cancelled)?;
-        let stop = self.stop.clone();
+        drop(out);
+        let abort = self.lifecycle.aborted();
         metrics::gauge!("flowplane_pipeline_sessions_active").increment(1.0);
         tokio::spawn(
             async move {
                 let outcome = tokio::select! {
                     outcome = session.run(events) => outcome,
-                    _ = stop.cancelled() => Err(Error::ShuttingDown),
+                    () = abort.cancelled() => Err(Error::ShuttingDown),
                 };
                 let code = match outcome {
                     Ok(()) => tonic::Code::Ok,
                     Err(err) => {
+                        // A client that stopped reading gets the status at once, ahead
+                        // of the responses it left unread.
+                        let skip_queue = matches!(err, Error::ClientStalled(_));
                         let status = tonic::Status::from(err);
                         tracing::info!(code = ?status.code(), error = %status.message(), "session ended");
                         let code = status.code();
-                        let _ = out.send(Err(status)).await;
+                        let _ = ending_tx.send(Ending { status, skip_queue });
                         code
                     }
                 };
@@ -129,15 +161,73 @@ impl PipelineService {
                     .increment(1);
                 metrics::gauge!("flowplane_pipeline_sessions_active").decrement(1.0);
                 drop(admission);
+                drop(draining);
             }
             .instrument(span),
         );
-        Ok(ReceiverStream::new(responses))
+        Ok(stream)
     }
 }
 
-type ResponseStream =
-    Pin<Box<dyn Stream<Item = std::result::Result<StreamPipelineResponse, tonic::Status>> + Send>>;
+/// How a failed session ends its response stream.
+struct Ending {
+    status: tonic::Status,
+    /// End now, dropping queued responses (the client is not reading them).
+    skip_queue: bool,
+}
+
+/// A session's responses, then its outcome: the failed session's status, or the end
+/// of the stream (OK) only after a session that closed cleanly.
+pub struct SessionStream {
+    responses: mpsc::Receiver<StreamPipelineResponse>,
+    ending: oneshot::Receiver<Ending>,
+    last: Option<tonic::Status>,
+    done: bool,
+}
+
+impl SessionStream {
+    /// Takes the session's ending, if it has come.
+    fn poll_ending(&mut self, cx: &mut Context<'_>) -> Option<Ending> {
+        match Pin::new(&mut self.ending).poll(cx) {
+            Poll::Ready(Ok(ending)) => Some(ending),
+            _ => None,
+        }
+    }
+}
+
+impl Stream for SessionStream {
+    type Item = std::result::Result<StreamPipelineResponse, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.last.is_none()
+            && let Some(ending) = self.poll_ending(cx)
+        {
+            if ending.skip_queue {
+                self.done = true;
+                return Poll::Ready(Some(Err(ending.status)));
+            }
+            self.last = Some(ending.status);
+        }
+        match self.responses.poll_recv(cx) {
+            Poll::Ready(Some(response)) => Poll::Ready(Some(Ok(response))),
+            Poll::Ready(None) => {
+                self.done = true;
+                // The session sends its ending before it lets go of the responses.
+                let last = self
+                    .last
+                    .take()
+                    .or_else(|| self.poll_ending(cx).map(|e| e.status));
+                Poll::Ready(last.map(Err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+type ResponseStream = SessionStream;
 
 #[tonic::async_trait]
 impl StreamingPipelineService for PipelineService {
@@ -170,10 +260,18 @@ impl StreamingPipelineService for PipelineService {
         let manifest = Manifest::from_proto(&init.manifest.unwrap_or_default());
         let audio_input = init.audio_input;
         let (events_tx, events_rx) = mpsc::channel(64);
+        // Read the client from the start, while the nodes open: chunks left unread in
+        // HTTP/2 buffers count against the connection's small-frame guard.
+        let windows = Windows::new(&self.limits.session, self.budget.clone());
+        tokio::spawn(read_client(
+            inbound,
+            events_tx,
+            windows,
+            self.limits.session.idle_timeout,
+            audio_input,
+        ));
         let responses = self.start(&manifest, events_rx).await?;
-        let limits = self.limits.session.clone();
-        tokio::spawn(read_client(inbound, events_tx, limits, audio_input));
-        Ok(tonic::Response::new(Box::pin(responses)))
+        Ok(tonic::Response::new(responses))
     }
 
     async fn execute_pipeline(
@@ -185,16 +283,15 @@ impl StreamingPipelineService for PipelineService {
         let (events_tx, events_rx) = mpsc::channel(64);
         let mut responses = self.start(&manifest, events_rx).await?;
         // Feed every input, then CLOSE; the window still bounds what is in flight.
-        let limits = self.limits.session.clone();
+        let windows = Windows::new(&self.limits.session, self.budget.clone());
         tokio::spawn(async move {
-            let windows = Windows::new(&limits);
             for chunk in request.inputs {
-                let admission = windows.admit(&chunk).await;
-                if events_tx
-                    .send(ClientEvent::Chunk(chunk, Some(admission)))
-                    .await
-                    .is_err()
-                {
+                let event = match windows.admit(&chunk).await {
+                    Ok(holds) => ClientEvent::Chunk(chunk, holds),
+                    Err(err) => ClientEvent::Failed(err),
+                };
+                let failed = matches!(event, ClientEvent::Failed(_));
+                if events_tx.send(event).await.is_err() || failed {
                     return;
                 }
             }
@@ -202,6 +299,8 @@ impl StreamingPipelineService for PipelineService {
                 .send(ClientEvent::Control(ControlCommand::Close))
                 .await;
         });
+        // The whole answer is one message: past the message limit it could not be sent.
+        let limit = flowplane_grpc::MAX_MESSAGE_BYTES;
         let mut response = ExecutePipelineResponse::default();
         while let Some(message) = responses.next().await {
             match message?.response {
@@ -209,6 +308,15 @@ impl StreamingPipelineService for PipelineService {
                 Some(Response::Error(e)) => response.errors.push(e),
                 Some(Response::Closed(closed)) => response.metrics = closed.metrics,
                 _ => {}
+            }
+            let size = response.encoded_len();
+            if size > limit {
+                // Dropping `responses` cancels the session.
+                return Err(Error::LimitExceeded(format!(
+                    "ExecutePipeline results reached {size} bytes after {} results, over the response limit of {limit} bytes (max_message_bytes); use StreamPipeline for large outputs",
+                    response.results.len()
+                ))
+                .into());
             }
         }
         Ok(tonic::Response::new(response))
@@ -227,31 +335,38 @@ impl StreamingPipelineService for PipelineService {
     }
 }
 
-/// The count and byte semaphores of one session's admission window.
+/// One session's admission: the window's count and byte semaphores, then room in the
+/// service's memory budget.
 struct Windows {
     count: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     byte_units: usize,
+    budget: Arc<Budget>,
+    budget_timeout: Duration,
 }
 
 const BYTE_UNIT: usize = 1024;
 
 impl Windows {
-    fn new(limits: &SessionLimits) -> Self {
+    fn new(limits: &SessionLimits, budget: Arc<Budget>) -> Self {
         let byte_units = (limits.window_bytes / BYTE_UNIT).max(1);
         Self {
             count: Arc::new(Semaphore::new(limits.window.max(1))),
             bytes: Arc::new(Semaphore::new(byte_units)),
             byte_units,
+            budget,
+            budget_timeout: limits.budget_timeout,
         }
     }
 
     /// Waits for room for `chunk`. A chunk larger than the whole byte window takes all of
-    /// it, so it still runs, alone.
-    async fn admit(&self, chunk: &DataChunk) -> Admission {
+    /// it, so it still runs, alone. Waiting on the session's own window is waiting on its
+    /// own progress (bounded by the node timeout); waiting on the shared budget is bounded
+    /// here and ends the session with RESOURCE_EXHAUSTED naming the budget.
+    async fn admit(&self, chunk: &DataChunk) -> Result<Vec<Hold>> {
         let len = chunk.buffer.as_ref().map_or(0, |b| b.payload_len());
         let units = (len / BYTE_UNIT + 1).min(self.byte_units) as u32;
-        let count = self
+        let count: OwnedSemaphorePermit = self
             .count
             .clone()
             .acquire_owned()
@@ -263,44 +378,65 @@ impl Windows {
             .acquire_many_owned(units)
             .await
             .expect("window semaphore is never closed");
-        Admission::new(count, bytes)
+        if tokio::time::timeout(self.budget_timeout, self.budget.room())
+            .await
+            .is_err()
+        {
+            return Err(Error::LimitExceeded(format!(
+                "chunk sequence {} waited {:?} for room in the service memory budget of {} bytes (memory_budget)",
+                chunk.sequence,
+                self.budget_timeout,
+                self.budget.limit()
+            )));
+        }
+        Ok(vec![
+            Hold::Window(count, bytes),
+            Hold::Memory(self.budget.charge(chunk.encoded_len())),
+        ])
     }
 }
 
 /// Reads the client's stream into session events, holding each chunk until the window
-/// has room (this is where backpressure reaches the client).
+/// and the budget have room (this is where backpressure reaches the client). Stops as
+/// soon as the session is gone, whatever it is waiting for.
 async fn read_client(
     mut inbound: tonic::Streaming<StreamPipelineRequest>,
     events: mpsc::Sender<ClientEvent>,
-    limits: SessionLimits,
+    windows: Windows,
+    idle_timeout: Duration,
     audio_input: String,
 ) {
-    let windows = Windows::new(&limits);
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(limits.idle_timeout, inbound.message()) => next,
+            next = tokio::time::timeout(idle_timeout, inbound.message()) => next,
             _ = events.closed() => return,
+        };
+        let chunk = |chunk: DataChunk| async {
+            tokio::select! {
+                admitted = windows.admit(&chunk) => Some(match admitted {
+                    Ok(holds) => ClientEvent::Chunk(chunk, holds),
+                    Err(err) => ClientEvent::Failed(err),
+                }),
+                _ = events.closed() => None,
+            }
         };
         let event = match next {
             Err(_) => ClientEvent::Failed(Error::Timeout(format!(
-                "session idle for {:?} (idle_timeout)",
-                limits.idle_timeout
+                "session idle for {idle_timeout:?}: no client message (idle_timeout)"
             ))),
-            Ok(Err(status)) => ClientEvent::Failed(Error::Protocol(format!(
-                "client stream failed: {}",
-                status.message()
-            ))),
+            Ok(Err(status)) => ClientEvent::Failed(Error::from(status)),
             Ok(Ok(None)) => ClientEvent::Ended,
             Ok(Ok(Some(message))) => match message.request {
-                Some(Request::Chunk(chunk)) => {
-                    let admission = windows.admit(&chunk).await;
-                    ClientEvent::Chunk(chunk, Some(admission))
-                }
+                Some(Request::Chunk(c)) => match chunk(c).await {
+                    Some(event) => event,
+                    None => return,
+                },
                 #[allow(deprecated)]
                 Some(Request::AudioChunk(legacy)) => {
-                    let chunk = legacy_audio(legacy, &audio_input);
-                    let admission = windows.admit(&chunk).await;
-                    ClientEvent::Chunk(chunk, Some(admission))
+                    match chunk(legacy_audio(legacy, &audio_input)).await {
+                        Some(event) => event,
+                        None => return,
+                    }
                 }
                 Some(Request::Control(control)) => ClientEvent::Control(
                     ControlCommand::try_from(control.command)

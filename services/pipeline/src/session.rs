@@ -1,42 +1,37 @@
-//! A pipeline session: the one task that owns a session's state. It admits client chunks,
-//! routes every chunk along the plan's edges to node links, matches each processor result
-//! to the input it answers, and releases results to the client strictly in input order.
+//! A pipeline session's I/O shell: the one task that owns a session. It feeds client
+//! and processor events to the [`Sequencer`] (which decides routing and order) and
+//! carries out its actions, and it owns everything with a clock or a socket: node
+//! links and failover, the per-node progress deadline, the client's read deadline and
+//! disconnect detection. It must never wait without a deadline: every session ends
+//! within a bounded time of its last progress, whatever its peers do.
 //!
-//! A node with several inputs (fan-in) sees its chunks in input order too, whatever path
-//! each took: a chunk for it is held until no older input can still produce a chunk for
-//! it, so a pipeline's output does not depend on which branch happened to be faster.
-//!
-//! Memory is bounded by the admission window: a client chunk is admitted only with a
-//! permit (count and bytes) that is returned when every result of that chunk has been
-//! handed to the client. Everything inside a session (node queues, buffered results,
-//! replay copies) therefore stays within `window` chunks and `window_bytes` of payload
-//! times the pipeline's fan-out. Nothing is ever dropped to make room: a full window stops
-//! the reader, and HTTP/2 flow control slows the client.
+//! Memory is bounded twice: per session by the admission window (count and bytes of
+//! input in flight), and across sessions by the service's [`Budget`], which every
+//! client chunk and every processor result is charged to until its ticket is handed
+//! to the client. Nothing is dropped to make room: readers stop and HTTP/2 flow control
+//! slows the peer.
 
 use std::{
-    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use flowplane_manifest::{Destination, Plan};
+use flowplane_manifest::Plan;
 use flowplane_proto::{
-    any_accepts,
     common::v1::ErrorDetail,
-    data::v1::{DataChunk, DataTypeHint},
-    processor::v1::ProcessResult,
     streaming::v1::{
-        ChunkResult, ControlCommand, NodeAssignment, SessionMetrics, StreamClosed,
-        StreamPipelineResponse, StreamReady, stream_pipeline_response::Response,
+        ControlCommand, NodeAssignment, StreamClosed, StreamPipelineResponse, StreamReady,
+        stream_pipeline_response::Response,
     },
-    type_set_name,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::{
     Error, Result,
+    budget::{Budget, Charge},
     directory::Directory,
     node::{NodeEvent, NodeLink, OpenError, is_instance_failure},
+    sequencer::{Action, Sequencer},
 };
 
 /// Per-session limits.
@@ -46,8 +41,15 @@ pub struct SessionLimits {
     pub window: usize,
     /// Payload bytes in flight, in KiB units of the byte semaphore.
     pub window_bytes: usize,
-    /// A session with no client message for this long ends with DEADLINE_EXCEEDED.
+    /// A session with no client message, or whose client reads no response, for this
+    /// long ends with DEADLINE_EXCEEDED.
     pub idle_timeout: Duration,
+    /// A node that sends no `ready` within this long of its init, or does not answer
+    /// its oldest outstanding chunk within this long, fails over or fails the session.
+    pub node_timeout: Duration,
+    /// How long a client chunk may wait for room in the service's memory budget before
+    /// the session ends with RESOURCE_EXHAUSTED.
+    pub budget_timeout: Duration,
     /// How many times one node may move to another instance in one session.
     pub max_failovers: u32,
     /// Trace one chunk in every this many as its own span (0: none); the rest are
@@ -61,32 +63,31 @@ impl Default for SessionLimits {
             window: 256,
             window_bytes: 32 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            node_timeout: Duration::from_secs(5),
+            budget_timeout: Duration::from_secs(10),
             max_failovers: 3,
             chunk_span_every: 1000,
         }
     }
 }
 
-/// Permits that hold a chunk's place in the window until its results are delivered.
-pub struct Admission {
-    _count: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
-}
+/// How long after its last result a closed session waits for the client's half-close
+/// before it ends: a chunk that arrives in that time is FAILED_PRECONDITION, not lost.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-impl Admission {
-    /// Wraps the two permits.
-    pub fn new(count: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Self {
-        Self {
-            _count: count,
-            _bytes: bytes,
-        }
-    }
+/// What a ticket holds until its results are handed out; dropping it gives the room back.
+#[allow(dead_code, reason = "held only to be dropped")]
+pub enum Hold {
+    /// A place in the session's window (count, bytes).
+    Window(OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Bytes in the service's memory budget.
+    Memory(Charge),
 }
 
 /// What the client reader hands the session.
 pub enum ClientEvent {
-    /// A chunk (legacy audio already converted), with its window permits.
-    Chunk(DataChunk, Option<Admission>),
+    /// A chunk (legacy audio already converted), with what holds its place.
+    Chunk(flowplane_proto::data::v1::DataChunk, Vec<Hold>),
     /// A control command.
     Control(ControlCommand),
     /// The client half-closed the request stream.
@@ -96,70 +97,51 @@ pub enum ClientEvent {
 }
 
 /// Sender of responses to the client.
-pub type Outbound = mpsc::Sender<std::result::Result<StreamPipelineResponse, tonic::Status>>;
+pub type Outbound = mpsc::Sender<StreamPipelineResponse>;
 
 type NodeTag = (usize, u64);
-
-struct Pending {
-    ticket: u64,
-    sequence: u64,
-    /// Kept only for stateless nodes, to replay on another instance after a failure.
-    replay: Option<DataChunk>,
-    sent_at: Instant,
-}
 
 struct NodeSlot {
     link: NodeLink,
     generation: u64,
-    unacked: VecDeque<Pending>,
-    failed_instances: Vec<String>,
+    /// Registrations this node gave up on in this session.
+    failed: Vec<String>,
     failovers: u32,
-    stateless: bool,
+    /// When the oldest outstanding chunk must have been answered.
+    deadline: Option<tokio::time::Instant>,
     chunks: metrics::Counter,
     bytes: metrics::Counter,
     errors: metrics::Counter,
     latency: metrics::Histogram,
 }
 
-struct Ticket {
-    sequence: u64,
-    remaining: u32,
-    /// Per fan-in node: deliveries of this ticket still pending at its ancestors.
-    upstream: Vec<u32>,
-    results: Vec<StreamPipelineResponse>,
-    _admission: Option<Admission>,
-    span: Option<(tracing::Span, Instant)>,
+/// Why a node is being moved to another instance.
+enum Loss {
+    /// The stream ended (None: closed cleanly by the processor).
+    Ended(Option<tonic::Status>),
+    /// No answer to `sequence` within the node timeout.
+    Timeout { sequence: u64 },
 }
 
-#[derive(Default)]
-struct Stats {
-    chunks_in: u64,
-    results_out: u64,
-    errors: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    failovers: u64,
+/// Everything a session needs from the service.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub directory: Arc<Directory>,
+    pub budget: Arc<Budget>,
+    pub limits: SessionLimits,
 }
 
 /// One running session.
 pub struct Session {
     id: String,
     plan: Arc<Plan>,
-    directory: Arc<Directory>,
-    limits: SessionLimits,
+    cx: SessionContext,
+    seq: Sequencer<Hold>,
     nodes: Vec<NodeSlot>,
-    fan_in: FanIn,
-    tickets: VecDeque<Ticket>,
-    first_ticket: u64,
-    next_ticket: u64,
-    flush_marks: VecDeque<u64>,
-    closing: bool,
     client_open: bool,
-    last_delivered: Option<u64>,
     out: Outbound,
     node_tx: mpsc::UnboundedSender<(NodeTag, NodeEvent)>,
     node_rx: mpsc::UnboundedReceiver<(NodeTag, NodeEvent)>,
-    stats: Stats,
     started: Instant,
     chunks_in: metrics::Counter,
     bytes_in: metrics::Counter,
@@ -171,14 +153,13 @@ impl Session {
     pub async fn open(
         id: String,
         plan: Arc<Plan>,
-        directory: Arc<Directory>,
-        limits: SessionLimits,
+        cx: SessionContext,
         out: Outbound,
     ) -> Result<(Self, StreamReady)> {
         let (node_tx, node_rx) = mpsc::unbounded_channel();
         let opened = futures::future::join_all(
             (0..plan.nodes.len())
-                .map(|i| open_node(&directory, &plan, i, &id, 0, Vec::new(), node_tx.clone())),
+                .map(|i| open_node(&cx, &plan, i, &id, 0, Vec::new(), node_tx.clone())),
         )
         .await;
         let mut nodes = Vec::with_capacity(opened.len());
@@ -199,10 +180,9 @@ impl Session {
             nodes.push(NodeSlot {
                 link,
                 generation: 0,
-                unacked: VecDeque::new(),
-                failed_instances: failed,
+                failed,
                 failovers: 0,
-                stateless: node.capability.stateless,
+                deadline: None,
                 chunks: metrics::counter!("flowplane_pipeline_node_chunks_total", &labels),
                 bytes: metrics::counter!("flowplane_pipeline_node_bytes_total", &labels),
                 errors: metrics::counter!("flowplane_pipeline_node_errors_total", &labels),
@@ -216,22 +196,14 @@ impl Session {
         Ok((
             Self {
                 id,
-                fan_in: FanIn::new(&plan),
+                seq: Sequencer::new(plan.clone(), cx.limits.chunk_span_every),
                 plan,
-                directory,
-                limits,
+                cx,
                 nodes,
-                tickets: VecDeque::new(),
-                first_ticket: 0,
-                next_ticket: 0,
-                flush_marks: VecDeque::new(),
-                closing: false,
                 client_open: true,
-                last_delivered: None,
                 out,
                 node_tx,
                 node_rx,
-                stats: Stats::default(),
                 started: Instant::now(),
                 chunks_in: metrics::counter!("flowplane_pipeline_chunks_total"),
                 bytes_in: metrics::counter!("flowplane_pipeline_bytes_total"),
@@ -240,229 +212,105 @@ impl Session {
         ))
     }
 
-    /// Runs until the session closes (Ok, after `closed` was sent) or fails.
+    /// Runs until the session closes (Ok, after `closed` was sent) or fails. On failure
+    /// every node stream is reset at once, so nothing lingers behind the session.
     pub async fn run(mut self, mut client: mpsc::Receiver<ClientEvent>) -> Result<()> {
+        let outcome = self.serve(&mut client).await;
+        if outcome.is_err() {
+            for slot in &mut self.nodes {
+                slot.link.abort();
+            }
+        }
+        outcome
+    }
+
+    async fn serve(&mut self, client: &mut mpsc::Receiver<ClientEvent>) -> Result<()> {
         loop {
+            let deadline = self.nodes.iter().filter_map(|n| n.deadline).min();
             tokio::select! {
                 biased;
+                () = self.out.closed() => return Err(Error::Cancelled),
                 Some((tag, event)) = self.node_rx.recv() => self.on_node(tag, event).await?,
-                event = client.recv(), if self.client_open => match event {
-                    Some(event) => self.on_client(event).await?,
-                    None => self.on_client(ClientEvent::Ended).await?,
-                },
+                event = client.recv(), if self.client_open => {
+                    self.on_client(event.unwrap_or(ClientEvent::Ended))?;
+                }
+                () = sleep_until(deadline), if deadline.is_some() => self.on_deadline().await?,
             }
-            if self.closing && self.tickets.is_empty() {
-                let metrics = self.metrics();
-                tracing::info!(
-                    flowplane.session_id = %self.id,
-                    chunks_in = metrics.chunks_in,
-                    results_out = metrics.results_out,
-                    errors = metrics.errors,
-                    failovers = metrics.failovers,
-                    "session closed"
-                );
-                self.send(Response::Closed(StreamClosed {
-                    metrics: Some(metrics),
-                }))
-                .await?;
-                return Ok(());
+            self.carry_out().await?;
+            if self.seq.is_done() {
+                return self.finish(client).await;
             }
         }
     }
 
-    async fn on_client(&mut self, event: ClientEvent) -> Result<()> {
+    /// Sends `closed`, then waits briefly for the client's half-close so that a chunk
+    /// sent after CLOSE is reported, not dropped.
+    async fn finish(&mut self, client: &mut mpsc::Receiver<ClientEvent>) -> Result<()> {
+        let metrics = self.seq.metrics(self.started.elapsed());
+        tracing::info!(
+            flowplane.session_id = %self.id,
+            chunks_in = metrics.chunks_in,
+            results_out = metrics.results_out,
+            errors = metrics.errors,
+            failovers = metrics.failovers,
+            "session closed"
+        );
+        self.send(Response::Closed(StreamClosed {
+            metrics: Some(metrics),
+        }))
+        .await?;
+        if !self.client_open {
+            return Ok(());
+        }
+        let linger = tokio::time::sleep(CLOSE_LINGER);
+        tokio::pin!(linger);
+        loop {
+            tokio::select! {
+                () = &mut linger => return Ok(()),
+                () = self.out.closed() => return Ok(()),
+                event = client.recv() => match event {
+                    None | Some(ClientEvent::Ended) => return Ok(()),
+                    Some(ClientEvent::Chunk(chunk, _)) => {
+                        return Err(Error::Protocol(format!(
+                            "chunk sequence {} arrived after close (chunk.sequence)",
+                            chunk.sequence
+                        )));
+                    }
+                    Some(ClientEvent::Control(ControlCommand::Close)) => {
+                        return Err(Error::Protocol("close sent twice".into()));
+                    }
+                    Some(ClientEvent::Control(ControlCommand::Cancel)) => return Err(Error::Cancelled),
+                    Some(ClientEvent::Control(_)) => {}
+                    Some(ClientEvent::Failed(err)) => return Err(err),
+                },
+            }
+        }
+    }
+
+    fn on_client(&mut self, event: ClientEvent) -> Result<()> {
         match event {
-            ClientEvent::Chunk(chunk, admission) => {
-                if self.closing {
-                    return Err(Error::Protocol(format!(
-                        "chunk sequence {} arrived after close",
-                        chunk.sequence
-                    )));
-                }
-                self.admit(chunk, admission);
-                self.drain().await
+            ClientEvent::Chunk(chunk, holds) => {
+                let bytes = chunk.buffer.as_ref().map_or(0, |b| b.payload_len());
+                self.chunks_in.increment(1);
+                self.bytes_in.increment(bytes as u64);
+                self.seq.chunk(chunk, holds)
             }
             ClientEvent::Control(ControlCommand::Flush) => {
-                self.flush_marks.push_back(self.next_ticket);
-                self.drain().await
+                self.seq.flush();
+                Ok(())
             }
-            ClientEvent::Control(ControlCommand::Close) => {
-                if self.closing {
-                    return Err(Error::Protocol("close sent twice".into()));
-                }
-                self.closing = true;
-                self.drain().await
-            }
+            ClientEvent::Control(ControlCommand::Close) => self.seq.close(),
             ClientEvent::Control(ControlCommand::Cancel) => Err(Error::Cancelled),
             ClientEvent::Control(ControlCommand::Unspecified) => Err(Error::InvalidInput(
                 "control.command must be FLUSH, CLOSE or CANCEL".into(),
             )),
             ClientEvent::Ended => {
                 self.client_open = false;
-                self.closing = true;
-                self.drain().await
+                self.seq.client_ended();
+                Ok(())
             }
             ClientEvent::Failed(err) => Err(err),
         }
-    }
-
-    /// Checks a client chunk and routes it to the nodes its input feeds.
-    fn admit(&mut self, mut chunk: DataChunk, admission: Option<Admission>) {
-        let ticket_id = self.next_ticket;
-        self.next_ticket += 1;
-        let bytes = chunk.buffer.as_ref().map_or(0, |b| b.payload_len());
-        self.stats.chunks_in += 1;
-        self.stats.bytes_in += bytes as u64;
-        self.chunks_in.increment(1);
-        self.bytes_in.increment(bytes as u64);
-        let span = (self.limits.chunk_span_every > 0
-            && ticket_id.is_multiple_of(self.limits.chunk_span_every))
-        .then(|| {
-            let payload = chunk
-                .buffer
-                .as_ref()
-                .map_or(DataTypeHint::Unspecified, |b| b.type_hint());
-            (
-                tracing::info_span!(
-                    "pipeline.chunk",
-                    flowplane.sequence = chunk.sequence,
-                    flowplane.payload_type = payload.short_name(),
-                    flowplane.bytes = bytes,
-                    latency_ms = tracing::field::Empty,
-                ),
-                Instant::now(),
-            )
-        });
-        self.tickets.push_back(Ticket {
-            sequence: chunk.sequence,
-            remaining: 0,
-            upstream: vec![0; self.fan_in.held.len()],
-            results: Vec::new(),
-            _admission: admission,
-            span,
-        });
-        let plan = self.plan.clone();
-        match check_input(&plan, &mut chunk, bytes) {
-            Ok(destinations) => self.route(ticket_id, chunk, destinations),
-            Err(detail) => self.push_error(ticket_id, detail),
-        }
-    }
-
-    /// Sends `chunk` (with its input sequence) to every destination.
-    fn route(&mut self, ticket_id: u64, chunk: DataChunk, destinations: &[Destination]) {
-        let plan = self.plan.clone();
-        let mut chunk = Some(chunk);
-        let last = destinations.len().saturating_sub(1);
-        for (i, destination) in destinations.iter().enumerate() {
-            let mut c = if i == last {
-                chunk.take().expect("the last destination takes the chunk")
-            } else {
-                chunk
-                    .clone()
-                    .expect("chunk kept until the last destination")
-            };
-            match destination {
-                Destination::Node { node, port } => {
-                    let target = &plan.nodes[*node];
-                    let actual = c
-                        .buffer
-                        .as_ref()
-                        .map_or(DataTypeHint::Unspecified, |b| b.type_hint());
-                    if !any_accepts(target.input_types(port), actual) {
-                        let detail = error_detail(
-                            tonic::Code::InvalidArgument,
-                            "TYPE_MISMATCH",
-                            format!(
-                                "chunk sequence {}: node {:?} input {:?} accepts {}, got {}",
-                                c.sequence,
-                                target.id,
-                                port,
-                                type_set_name(target.input_types(port)),
-                                actual.short_name()
-                            ),
-                            &target.id,
-                            c.sequence,
-                            "chunk.buffer.payload",
-                        );
-                        self.push_error(ticket_id, detail);
-                        continue;
-                    }
-                    c.input.clone_from(port);
-                    let ticket = &mut self.tickets[(ticket_id - self.first_ticket) as usize];
-                    ticket.remaining += 1;
-                    for &f in &self.fan_in.feeds[*node] {
-                        ticket.upstream[f] += 1;
-                    }
-                    match self.fan_in.index[*node] {
-                        Some(f) => self.fan_in.held[f].entry(ticket_id).or_default().push(c),
-                        None => self.dispatch(*node, ticket_id, c),
-                    }
-                }
-                Destination::Output(name) => {
-                    let result = Response::Result(ChunkResult {
-                        input_sequence: c.sequence,
-                        output: name.clone(),
-                        buffer: c.buffer,
-                    });
-                    self.ticket(ticket_id).results.push(StreamPipelineResponse {
-                        response: Some(result),
-                    });
-                }
-            }
-        }
-    }
-
-    /// Sends a chunk to a node's processor and remembers it until it is answered.
-    fn dispatch(&mut self, node: usize, ticket_id: u64, chunk: DataChunk) {
-        let slot = &mut self.nodes[node];
-        let bytes = chunk.buffer.as_ref().map_or(0, |b| b.payload_len());
-        slot.chunks.increment(1);
-        slot.bytes.increment(bytes as u64);
-        slot.unacked.push_back(Pending {
-            ticket: ticket_id,
-            sequence: chunk.sequence,
-            replay: slot.stateless.then(|| chunk.clone()),
-            sent_at: Instant::now(),
-        });
-        // A send to a dead stream is noticed by its reader, which reports the end; the
-        // chunk stays unacked and is replayed or reported then.
-        let _ = slot.link.send(chunk);
-    }
-
-    /// Sends held fan-in chunks whose turn has come: those of the oldest held ticket, once
-    /// neither it nor any older ticket has work pending upstream of the fan-in node.
-    fn release_fan_in(&mut self) {
-        for f in 0..self.fan_in.held.len() {
-            while let Some(entry) = self.fan_in.held[f].first_entry() {
-                let ticket_id = *entry.key();
-                let upto = (ticket_id - self.first_ticket) as usize;
-                if self
-                    .tickets
-                    .iter()
-                    .take(upto + 1)
-                    .any(|t| t.upstream[f] > 0)
-                {
-                    break;
-                }
-                let mut chunks = entry.remove();
-                chunks.sort_by(|a, b| a.input.cmp(&b.input));
-                let node = self.fan_in.nodes[f];
-                for chunk in chunks {
-                    self.dispatch(node, ticket_id, chunk);
-                }
-            }
-        }
-    }
-
-    fn ticket(&mut self, ticket_id: u64) -> &mut Ticket {
-        let index = (ticket_id - self.first_ticket) as usize;
-        &mut self.tickets[index]
-    }
-
-    fn push_error(&mut self, ticket_id: u64, detail: ErrorDetail) {
-        self.ticket(ticket_id).results.push(StreamPipelineResponse {
-            response: Some(Response::Error(detail)),
-        });
     }
 
     async fn on_node(&mut self, (node, generation): NodeTag, event: NodeEvent) -> Result<()> {
@@ -470,115 +318,130 @@ impl Session {
             return Ok(()); // a replaced link's last words
         }
         match event {
-            NodeEvent::Result(result) => {
-                self.on_result(node, result)?;
-                self.drain().await
+            NodeEvent::Result(result, charge) => {
+                let failed = result.error.is_some();
+                let latency = self.seq.result(node, result, vec![Hold::Memory(charge)])?;
+                let slot = &mut self.nodes[node];
+                slot.latency.record(latency.as_secs_f64());
+                if failed {
+                    slot.errors.increment(1);
+                }
+                // Progress: the next outstanding chunk gets a fresh deadline.
+                slot.deadline = None;
+                Ok(())
             }
-            NodeEvent::Ended(status) => self.on_node_lost(node, status).await,
+            NodeEvent::Ended(status) => self.fail_over(node, Loss::Ended(status)).await,
         }
     }
 
-    fn on_result(&mut self, node: usize, result: ProcessResult) -> Result<()> {
-        let plan = self.plan.clone();
-        let spec = &plan.nodes[node];
-        let slot = &mut self.nodes[node];
-        let Some(pending) = slot.unacked.pop_front() else {
-            return Err(self.node_failed(
-                node,
-                tonic::Code::Internal,
-                format!(
-                    "processor answered sequence {} with no chunk outstanding",
-                    result.input_sequence
-                ),
-            ));
-        };
-        if pending.sequence != result.input_sequence {
-            let expected = pending.sequence;
-            return Err(self.node_failed(
-                node,
-                tonic::Code::Internal,
-                format!(
-                    "processor answered sequence {} but sequence {expected} was next",
-                    result.input_sequence
-                ),
-            ));
-        }
-        slot.latency.record(pending.sent_at.elapsed().as_secs_f64());
-        if let Some(mut error) = result.error {
-            slot.errors.increment(1);
-            if error.node_id.is_empty() {
-                error.node_id.clone_from(&spec.id);
-            }
-            error.sequence = Some(pending.sequence);
-            if !error.message.contains(&spec.id) {
-                error.message =
-                    format!("node {:?} ({}): {}", spec.id, spec.processor, error.message);
-            }
-            self.push_error(pending.ticket, error);
-        } else {
-            for output in result.outputs {
-                let Some(mut chunk) = output.chunk else {
+    async fn on_deadline(&mut self) -> Result<()> {
+        let now = tokio::time::Instant::now();
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].deadline.is_some_and(|d| d <= now) {
+                let Some(sequence) = self.seq.oldest_unacked(node) else {
+                    self.nodes[node].deadline = None;
                     continue;
                 };
-                chunk.sequence = pending.sequence;
-                match spec.routes.get(&output.output) {
-                    Some(destinations) => self.route(pending.ticket, chunk, destinations),
-                    // An output the manifest leaves unconnected is discarded by design.
-                    None => metrics::counter!(
-                        "flowplane_pipeline_unrouted_outputs_total",
-                        "processor" => spec.processor.clone()
-                    )
-                    .increment(1),
+                if self.cx.budget.is_full() {
+                    return Err(Error::LimitExceeded(format!(
+                        "node {:?} could not deliver sequence {sequence} within {:?}: the service memory budget of {} bytes is in use (memory_budget)",
+                        self.plan.nodes[node].id,
+                        self.cx.limits.node_timeout,
+                        self.cx.budget.limit()
+                    )));
                 }
+                self.fail_over(node, Loss::Timeout { sequence }).await?;
             }
-        }
-        let feeds = &self.fan_in.feeds[node];
-        let ticket = &mut self.tickets[(pending.ticket - self.first_ticket) as usize];
-        ticket.remaining -= 1;
-        for &f in feeds {
-            ticket.upstream[f] -= 1;
         }
         Ok(())
     }
 
-    /// A node's stream ended: move it to another instance and replay what it had not
-    /// answered, or end the session naming the node and the last delivered sequence.
-    async fn on_node_lost(&mut self, node: usize, status: Option<tonic::Status>) -> Result<()> {
+    /// Carries out the sequencer's actions, then arms or clears each node's deadline.
+    async fn carry_out(&mut self) -> Result<()> {
+        for action in self.seq.take_actions() {
+            match action {
+                Action::Send { node, chunk } => {
+                    let slot = &mut self.nodes[node];
+                    slot.chunks.increment(1);
+                    slot.bytes
+                        .increment(chunk.buffer.as_ref().map_or(0, |b| b.payload_len()) as u64);
+                    // A send to a dead stream is noticed by its reader, which reports the
+                    // end; the chunk stays unacked and is replayed or reported then.
+                    let _ = slot.link.send(chunk);
+                }
+                Action::Emit(Response::Metrics(_)) => {
+                    let metrics = self.seq.metrics(self.started.elapsed());
+                    self.send(Response::Metrics(metrics)).await?;
+                }
+                Action::Emit(response) => self.send(response).await?,
+            }
+        }
+        let now = tokio::time::Instant::now();
+        for (node, slot) in self.nodes.iter_mut().enumerate() {
+            if self.seq.unacked(node) == 0 {
+                slot.deadline = None;
+            } else if slot.deadline.is_none() {
+                slot.deadline = Some(now + self.cx.limits.node_timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `node` to another instance and replays what it had not answered, or ends
+    /// the session naming the node, the instance and the sequence concerned.
+    async fn fail_over(&mut self, node: usize, loss: Loss) -> Result<()> {
         let plan = self.plan.clone();
         let spec = &plan.nodes[node];
         let lost = self.nodes[node].link.instance.clone();
-        let why = status.as_ref().map_or_else(
-            || "stream closed by the processor".to_string(),
-            |s| format!("{:?}: {}", s.code(), s.message()),
-        );
-        if let Some(status) = status.as_ref().filter(|s| !is_instance_failure(s)) {
-            return Err(self.node_failed(node, status.code(), status.message().to_string()));
-        }
-        if !self.nodes[node].stateless {
-            return Err(self.node_unavailable(
+        let timeout = self.cx.limits.node_timeout;
+        let why = match &loss {
+            Loss::Ended(None) => format!("stream closed by the processor on instance {}", lost.id),
+            Loss::Ended(Some(s)) => {
+                format!("instance {}: {:?}: {}", lost.id, s.code(), s.message())
+            }
+            Loss::Timeout { sequence } => format!(
+                "instance {} did not answer sequence {sequence} within {timeout:?} (node_timeout)",
+                lost.id
+            ),
+        };
+        if let Loss::Ended(Some(status)) = &loss
+            && !is_instance_failure(status)
+        {
+            return Err(self.seq.node_failed(
                 node,
+                status.code(),
+                format!("instance {}: {}", lost.id, status.message()),
+            ));
+        }
+        let give_up = |seq: &Sequencer<Hold>, why: String| match &loss {
+            Loss::Timeout { .. } => seq.node_timed_out(node, why),
+            Loss::Ended(_) => seq.node_unavailable(node, why),
+        };
+        if !self.seq.stateless(node) {
+            return Err(give_up(
+                &self.seq,
+                format!("lost its instance ({why}) and its processor is stateful"),
+            ));
+        }
+        if self.nodes[node].failovers >= self.cx.limits.max_failovers {
+            return Err(give_up(
+                &self.seq,
                 format!(
-                    "lost instance {} ({why}) and its processor is stateful",
-                    lost.id
+                    "lost its instance ({why}) after {} failovers",
+                    self.cx.limits.max_failovers
                 ),
             ));
         }
-        if self.nodes[node].failovers >= self.limits.max_failovers {
-            return Err(self.node_unavailable(
-                node,
-                format!(
-                    "lost instance {} ({why}) after {} failovers",
-                    lost.id, self.limits.max_failovers
-                ),
-            ));
+        if matches!(loss, Loss::Ended(_)) {
+            self.cx.directory.forget_channel(&lost.endpoint);
         }
-        self.directory.forget_channel(&lost.endpoint);
         let slot = &mut self.nodes[node];
-        slot.failed_instances.push(lost.id.clone());
+        slot.link.abort();
+        slot.failed.push(lost.registration.clone());
         let generation = slot.generation + 1;
-        let exclude = slot.failed_instances.clone();
+        let exclude = slot.failed.clone();
         let opened = open_node(
-            &self.directory,
+            &self.cx,
             &plan,
             node,
             &self.id,
@@ -590,235 +453,71 @@ impl Session {
         let (link, failed) = match opened {
             Ok(opened) => opened,
             Err(Error::NodeUnavailable { message, .. }) => {
-                return Err(self.node_unavailable(
-                    node,
-                    format!("lost instance {} ({why}); {message}", lost.id),
+                return Err(give_up(
+                    &self.seq,
+                    format!("lost its instance ({why}); {message}"),
                 ));
             }
             Err(other) => return Err(other),
         };
+        let replay = self.seq.replay(node);
         tracing::warn!(
             flowplane.session_id = %self.id,
             flowplane.node_id = %spec.id,
             flowplane.processor = %spec.processor,
             from = %lost.id,
             to = %link.instance.id,
-            replayed = self.nodes[node].unacked.len(),
+            replayed = replay.len(),
             error = %why,
             "failover"
         );
         metrics::counter!("flowplane_pipeline_failovers_total", "processor" => spec.processor.clone())
             .increment(1);
-        self.stats.failovers += 1;
+        self.seq.count_failover();
         let slot = &mut self.nodes[node];
-        slot.failed_instances = failed;
+        slot.failed = failed;
         slot.failovers += 1;
         slot.generation = generation;
         slot.link = link;
-        for pending in &slot.unacked {
-            if let Some(chunk) = &pending.replay {
-                let _ = slot.link.send(chunk.clone());
-            }
+        slot.deadline = None;
+        for chunk in replay {
+            let _ = slot.link.send(chunk);
         }
         Ok(())
     }
 
-    fn node_failed(&self, node: usize, code: tonic::Code, message: String) -> Error {
-        let spec = &self.plan.nodes[node];
-        let message = format!(
-            "node {:?} (processor {}) failed: {message}; last sequence fully delivered: {}",
-            spec.id,
-            spec.processor,
-            self.last_delivered_text()
-        );
-        Error::NodeFailed {
-            code,
-            detail: Box::new(self.node_detail(node, code, "NODE_FAILED", &message)),
-            message,
-        }
-    }
-
-    fn node_unavailable(&self, node: usize, why: String) -> Error {
-        let spec = &self.plan.nodes[node];
-        let message = format!(
-            "node {:?} (processor {}) {why}; last sequence fully delivered: {}",
-            spec.id,
-            spec.processor,
-            self.last_delivered_text()
-        );
-        Error::NodeUnavailable {
-            detail: Box::new(self.node_detail(
-                node,
-                tonic::Code::Unavailable,
-                "NODE_UNAVAILABLE",
-                &message,
-            )),
-            message,
-        }
-    }
-
-    fn node_detail(
-        &self,
-        node: usize,
-        code: tonic::Code,
-        reason: &str,
-        message: &str,
-    ) -> ErrorDetail {
-        ErrorDetail {
-            reason: reason.into(),
-            message: message.into(),
-            node_id: self.plan.nodes[node].id.clone(),
-            sequence: self.last_delivered,
-            field: String::new(),
-            code: code as i32,
-        }
-    }
-
-    fn last_delivered_text(&self) -> String {
-        self.last_delivered
-            .map_or_else(|| "none".to_string(), |s| s.to_string())
-    }
-
-    /// Hands the oldest tickets' results to the client, in input order, releasing each
-    /// ticket's window permits once all its work is done. A ticket's results go out when
-    /// the ticket is complete, ordered by the manifest's output order (errors last, by
-    /// node), so a chunk's results never depend on which branch answered first.
-    async fn drain(&mut self) -> Result<()> {
-        if !self.fan_in.held.is_empty() {
-            self.release_fan_in();
-        }
-        while self.tickets.front().is_some_and(|t| t.remaining == 0) {
-            let mut ticket = self.tickets.pop_front().expect("front exists");
-            if ticket.results.len() > 1 {
-                let plan = &self.plan;
-                ticket.results.sort_by_cached_key(|r| match &r.response {
-                    Some(Response::Result(r)) => (plan.output_index(&r.output), String::new()),
-                    Some(Response::Error(e)) => (usize::MAX, e.node_id.clone()),
-                    _ => (usize::MAX, String::new()),
-                });
-            }
-            for response in std::mem::take(&mut ticket.results) {
-                self.send(response.response.expect("results carry a response"))
-                    .await?;
-            }
-            self.first_ticket += 1;
-            self.last_delivered = Some(ticket.sequence);
-            if let Some((span, started)) = ticket.span {
-                span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        while self
-            .flush_marks
-            .front()
-            .is_some_and(|&mark| self.first_ticket >= mark)
-        {
-            self.flush_marks.pop_front();
-            let metrics = self.metrics();
-            self.send(Response::Metrics(metrics)).await?;
-        }
-        Ok(())
-    }
-
+    /// Hands one response to the client; a client that reads nothing for the idle
+    /// timeout ends the session, and one that went away cancels it.
     async fn send(&mut self, response: Response) -> Result<()> {
-        match &response {
-            Response::Result(r) => {
-                self.stats.results_out += 1;
-                self.stats.bytes_out += r.buffer.as_ref().map_or(0, |b| b.payload_len()) as u64;
-            }
-            Response::Error(e) => {
-                self.stats.errors += 1;
-                let code = flowplane_telemetry::rpc::code_name(tonic::Code::from_i32(e.code));
-                metrics::counter!("flowplane_pipeline_chunk_errors_total", "code" => code)
-                    .increment(1);
-            }
-            _ => {}
+        if let Response::Error(e) = &response {
+            let code = flowplane_telemetry::rpc::code_name(tonic::Code::from_i32(e.code));
+            metrics::counter!("flowplane_pipeline_chunk_errors_total", "code" => code).increment(1);
         }
-        self.out
-            .send(Ok(StreamPipelineResponse {
-                response: Some(response),
-            }))
-            .await
-            .map_err(|_| Error::Cancelled)
-    }
-
-    fn metrics(&self) -> SessionMetrics {
-        let elapsed = self.started.elapsed();
-        SessionMetrics {
-            chunks_in: self.stats.chunks_in,
-            results_out: self.stats.results_out,
-            errors: self.stats.errors,
-            bytes_in: self.stats.bytes_in,
-            bytes_out: self.stats.bytes_out,
-            elapsed: Some(prost_types::Duration {
-                seconds: elapsed.as_secs() as i64,
-                nanos: elapsed.subsec_nanos() as i32,
-            }),
-            failovers: self.stats.failovers,
-        }
-    }
-}
-
-/// Which nodes take several inputs, and which nodes lie upstream of each of them.
-struct FanIn {
-    /// Node index -> its fan-in index, for nodes with more than one input.
-    index: Vec<Option<usize>>,
-    /// Fan-in index -> node index.
-    nodes: Vec<usize>,
-    /// Node index -> fan-in indexes of the fan-in nodes it is a (strict) ancestor of.
-    feeds: Vec<Vec<usize>>,
-    /// Fan-in index -> chunks waiting for their turn, by ticket.
-    held: Vec<std::collections::BTreeMap<u64, Vec<DataChunk>>>,
-}
-
-impl FanIn {
-    fn new(plan: &Plan) -> Self {
-        let n = plan.nodes.len();
-        let mut index = vec![None; n];
-        let mut nodes = Vec::new();
-        for (i, node) in plan.nodes.iter().enumerate() {
-            if node.capability.inputs.len() > 1 {
-                index[i] = Some(nodes.len());
-                nodes.push(i);
-            }
-        }
-        let children = |i: usize| {
-            plan.nodes[i]
-                .routes
-                .values()
-                .flatten()
-                .filter_map(|d| match d {
-                    Destination::Node { node, .. } => Some(*node),
-                    Destination::Output(_) => None,
-                })
+        let message = StreamPipelineResponse {
+            response: Some(response),
         };
-        // Plan nodes are in topological order, so descendants are found walking forward.
-        let mut feeds = vec![Vec::new(); n];
-        for (i, feed) in feeds.iter_mut().enumerate() {
-            let mut reach = vec![false; n];
-            let mut stack: Vec<usize> = children(i).collect();
-            while let Some(j) = stack.pop() {
-                if !std::mem::replace(&mut reach[j], true) {
-                    stack.extend(children(j));
-                }
-            }
-            *feed = (0..n)
-                .filter(|&j| reach[j])
-                .filter_map(|j| index[j])
-                .collect();
+        match tokio::time::timeout(self.cx.limits.idle_timeout, self.out.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Cancelled),
+            Err(_) => Err(Error::ClientStalled(format!(
+                "client read no response for {:?} (idle_timeout)",
+                self.cx.limits.idle_timeout
+            ))),
         }
-        Self {
-            index,
-            held: vec![Default::default(); nodes.len()],
-            nodes,
-            feeds,
-        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Places node `index` on a live instance, trying others when one is unreachable.
-/// Returns the link and the instances that failed on the way.
+/// Returns the link and the registrations that failed on the way.
 async fn open_node(
-    directory: &Arc<Directory>,
+    cx: &SessionContext,
     plan: &Plan,
     index: usize,
     session_id: &str,
@@ -829,7 +528,7 @@ async fn open_node(
     let node = &plan.nodes[index];
     let mut last_error = None;
     loop {
-        let Some(instance) = directory.pick(&node.processor, &exclude) else {
+        let Some(instance) = cx.directory.pick(&node.processor, &exclude) else {
             let why = last_error.map_or_else(String::new, |s: tonic::Status| {
                 format!(" (last error: {:?}: {})", s.code(), s.message())
             });
@@ -849,22 +548,27 @@ async fn open_node(
             });
         };
         let id = instance.id.clone();
+        let registration = instance.registration.clone();
         let endpoint = instance.endpoint.clone();
         match NodeLink::open(
-            directory,
+            &cx.directory,
             instance,
             node,
             session_id,
             (index, generation),
             events.clone(),
+            cx.budget.clone(),
+            cx.limits.node_timeout,
         )
         .await
         {
             Ok(link) => return Ok((link, exclude)),
             Err(OpenError::Unreachable(status)) => {
                 tracing::warn!(flowplane.node_id = %node.id, instance = %id, error = %status.message(), "instance unreachable, trying another");
-                directory.forget_channel(&endpoint);
-                exclude.push(id);
+                if status.code() != tonic::Code::DeadlineExceeded {
+                    cx.directory.forget_channel(&endpoint);
+                }
+                exclude.push(registration);
                 last_error = Some(status);
             }
             Err(OpenError::Refused(status)) => {
@@ -887,98 +591,5 @@ async fn open_node(
                 });
             }
         }
-    }
-}
-
-/// Checks a client chunk's payload, size and input; returns where it goes.
-fn check_input<'p>(
-    plan: &'p Plan,
-    chunk: &mut DataChunk,
-    bytes: usize,
-) -> std::result::Result<&'p [Destination], ErrorDetail> {
-    let sequence = chunk.sequence;
-    let invalid = |reason: &str, field: &str, message: String| {
-        error_detail(
-            tonic::Code::InvalidArgument,
-            reason,
-            message,
-            "",
-            sequence,
-            field,
-        )
-    };
-    if chunk
-        .buffer
-        .as_ref()
-        .and_then(|b| b.payload.as_ref())
-        .is_none()
-    {
-        return Err(invalid(
-            "MISSING_PAYLOAD",
-            "chunk.buffer.payload",
-            format!("chunk sequence {sequence} has no payload (chunk.buffer.payload)"),
-        ));
-    }
-    if bytes > flowplane_grpc::MAX_PAYLOAD_BYTES {
-        return Err(error_detail(
-            tonic::Code::ResourceExhausted,
-            "PAYLOAD_TOO_LARGE",
-            format!(
-                "chunk sequence {sequence} carries {bytes} bytes, over the limit of {} bytes per chunk (max_payload_bytes)",
-                flowplane_grpc::MAX_PAYLOAD_BYTES
-            ),
-            "",
-            sequence,
-            "chunk.buffer.payload",
-        ));
-    }
-    if chunk.input.is_empty() {
-        match plan.default_input() {
-            Some(only) => chunk.input = only.to_string(),
-            None => {
-                let names: Vec<&str> = plan.inputs.keys().map(String::as_str).collect();
-                return Err(invalid(
-                    "MISSING_INPUT",
-                    "chunk.input",
-                    format!(
-                        "chunk sequence {sequence} names no input and the pipeline has several ({})",
-                        names.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    match plan.inputs.get(&chunk.input) {
-        Some(destinations) => Ok(destinations),
-        None => {
-            let names: Vec<&str> = plan.inputs.keys().map(String::as_str).collect();
-            Err(invalid(
-                "UNKNOWN_INPUT",
-                "chunk.input",
-                format!(
-                    "chunk sequence {sequence} names unknown input {:?} (pipeline inputs: {})",
-                    chunk.input,
-                    names.join(", ")
-                ),
-            ))
-        }
-    }
-}
-
-fn error_detail(
-    code: tonic::Code,
-    reason: &str,
-    message: String,
-    node_id: &str,
-    sequence: u64,
-    field: &str,
-) -> ErrorDetail {
-    ErrorDetail {
-        reason: reason.into(),
-        message,
-        node_id: node_id.into(),
-        sequence: Some(sequence),
-        field: field.into(),
-        code: code as i32,
     }
 }

@@ -1,0 +1,122 @@
+//! The service-wide memory budget: every client chunk admitted and every processor
+//! result read is charged here until its ticket has been handed to the client. Readers
+//! wait for room before they read more (so HTTP/2 flow control slows the peer instead of
+//! memory growing); nothing already read is ever dropped to make room.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::sync::Notify;
+
+/// Bytes charged across every session, against a limit.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+    freed: Notify,
+}
+
+/// Bytes held against the budget until dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+            self.budget.freed.notify_waiters();
+        }
+    }
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: limit.max(1),
+            used: AtomicUsize::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// True when readers must wait.
+    pub fn is_full(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    /// Waits until the budget is below its limit. A reader that passes reads at most one
+    /// message (bounded by the message limit) before it checks again, so the budget can
+    /// be overshot by at most one message per reader.
+    pub async fn room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if !self.is_full() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Charges `bytes` that are already in memory.
+    pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Charge {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn readers_wait_while_full_and_go_on_when_a_charge_drops() {
+        let budget = Budget::new(100);
+        let big = budget.charge(150);
+        assert!(budget.is_full());
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a full budget makes readers wait");
+        drop(big);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("room after the charge dropped")
+            .unwrap();
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn charges_add_up_and_release_exactly() {
+        let budget = Budget::new(1000);
+        let a = budget.charge(300);
+        let b = budget.charge(200);
+        assert_eq!(budget.used(), 500);
+        drop(a);
+        assert_eq!(budget.used(), 200);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+        budget.room().await;
+    }
+}
