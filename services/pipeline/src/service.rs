@@ -118,7 +118,7 @@ impl PipelineService {
         let (ending_tx, ending) = oneshot::channel();
         let stream = SessionStream {
             responses,
-            ending,
+            ending: Some(ending),
             last: None,
             done: false,
         };
@@ -180,17 +180,23 @@ struct Ending {
 /// of the stream (OK) only after a session that closed cleanly.
 pub struct SessionStream {
     responses: mpsc::Receiver<StreamPipelineResponse>,
-    ending: oneshot::Receiver<Ending>,
+    /// `None` once resolved (a oneshot must not be polled again).
+    ending: Option<oneshot::Receiver<Ending>>,
     last: Option<tonic::Status>,
     done: bool,
 }
 
 impl SessionStream {
-    /// Takes the session's ending, if it has come.
+    /// Takes the session's ending, if it has come. A session that closed cleanly drops
+    /// its sender without sending.
     fn poll_ending(&mut self, cx: &mut Context<'_>) -> Option<Ending> {
-        match Pin::new(&mut self.ending).poll(cx) {
-            Poll::Ready(Ok(ending)) => Some(ending),
-            _ => None,
+        let receiver = self.ending.as_mut()?;
+        match Pin::new(receiver).poll(cx) {
+            Poll::Ready(outcome) => {
+                self.ending = None;
+                outcome.ok()
+            }
+            Poll::Pending => None,
         }
     }
 }
