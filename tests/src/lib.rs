@@ -59,6 +59,11 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
+    /// Signals shutdown without waiting: the service drains while the test goes on.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
     /// Graceful stop: signals shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
         self.stop.cancel();
@@ -142,6 +147,14 @@ pub struct Platform {
 impl Platform {
     /// Starts everything and waits until `processors` hosts are HEALTHY.
     pub async fn start(processors: usize) -> Self {
+        Self::start_with(processors, |config| config).await
+    }
+
+    /// [`Platform::start`] with the pipeline's configuration adjusted by `configure`.
+    pub async fn start_with(
+        processors: usize,
+        configure: impl FnOnce(flowplane_pipeline::Config) -> flowplane_pipeline::Config,
+    ) -> Self {
         let control_plane = control_plane(Duration::from_secs(3)).await;
         let mut hosts = Vec::new();
         for i in 0..processors {
@@ -149,7 +162,10 @@ impl Platform {
                 processor(&control_plane.url(), &format!("proc-{i}")).await,
             ));
         }
-        let pipeline = pipeline(&control_plane.url()).await;
+        let pipeline = pipeline_with(configure(flowplane_pipeline::Config::new(
+            control_plane.url(),
+        )))
+        .await;
         let platform = Self {
             control_plane,
             processors: hosts,

@@ -115,7 +115,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(lifecycle.is_draining());
-        assert!(lifecycle.admit().is_err(), "a draining server admits nothing");
+        assert!(
+            lifecycle.admit().is_err(),
+            "a draining server admits nothing"
+        );
         assert!(!lifecycle.aborted().is_cancelled());
         drop(open);
         assert_eq!(drain.await.unwrap(), 0);

@@ -10,7 +10,11 @@ pub mod sequencer;
 mod service;
 mod session;
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use flowplane_grpc::{
     auth::BearerAuth,
@@ -46,6 +50,29 @@ pub struct Config {
     pub limits: ServiceLimits,
     /// How long open sessions may run on after shutdown starts.
     pub grace_period: Duration,
+    /// Filled with the running service, so tests and embedders can read its state.
+    pub probe: ServiceProbe,
+}
+
+/// A read-only view of a running service: open sessions and memory budget in use.
+/// Cheap to clone; empty until `run` starts.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceProbe {
+    service: Arc<OnceLock<PipelineService>>,
+}
+
+impl ServiceProbe {
+    /// Sessions open now (0 before the service runs).
+    pub fn active_sessions(&self) -> usize {
+        self.service
+            .get()
+            .map_or(0, PipelineService::active_sessions)
+    }
+
+    /// Bytes held in the memory budget now.
+    pub fn budget_used(&self) -> usize {
+        self.service.get().map_or(0, PipelineService::budget_used)
+    }
 }
 
 impl Config {
@@ -58,6 +85,7 @@ impl Config {
             tls: None,
             limits: ServiceLimits::default(),
             grace_period: Duration::from_secs(10),
+            probe: ServiceProbe::default(),
         }
     }
 }
@@ -75,6 +103,7 @@ pub async fn run(
     directory.watch(config.control_plane.clone(), stop.child_token());
     let lifecycle = Lifecycle::new();
     let service = PipelineService::new(directory, config.limits.clone(), lifecycle.clone());
+    let _ = config.probe.service.set(service.clone());
     let server = GrpcServer::new()?.with_tls(config.tls.clone());
     let health = server.health();
     set_serving(&health, SERVICE_NAME).await;

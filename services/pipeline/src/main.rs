@@ -93,6 +93,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
             },
         },
         grace_period: Duration::from_secs(cli.grace_period_secs),
+        probe: Default::default(),
     };
     flowplane_grpc::client::endpoint(&config.control_plane, &config.client)
         .context("--control-plane")?;

@@ -70,6 +70,15 @@ pub struct PipelineService {
     lifecycle: Lifecycle,
 }
 
+impl std::fmt::Debug for PipelineService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineService")
+            .field("active_sessions", &self.active_sessions())
+            .field("budget_used", &self.budget.used())
+            .finish_non_exhaustive()
+    }
+}
+
 impl PipelineService {
     /// A service discovering processors through `directory`; `lifecycle` admits sessions
     /// and, once its grace period is over, ends the open ones.
