@@ -83,7 +83,8 @@ impl GrpcServer {
         // Tracing outermost, so the metrics of a call are recorded inside its span.
         let builder = builder
             .layer(flowplane_telemetry::grpc::server_layer())
-            .layer(flowplane_telemetry::metrics::server_layer());
+            .layer(flowplane_telemetry::metrics::server_layer())
+            .layer(crate::decode::DecodeErrorsLayer);
         let health = self.health;
         let signal = async move {
             shutdown.await;

@@ -3,7 +3,6 @@
 //! `Status` themselves, so a code always means the same thing.
 
 use flowplane_proto::common::v1::ErrorDetail;
-use prost::Message;
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in the control plane.
@@ -110,51 +109,21 @@ impl Error {
     }
 }
 
-/// `google.rpc.Status`, the standard envelope for status details (`grpc-status-details-bin`).
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
-}
-
-const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/flowplane.common.v1.ErrorDetail";
-
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let (code, reason) = error.code_and_reason();
-        let message = error.to_string();
         let detail = ErrorDetail {
             reason: reason.to_string(),
-            message: message.clone(),
             field: error.field().to_string(),
             ..Default::default()
         };
-        let envelope = RpcStatus {
-            code: code as i32,
-            message: message.clone(),
-            details: vec![prost_types::Any {
-                type_url: ERROR_DETAIL_TYPE_URL.to_string(),
-                value: detail.encode_to_vec(),
-            }],
-        };
-        Status::with_details(code, message, envelope.encode_to_vec().into())
+        flowplane_grpc::status::with_detail(code, error.to_string(), detail)
     }
 }
 
 /// The [`ErrorDetail`] a control-plane status carries, if any: `field` names the
 /// offending request field and `reason` is machine-readable.
-pub fn error_detail(status: &Status) -> Option<ErrorDetail> {
-    let envelope = RpcStatus::decode(status.details()).ok()?;
-    envelope
-        .details
-        .iter()
-        .find(|any| any.type_url == ERROR_DETAIL_TYPE_URL)
-        .and_then(|any| ErrorDetail::decode(any.value.as_slice()).ok())
-}
+pub use flowplane_grpc::status::error_detail;
 
 #[cfg(test)]
 mod tests {
