@@ -98,9 +98,11 @@ mod tests {
     #[test]
     fn undecodable_and_oversized_requests_get_precise_codes_and_details() {
         let mut headers = http::HeaderMap::new();
-        Status::internal("failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded")
-            .add_header(&mut headers)
-            .unwrap();
+        Status::internal(
+            "failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded",
+        )
+        .add_header(&mut headers)
+        .unwrap();
         rewrite(&mut headers);
         let status = Status::from_header_map(&headers).unwrap();
         assert_eq!(status.code(), Code::InvalidArgument);
@@ -111,9 +113,11 @@ mod tests {
         );
 
         let mut headers = http::HeaderMap::new();
-        Status::out_of_range("Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes")
-            .add_header(&mut headers)
-            .unwrap();
+        Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes",
+        )
+        .add_header(&mut headers)
+        .unwrap();
         rewrite(&mut headers);
         let status = Status::from_header_map(&headers).unwrap();
         assert_eq!(status.code(), Code::ResourceExhausted);
@@ -123,7 +127,9 @@ mod tests {
     #[test]
     fn other_statuses_and_ordinary_responses_are_untouched() {
         let mut headers = http::HeaderMap::new();
-        Status::internal("processor crashed").add_header(&mut headers).unwrap();
+        Status::internal("processor crashed")
+            .add_header(&mut headers)
+            .unwrap();
         let before = headers.clone();
         rewrite(&mut headers);
         assert_eq!(headers, before);

@@ -8,9 +8,9 @@
 //! each took: a chunk for it is held until no older input can still produce a chunk for
 //! it, so a pipeline's output does not depend on which branch happened to be faster.
 //!
-//! Every ticket carries "holds" of type `H` (window permits, memory charges): they are
-//! dropped when the ticket's results have been handed out, which is what returns
-//! the session's and the service's budgets.
+//! Every ticket carries "holds" of type `H` (window permits, memory charges): they leave
+//! with the ticket's last response and are dropped once the client has taken it, which
+//! is what returns the session's and the service's budgets.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -32,11 +32,13 @@ use crate::{Error, Result};
 
 /// What the shell must do after an event.
 #[derive(Debug, PartialEq)]
-pub enum Action {
+pub enum Action<H> {
     /// Send `chunk` to the current instance of node `node`.
     Send { node: usize, chunk: DataChunk },
-    /// Hand this response to the client (results, per-chunk errors, flush metrics).
-    Emit(Response),
+    /// Hand this response to the client (results, per-chunk errors, flush metrics),
+    /// with the holds to release once the client has it (a ticket's holds go with its
+    /// last response).
+    Emit(Response, Vec<H>),
 }
 
 struct Pending {
@@ -88,7 +90,7 @@ pub struct Sequencer<H> {
     last_delivered: Option<u64>,
     chunk_span_every: u64,
     stats: Stats,
-    actions: Vec<Action>,
+    actions: Vec<Action<H>>,
 }
 
 impl<H> Sequencer<H> {
@@ -119,10 +121,10 @@ impl<H> Sequencer<H> {
     }
 
     /// The actions produced since the last call, in order.
-    pub fn take_actions(&mut self) -> Vec<Action> {
+    pub fn take_actions(&mut self) -> Vec<Action<H>> {
         let actions = std::mem::take(&mut self.actions);
         for action in &actions {
-            if let Action::Emit(response) = action {
+            if let Action::Emit(response, _) = action {
                 self.count_out(response);
             }
         }
@@ -561,8 +563,16 @@ impl<H> Sequencer<H> {
                     _ => (usize::MAX, String::new()),
                 });
             }
-            self.actions
-                .extend(ticket.results.drain(..).map(Action::Emit));
+            let mut holds = std::mem::take(&mut ticket._holds);
+            let last = ticket.results.len().saturating_sub(1);
+            for (i, response) in ticket.results.drain(..).enumerate() {
+                let holds = if i == last {
+                    std::mem::take(&mut holds)
+                } else {
+                    Vec::new()
+                };
+                self.actions.push(Action::Emit(response, holds));
+            }
             self.first_ticket += 1;
             self.last_delivered = Some(ticket.sequence);
             if let Some((span, started)) = ticket.span {
@@ -576,8 +586,10 @@ impl<H> Sequencer<H> {
         {
             self.flush_marks.pop_front();
             // Metrics are stamped by the shell when it emits them.
-            self.actions
-                .push(Action::Emit(Response::Metrics(SessionMetrics::default())));
+            self.actions.push(Action::Emit(
+                Response::Metrics(SessionMetrics::default()),
+                Vec::new(),
+            ));
         }
     }
 

@@ -26,7 +26,6 @@ use flowplane_proto::{
 use futures::Stream;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 use crate::{
@@ -124,7 +123,10 @@ impl PipelineService {
             flowplane.node_count = plan.nodes.len(),
         );
         let (out, responses) = mpsc::channel(64);
+        let responses = Arc::new(std::sync::Mutex::new(responses));
         let (ending_tx, ending) = oneshot::channel();
+        let queue = responses.clone();
+        let idle_timeout = self.limits.session.idle_timeout;
         let stream = SessionStream {
             responses,
             ending: Some(ending),
@@ -139,9 +141,12 @@ impl PipelineService {
         let (session, ready) = Session::open(session_id, plan, cx, out.clone())
             .instrument(span.clone())
             .await?;
-        out.send(StreamPipelineResponse {
-            response: Some(Response::Ready(ready)),
-        })
+        out.send((
+            StreamPipelineResponse {
+                response: Some(Response::Ready(ready)),
+            },
+            Vec::new(),
+        ))
         .await
         .map_err(|_| Error::Cancelled)?;
         drop(out);
@@ -156,13 +161,22 @@ impl PipelineService {
                 let code = match outcome {
                     Ok(()) => tonic::Code::Ok,
                     Err(err) => {
-                        // A client that stopped reading gets the status at once, ahead
-                        // of the responses it left unread.
-                        let skip_queue = matches!(err, Error::ClientStalled(_));
+                        let stalled = matches!(err, Error::ClientStalled(_));
                         let status = tonic::Status::from(err);
                         tracing::info!(code = ?status.code(), error = %status.message(), "session ended");
                         let code = status.code();
-                        let _ = ending_tx.send(Ending { status, skip_queue });
+                        let _ = ending_tx.send(Ending { status });
+                        // Responses the client does not read must not pin the budget: a
+                        // client that stopped reading loses them now (its status goes
+                        // first), any other gets the idle timeout to read them.
+                        if stalled {
+                            discard(&queue);
+                        } else if Arc::strong_count(&queue) > 1 {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(idle_timeout).await;
+                                discard(&queue);
+                            });
+                        }
                         code
                     }
                 };
@@ -178,17 +192,27 @@ impl PipelineService {
     }
 }
 
+/// A response with the holds it releases once the client has it.
+type Held = (StreamPipelineResponse, Vec<Hold>);
+
 /// How a failed session ends its response stream.
 struct Ending {
     status: tonic::Status,
-    /// End now, dropping queued responses (the client is not reading them).
-    skip_queue: bool,
+}
+
+/// Closes a session's response queue and drops what is in it (with its holds): the
+/// stream then ends with the session's status at once.
+fn discard(queue: &std::sync::Mutex<mpsc::Receiver<Held>>) {
+    let mut queue = queue.lock().expect("response queue lock");
+    queue.close();
+    while queue.try_recv().is_ok() {}
 }
 
 /// A session's responses, then its outcome: the failed session's status, or the end
 /// of the stream (OK) only after a session that closed cleanly.
 pub struct SessionStream {
-    responses: mpsc::Receiver<StreamPipelineResponse>,
+    /// Shared with the session's task, which may discard what the client left unread.
+    responses: Arc<std::sync::Mutex<mpsc::Receiver<Held>>>,
     /// `None` once resolved (a oneshot must not be polled again).
     ending: Option<oneshot::Receiver<Ending>>,
     last: Option<tonic::Status>,
@@ -208,26 +232,32 @@ impl SessionStream {
             Poll::Pending => None,
         }
     }
-}
 
-impl Stream for SessionStream {
-    type Item = std::result::Result<StreamPipelineResponse, tonic::Status>;
+    /// The next response with the holds it carries, for a caller that keeps results
+    /// charged to the budget while it gathers them.
+    async fn next_held(&mut self) -> Option<std::result::Result<Held, tonic::Status>> {
+        std::future::poll_fn(|cx| self.poll_held(cx)).await
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_held(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Held, tonic::Status>>> {
         if self.done {
             return Poll::Ready(None);
         }
         if self.last.is_none()
             && let Some(ending) = self.poll_ending(cx)
         {
-            if ending.skip_queue {
-                self.done = true;
-                return Poll::Ready(Some(Err(ending.status)));
-            }
             self.last = Some(ending.status);
         }
-        match self.responses.poll_recv(cx) {
-            Poll::Ready(Some(response)) => Poll::Ready(Some(Ok(response))),
+        let next = self
+            .responses
+            .lock()
+            .expect("response queue lock")
+            .poll_recv(cx);
+        match next {
+            Poll::Ready(Some(held)) => Poll::Ready(Some(Ok(held))),
             Poll::Ready(None) => {
                 self.done = true;
                 // The session sends its ending before it lets go of the responses.
@@ -239,6 +269,16 @@ impl Stream for SessionStream {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl Stream for SessionStream {
+    type Item = std::result::Result<StreamPipelineResponse, tonic::Status>;
+
+    /// Yields a response and drops its holds: from here HTTP/2 flow control bounds it.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_held(cx)
+            .map(|item| item.map(|result| result.map(|(response, _holds)| response)))
     }
 }
 
@@ -317,8 +357,12 @@ impl StreamingPipelineService for PipelineService {
         // The whole answer is one message: past the message limit it could not be sent.
         let limit = flowplane_grpc::MAX_MESSAGE_BYTES;
         let mut response = ExecutePipelineResponse::default();
-        while let Some(message) = responses.next().await {
-            match message?.response {
+        // Results stay charged to the budget until the answer is built.
+        let mut charged = Vec::new();
+        while let Some(message) = responses.next_held().await {
+            let (message, holds) = message?;
+            charged.extend(holds);
+            match message.response {
                 Some(Response::Result(r)) => response.results.push(r),
                 Some(Response::Error(e)) => response.errors.push(e),
                 Some(Response::Closed(closed)) => response.metrics = closed.metrics,

@@ -96,8 +96,8 @@ pub enum ClientEvent {
     Failed(Error),
 }
 
-/// Sender of responses to the client.
-pub type Outbound = mpsc::Sender<StreamPipelineResponse>;
+/// Sender of responses to the client, each with the holds it releases once taken.
+pub type Outbound = mpsc::Sender<(StreamPipelineResponse, Vec<Hold>)>;
 
 type NodeTag = (usize, u64);
 
@@ -369,11 +369,11 @@ impl Session {
                     // end; the chunk stays unacked and is replayed or reported then.
                     let _ = slot.link.send(chunk);
                 }
-                Action::Emit(Response::Metrics(_)) => {
+                Action::Emit(Response::Metrics(_), holds) => {
                     let metrics = self.seq.metrics(self.started.elapsed());
-                    self.send(Response::Metrics(metrics)).await?;
+                    self.send_held(Response::Metrics(metrics), holds).await?;
                 }
-                Action::Emit(response) => self.send(response).await?,
+                Action::Emit(response, holds) => self.send_held(response, holds).await?,
             }
         }
         let now = tokio::time::Instant::now();
@@ -489,6 +489,10 @@ impl Session {
     /// Hands one response to the client; a client that reads nothing for the idle
     /// timeout ends the session, and one that went away cancels it.
     async fn send(&mut self, response: Response) -> Result<()> {
+        self.send_held(response, Vec::new()).await
+    }
+
+    async fn send_held(&mut self, response: Response, holds: Vec<Hold>) -> Result<()> {
         if let Response::Error(e) = &response {
             let code = flowplane_telemetry::rpc::code_name(tonic::Code::from_i32(e.code));
             metrics::counter!("flowplane_pipeline_chunk_errors_total", "code" => code).increment(1);
@@ -496,7 +500,8 @@ impl Session {
         let message = StreamPipelineResponse {
             response: Some(response),
         };
-        match tokio::time::timeout(self.cx.limits.idle_timeout, self.out.send(message)).await {
+        let sent = self.out.send((message, holds));
+        match tokio::time::timeout(self.cx.limits.idle_timeout, sent).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Cancelled),
             Err(_) => Err(Error::ClientStalled(format!(

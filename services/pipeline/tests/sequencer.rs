@@ -185,7 +185,7 @@ fn run(yaml: &str, inputs: &[&str], mut rng: Option<&mut StdRng>, failovers: boo
                     sent_to[node].push(chunk.sequence);
                     queues[node].push_back(chunk);
                 }
-                Action::Emit(response) => seen.push(render(&response)),
+                Action::Emit(response, _) => seen.push(render(&response)),
             }
         }
     };
@@ -366,10 +366,12 @@ fn holds_are_released_when_the_ticket_is_delivered() {
     seq.chunk(chunk(1, "x"), vec![hold.clone()]).unwrap();
     assert_eq!(Arc::strong_count(&hold), 2, "held while in flight");
     let mut pending: Vec<(usize, DataChunk)> = Vec::new();
+    let mut delivered = Vec::new();
     loop {
         for action in seq.take_actions() {
-            if let Action::Send { node, chunk } = action {
-                pending.push((node, chunk));
+            match action {
+                Action::Send { node, chunk } => pending.push((node, chunk)),
+                Action::Emit(_, holds) => delivered.extend(holds),
             }
         }
         let Some((node, c)) = pending.pop() else {
@@ -378,7 +380,17 @@ fn holds_are_released_when_the_ticket_is_delivered() {
         seq.result(node, answer(&p, node, &c), vec![hold.clone()])
             .unwrap();
     }
-    assert_eq!(Arc::strong_count(&hold), 1, "released with the ticket");
+    assert_eq!(
+        delivered.len(),
+        3,
+        "the ticket's holds leave with its response"
+    );
+    drop(delivered);
+    assert_eq!(
+        Arc::strong_count(&hold),
+        1,
+        "released once the client has it"
+    );
     assert_eq!(seq.last_delivered(), Some(1));
 }
 
@@ -392,7 +404,7 @@ fn flush_metrics_wait_for_every_earlier_input() {
     assert!(
         !actions
             .iter()
-            .any(|a| matches!(a, Action::Emit(Response::Metrics(_)))),
+            .any(|a| matches!(a, Action::Emit(Response::Metrics(_), _))),
         "metrics before the result: {actions:?}"
     );
     let Action::Send { chunk: c, .. } = &actions[0] else {
@@ -406,7 +418,7 @@ fn flush_metrics_wait_for_every_earlier_input() {
     seq.result(1, answer(&p, 1, c), vec![]).unwrap();
     let actions = seq.take_actions();
     assert!(
-        matches!(actions.last(), Some(Action::Emit(Response::Metrics(_)))),
+        matches!(actions.last(), Some(Action::Emit(Response::Metrics(_), _))),
         "{actions:?}"
     );
 }
