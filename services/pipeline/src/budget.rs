@@ -16,6 +16,8 @@ pub struct Budget {
     limit: usize,
     used: AtomicUsize,
     freed: Notify,
+    in_use: metrics::Gauge,
+    waits: metrics::Counter,
 }
 
 /// Bytes held against the budget until dropped.
@@ -28,7 +30,8 @@ pub struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+            let before = self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+            self.budget.in_use.set((before - self.bytes) as f64);
             self.budget.freed.notify_waiters();
         }
     }
@@ -41,6 +44,8 @@ impl Budget {
             limit: limit.max(1),
             used: AtomicUsize::new(0),
             freed: Notify::new(),
+            in_use: metrics::gauge!("flowplane_pipeline_memory_budget_used_bytes"),
+            waits: metrics::counter!("flowplane_pipeline_memory_budget_waits_total"),
         })
     }
 
@@ -63,10 +68,14 @@ impl Budget {
     /// message (bounded by the message limit) before it checks again, so the budget can
     /// be overshot by at most one message per reader.
     pub async fn room(&self) {
+        let mut counted = false;
         loop {
             let freed = self.freed.notified();
             if !self.is_full() {
                 return;
+            }
+            if !std::mem::replace(&mut counted, true) {
+                self.waits.increment(1);
             }
             freed.await;
         }
@@ -74,7 +83,8 @@ impl Budget {
 
     /// Charges `bytes` that are already in memory.
     pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
+        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.in_use.set((before + bytes) as f64);
         Charge {
             budget: self.clone(),
             bytes,
