@@ -3,6 +3,7 @@
 //! gives tests typed clients. Every service stops when its handle is stopped or dropped.
 
 pub mod data;
+pub mod process;
 pub mod session;
 pub mod trace;
 

@@ -35,6 +35,19 @@ pub struct Outcome {
     pub status: Option<tonic::Status>,
 }
 
+impl Outcome {
+    /// The text of every text result, in order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.results
+            .iter()
+            .filter_map(|r| match r.buffer.as_ref()?.payload.as_ref()? {
+                flowplane_proto::data::v1::data_buffer::Payload::Text(t) => Some(t.text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Session {
     /// Opens a session with `init` and waits for `ready`; the error is the init failure.
     pub async fn open<T>(

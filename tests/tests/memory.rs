@@ -3,7 +3,7 @@
 //! pipeline binary run with a small memory budget. The budget must come under pressure
 //! (readers waited) and the process's peak RSS must stay within the documented bound.
 
-use std::{net::TcpListener, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use flowplane_proto::{
     data::v1::{BinaryData, DataTypeHint, data_buffer::Payload},
@@ -16,8 +16,11 @@ use flowplane_sdk::{
     RegistrationConfig, ServeOptions,
 };
 use flowplane_test_support::{local_listener, wait_for};
-use flowplane_tests::{data::*, session::Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use flowplane_tests::{
+    data::*,
+    process::{free_port, samples, scrape, start, value},
+    session::Session,
+};
 
 const AMPLIFY: usize = 100;
 const SESSIONS: usize = 200;
@@ -54,34 +57,6 @@ impl Processor for Amplify {
     }
 }
 
-fn binary_path(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Peak resident set of a process, in bytes (Linux `VmHWM`).
 fn peak_rss(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -90,20 +65,9 @@ fn peak_rss(pid: u32) -> usize {
     kib * 1024
 }
 
-async fn scrape(port: u16, series: &str) -> Option<f64> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
+/// The value of `series` (no labels) on the metrics endpoint at `port`.
+async fn metric(port: u16, series: &str) -> Option<f64> {
+    value(&samples(&scrape(port).await?), series, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,11 +93,9 @@ async fn rss_stays_bounded_while_a_processor_amplifies_100x_across_200_sessions(
 
     let port = free_port();
     let metrics_port = free_port();
-    let pipeline = Child(
-        flowplane_test_support::binary::command(
-            binary_path("flowplane-pipeline").to_str().unwrap(),
-        )
-        .args([
+    let pipeline = start(
+        "flowplane-pipeline",
+        &[
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
             "--metrics-listen".to_string(),
@@ -142,12 +104,7 @@ async fn rss_stays_bounded_while_a_processor_amplifies_100x_across_200_sessions(
             control_plane.url(),
             "--memory-budget-mib".to_string(),
             BUDGET_MIB.to_string(),
-        ])
-        .env("FLOWPLANE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap(),
+        ],
     );
     let pid = pipeline.0.id();
     let m = manifest(
@@ -206,7 +163,7 @@ outputs: [{ name: out, source: { node: amp } }]
     let limit = (BUDGET_MIB * 1024 * 1024) as f64;
     let filled = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if scrape(metrics_port, "flowplane_pipeline_memory_budget_used_bytes")
+            if metric(metrics_port, "flowplane_pipeline_memory_budget_used_bytes")
                 .await
                 .is_some_and(|used| used >= limit)
             {
@@ -232,7 +189,7 @@ outputs: [{ name: out, source: { node: amp } }]
             matches!(&r.buffer.as_ref().unwrap().payload, Some(Payload::Binary(b)) if b.data.len() == CHUNK_BYTES * AMPLIFY)
         }));
     }
-    let waits = scrape(metrics_port, "flowplane_pipeline_memory_budget_waits_total")
+    let waits = metric(metrics_port, "flowplane_pipeline_memory_budget_waits_total")
         .await
         .unwrap_or(0.0);
     let peak = peak_rss(pid);

@@ -2,96 +2,16 @@
 //! binaries run as processes (so each has its own registry), a session streams chunks,
 //! and the named series carry the expected values.
 
-use std::{collections::BTreeMap, net::TcpListener, process::Stdio};
-
 use flowplane_proto::streaming::v1::{
     ControlCommand, ValidatePipelineRequest,
     streaming_pipeline_service_client::StreamingPipelineServiceClient,
 };
 use flowplane_test_support::{wait_for, wait_until};
-use flowplane_tests::{data::*, session::Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which `make test` does)",
-        bin.display()
-    );
-    bin
-}
-
-/// A free port on 127.0.0.1 (released at once; the service binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(name: &str, args: &[String]) -> Process {
-    Process(
-        std::process::Command::new(binary(name))
-            .args(args)
-            .env("FLOWPLANE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}")),
-    )
-}
-
-/// GET /metrics; `None` until the endpoint answers.
-async fn scrape(port: u16) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    let ok = body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200");
-    ok.then_some(body)
-}
-
-/// Every sample of the exposition: series (name plus sorted labels) -> value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| l.starts_with("flowplane_"))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of the series named `name` whose labels include all of `labels`.
-fn value(samples: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .filter(|(series, _)| {
-            series.split('{').next() == Some(name)
-                && labels
-                    .iter()
-                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, v)| *v)
-        .reduce(|a, b| a + b)
-}
+use flowplane_tests::{
+    data::*,
+    process::{free_port, samples, scrape, start, value},
+    session::Session,
+};
 
 const UPPER: &str = r#"
 nodes: [{ id: up, processor: text.transform, params: { mode: upper } }]

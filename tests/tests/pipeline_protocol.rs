@@ -193,18 +193,7 @@ async fn draining_refuses_new_sessions_and_finishes_open_ones() {
     let outcome = open.read_to_end().await;
     assert!(outcome.status.is_none(), "{:?}", outcome.status);
     assert!(outcome.closed);
-    assert_eq!(
-        text_of(
-            outcome.results[0]
-                .buffer
-                .as_ref()
-                .unwrap()
-                .payload
-                .as_ref()
-                .unwrap()
-        ),
-        "STILL HERE"
-    );
+    assert_eq!(outcome.texts(), ["STILL HERE"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -357,78 +357,63 @@ impl<H> Sequencer<H> {
 
     /// The error that ends the session when `node`'s processor failed its stream.
     pub fn node_failed(&self, node: usize, code: tonic::Code, why: String) -> Error {
-        let spec = &self.plan.nodes[node];
-        let message = format!(
-            "node {:?} (processor {}) failed: {why}; last sequence fully delivered: {}",
-            spec.id,
-            spec.processor,
-            self.last_delivered_text()
-        );
+        let (message, detail) =
+            self.node_error(node, code, "NODE_FAILED", format!("failed: {why}"));
         Error::NodeFailed {
             code,
-            detail: Box::new(self.node_detail(node, code, "NODE_FAILED", &message)),
             message,
+            detail: Box::new(detail),
         }
     }
 
     /// The error that ends the session when `node` lost its instance for good.
     pub fn node_unavailable(&self, node: usize, why: String) -> Error {
-        let spec = &self.plan.nodes[node];
-        let message = format!(
-            "node {:?} (processor {}) {why}; last sequence fully delivered: {}",
-            spec.id,
-            spec.processor,
-            self.last_delivered_text()
-        );
+        let (message, detail) =
+            self.node_error(node, tonic::Code::Unavailable, "NODE_UNAVAILABLE", why);
         Error::NodeUnavailable {
-            detail: Box::new(self.node_detail(
-                node,
-                tonic::Code::Unavailable,
-                "NODE_UNAVAILABLE",
-                &message,
-            )),
             message,
+            detail: Box::new(detail),
         }
     }
 
-    /// The error that ends the session when `node` made no progress within the deadline.
+    /// The error that ends the session when `node` made no progress within the deadline;
+    /// its detail names the sequence the node did not answer.
     pub fn node_timed_out(&self, node: usize, why: String) -> Error {
-        let spec = &self.plan.nodes[node];
-        let message = format!(
-            "node {:?} (processor {}) {why}; last sequence fully delivered: {}",
-            spec.id,
-            spec.processor,
-            self.last_delivered_text()
-        );
-        let mut detail = self.node_detail(
-            node,
-            tonic::Code::DeadlineExceeded,
-            "NODE_TIMEOUT",
-            &message,
-        );
+        let code = tonic::Code::DeadlineExceeded;
+        let (message, mut detail) = self.node_error(node, code, "NODE_TIMEOUT", why);
         detail.sequence = self.oldest_unacked(node).or(self.last_delivered);
         Error::NodeFailed {
-            code: tonic::Code::DeadlineExceeded,
-            detail: Box::new(detail),
+            code,
             message,
+            detail: Box::new(detail),
         }
     }
 
-    fn node_detail(
+    /// A node error's message (naming node, processor and the last sequence delivered)
+    /// and its detail.
+    fn node_error(
         &self,
         node: usize,
         code: tonic::Code,
         reason: &str,
-        message: &str,
-    ) -> ErrorDetail {
-        ErrorDetail {
+        why: String,
+    ) -> (String, ErrorDetail) {
+        let spec = &self.plan.nodes[node];
+        let message = format!(
+            "node {:?} (processor {}) {why}; last sequence fully delivered: {}",
+            spec.id,
+            spec.processor,
+            self.last_delivered_text()
+        );
+        let detail = ErrorDetail {
             reason: reason.into(),
-            message: message.into(),
-            node_id: self.plan.nodes[node].id.clone(),
+            message: message.clone(),
+            node_id: spec.id.clone(),
             sequence: self.last_delivered,
             field: String::new(),
             code: code as i32,
-        }
+        };
+        (message, detail)
     }
 
     fn last_delivered_text(&self) -> String {
