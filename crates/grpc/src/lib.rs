@@ -8,6 +8,7 @@ pub mod binary;
 pub mod client;
 pub mod config;
 pub mod lifecycle;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -1,14 +1,20 @@
 //! The `ProcessorService` host: one task per `Process` stream runs one processor
-//! instance, answering every chunk with exactly one result, in order, through a bounded
-//! channel. It must never let one stream's failure (bad chunk, panic) touch another.
+//! instance, answering every chunk with exactly one result, in order, through a queue
+//! bounded in results and bytes. Processor code (`create`, `process`) runs on the blocking
+//! pool, at most `max_concurrent_calls` at once, never on an async worker, so a busy
+//! processor cannot stall other streams or the heartbeat. It must never let one stream's
+//! failure (bad chunk, panic, a huge result) touch another, and never end a stream OK
+//! when a request could not be read.
 
 use std::{
     collections::HashMap,
     panic::{AssertUnwindSafe, catch_unwind},
-    pin::pin,
+    pin::{Pin, pin},
     sync::{Arc, RwLock},
     time::Instant,
 };
+
+use flowplane_grpc::lifecycle::{Admitted, Lifecycle};
 
 use flowplane_proto::{
     data::v1::{DataBuffer, DataChunk, DataTypeHint, data_buffer::Payload},
@@ -20,8 +26,8 @@ use flowplane_proto::{
     },
 };
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -35,6 +41,17 @@ use crate::{
 /// requests: this, plus HTTP/2 flow control, bounds a stream's in-flight work.
 pub const STREAM_BUFFER: usize = 32;
 
+/// Encoded bytes of results a stream may have queued for a slow client, whatever their
+/// number: with [`STREAM_BUFFER`] alone an amplifying processor could queue 32 maximal
+/// messages per stream. Two messages, so one can be sent while the next waits.
+pub const STREAM_BUFFER_BYTES: usize = 2 * flowplane_grpc::MAX_MESSAGE_BYTES;
+
+/// Processor calls (`create` or `process`) a host runs at once by default, over all its
+/// streams. Enough that a few CPU-heavy streams cannot take every slot from cheap ones
+/// (the OS shares the cores between the calls running), few enough to bound the blocking
+/// threads and the memory of chunks in processing.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+
 /// Reason of a chunk whose payload type the input port does not accept.
 pub const TYPE_MISMATCH: &str = "TYPE_MISMATCH";
 /// Reason of a chunk naming an input port the processor does not have.
@@ -47,6 +64,8 @@ pub const MISSING_PAYLOAD: &str = "MISSING_PAYLOAD";
 pub const UNDECLARED_OUTPUT: &str = "UNDECLARED_OUTPUT";
 /// Reason of a result whose outputs together exceed the message limit (RESOURCE_EXHAUSTED).
 pub const RESULT_TOO_LARGE: &str = "RESULT_TOO_LARGE";
+/// Reason of a chunk whose sequence is lower than an earlier chunk's on the same stream.
+pub const SEQUENCE_OUT_OF_ORDER: &str = "SEQUENCE_OUT_OF_ORDER";
 
 /// Builds a [`ProcessorHost`].
 pub struct HostBuilder {
@@ -54,6 +73,7 @@ pub struct HostBuilder {
     version: String,
     host_id: Option<String>,
     max_streams: usize,
+    max_concurrent_calls: usize,
     factories: Vec<Arc<dyn ProcessorFactory>>,
 }
 
@@ -65,6 +85,7 @@ impl HostBuilder {
             version: env!("CARGO_PKG_VERSION").into(),
             host_id: None,
             max_streams: 1024,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             factories: Vec::new(),
         }
     }
@@ -84,6 +105,13 @@ impl HostBuilder {
     /// Open streams above which the host reports itself DEGRADED.
     pub fn max_streams(mut self, max: usize) -> Self {
         self.max_streams = max;
+        self
+    }
+
+    /// Processor calls run at once over all streams (at least 1); further calls wait for
+    /// a slot, and their streams stop reading requests meanwhile (backpressure).
+    pub fn max_concurrent_calls(mut self, max: usize) -> Self {
+        self.max_concurrent_calls = max.max(1);
         self
     }
 
@@ -120,7 +148,8 @@ impl HostBuilder {
                 processors,
                 order,
                 stats: Arc::new(HostStats::default()),
-                abort: CancellationToken::new(),
+                lifecycle: Lifecycle::new(),
+                calls: Arc::new(Semaphore::new(self.max_concurrent_calls)),
                 tasks: TaskTracker::new(),
             }),
         })
@@ -239,8 +268,11 @@ struct HostInner {
     /// Registration order, so listings are stable.
     order: Vec<String>,
     stats: Arc<HostStats>,
-    /// Cancelled when the grace period of a shutdown is over: open streams end UNAVAILABLE.
-    abort: CancellationToken,
+    /// Admits streams while serving; its abort token ends open streams UNAVAILABLE once
+    /// a shutdown's grace period is over.
+    lifecycle: Lifecycle,
+    /// Slots for processor calls on the blocking pool, shared by every stream.
+    calls: Arc<Semaphore>,
     tasks: TaskTracker,
 }
 
@@ -319,7 +351,18 @@ impl ProcessorHost {
 
     /// Ends every open stream with UNAVAILABLE: the end of a shutdown's grace period.
     pub fn abort_streams(&self) {
-        self.inner.abort.cancel();
+        self.inner.lifecycle.aborted().cancel();
+    }
+
+    /// Refuses new streams with UNAVAILABLE from now on, waits up to `grace` for open
+    /// ones to end, then ends the rest UNAVAILABLE. Returns how many were still open.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        self.inner.lifecycle.drain(grace).await
+    }
+
+    /// True once [`ProcessorHost::drain`] has started.
+    pub fn is_draining(&self) -> bool {
+        self.inner.lifecycle.is_draining()
     }
 
     /// Waits until every stream task has ended; call after the server stopped accepting.
@@ -336,60 +379,108 @@ impl ProcessorHost {
         }
     }
 
-    /// Validates an init and creates the processor instance.
-    fn open(&self, init: ProcessInit) -> Result<StreamState> {
+    /// Validates an init and creates the processor instance on the blocking pool. `None`
+    /// when the grace period ended first.
+    async fn open(&self, init: ProcessInit) -> Option<Result<StreamState>> {
         if init.processor.is_empty() {
-            return Err(Error::MissingProcessorName {
+            return Some(Err(Error::MissingProcessorName {
                 known: self.known(),
-            });
+            }));
         }
         let Some(entry) = self.inner.processors.get(&init.processor).cloned() else {
-            return Err(Error::UnknownProcessor {
+            return Some(Err(Error::UnknownProcessor {
                 name: init.processor,
                 known: self.known(),
-            });
+            }));
         };
-        let params = Params::validate(&entry.capability.proto().params, init.params.as_ref())
-            .map_err(|source| Error::InvalidParam {
-                processor: entry.name.clone(),
-                source,
-            })?;
-        let created = catch_unwind(AssertUnwindSafe(|| entry.factory.create(&params)));
+        let params = match Params::validate(&entry.capability.proto().params, init.params.as_ref())
+        {
+            Ok(params) => params,
+            Err(source) => {
+                return Some(Err(Error::InvalidParam {
+                    processor: entry.name.clone(),
+                    source,
+                }));
+            }
+        };
+        let factory = entry.factory.clone();
+        let created = self
+            .blocking(move || catch_unwind(AssertUnwindSafe(|| factory.create(&params))))
+            .await?;
         let processor = match created {
             Ok(Ok(p)) => p,
             Ok(Err(source)) => {
-                return Err(Error::InvalidParam {
+                return Some(Err(Error::InvalidParam {
                     processor: entry.name.clone(),
                     source,
-                });
+                }));
             }
             Err(panic) => {
-                return Err(Error::CreatePanicked {
+                return Some(Err(Error::CreatePanicked {
                     processor: entry.name.clone(),
                     message: panic_message(&panic),
-                });
+                }));
             }
         };
-        Ok(StreamState::new(self, entry, processor, init.node_id))
+        Some(Ok(StreamState::new(self, entry, processor, init.node_id)))
+    }
+
+    /// Runs processor code on the blocking pool once a call slot is free. The slot is held
+    /// until the code returns, even if the stream has gone, since the thread is busy until
+    /// then. `None` when the grace period ended (or the runtime stopped) first.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let abort = self.inner.lifecycle.aborted();
+        let permit = tokio::select! {
+            biased;
+            () = abort.cancelled() => return None,
+            permit = self.inner.calls.clone().acquire_owned() => permit.ok()?,
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            call()
+        });
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => None,
+            joined = task => joined.ok(),
+        }
     }
 }
+/// One queued response and the stream's queue bytes it holds until tonic takes it.
+type Queued = (Result<ProcessResponse, Status>, Option<OwnedSemaphorePermit>);
 
 #[tonic::async_trait]
 impl ProcessorService for ProcessorHost {
-    type ProcessStream = ReceiverStream<Result<ProcessResponse, Status>>;
+    type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessResponse, Status>> + Send>>;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        // Refused at once while draining, so the client goes to another host.
+        let admitted = self
+            .inner
+            .lifecycle
+            .admit()
+            .map_err(|_| Status::from(Error::Draining))?;
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = mpsc::channel::<Queued>(STREAM_BUFFER);
+        let tx = Tx {
+            tx,
+            bytes: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
+            abort: self.inner.lifecycle.aborted(),
+        };
         // The response starts at once; init errors arrive as the stream's status, so a
         // client that waits for response headers before sending its init cannot deadlock.
         self.inner
             .tasks
-            .spawn(run_stream(self.clone(), inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+            .spawn(run_stream(self.clone(), inbound, tx, admitted));
+        // Dropping the permit as tonic takes the response returns its bytes to the queue.
+        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn get_capabilities(
@@ -405,31 +496,119 @@ impl ProcessorService for ProcessorHost {
     }
 }
 
-type Tx = mpsc::Sender<Result<ProcessResponse, Status>>;
+/// The sending side of one stream's response queue.
+struct Tx {
+    tx: mpsc::Sender<Queued>,
+    /// Encoded bytes of queued responses, [`STREAM_BUFFER_BYTES`] in all.
+    bytes: Arc<Semaphore>,
+    abort: CancellationToken,
+}
 
-async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>, tx: Tx) {
-    let abort_token = host.inner.abort.clone();
-    let mut abort = pin!(abort_token.clone().cancelled_owned());
+impl Tx {
+    /// Queues a response once there is room in results and bytes. `false` when the
+    /// client has gone or the grace period is over.
+    async fn send(&self, response: ProcessResponse) -> bool {
+        // Results are checked against MAX_MESSAGE_BYTES before, so this always fits.
+        let size = response.encoded_len().clamp(1, STREAM_BUFFER_BYTES) as u32;
+        let queue = async {
+            let permit = self.bytes.clone().acquire_many_owned(size).await.ok()?;
+            self.tx.send((Ok(response), Some(permit))).await.ok()
+        };
+        tokio::select! {
+            biased;
+            () = self.abort.cancelled() => false,
+            sent = queue => sent.is_some(),
+        }
+    }
+
+    /// Ends the stream with `error`'s status. It waits for room behind the results
+    /// already queued, unless the shutdown's grace period is over: then a client that
+    /// stopped reading loses the status with the stream.
+    async fn end(&self, error: Error) {
+        tokio::select! {
+            biased;
+            _ = self.tx.send((Err(error.into()), None)) => {}
+            () = self.abort.cancelled() => {}
+        }
+    }
+}
+
+/// Where a stream's reading stands, to name the request that could not be read.
+fn position(last_sequence: Option<u64>, opened: bool) -> String {
+    match (last_sequence, opened) {
+        (Some(sequence), _) => format!("the process request after sequence {sequence}"),
+        (None, true) => "the process request after init".into(),
+        (None, false) => "the first process request".into(),
+    }
+}
+
+/// What a failed read of the request stream means. `None`: the client broke the stream
+/// (reset, connection lost), so nobody is left to read a status.
+fn read_error(status: &Status, position: String) -> Option<Error> {
+    match status.code() {
+        // tonic's decoder: a length prefix over max_decoding_message_size.
+        Code::OutOfRange | Code::ResourceExhausted => Some(Error::MessageTooLarge {
+            position,
+            limit: flowplane_grpc::MAX_MESSAGE_BYTES,
+            detail: status.message().to_string(),
+        }),
+        // tonic's decoder reports undecodable protobuf (invalid UTF-8 in a string, bad
+        // wire types), a truncated message or a bad compression flag as INTERNAL without
+        // a source; transport failures carry their h2/hyper error as the source.
+        Code::Internal if std::error::Error::source(status).is_none() => {
+            Some(Error::UndecodableRequest {
+                position,
+                detail: status.message().to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+async fn run_stream(
+    host: ProcessorHost,
+    mut inbound: Streaming<ProcessRequest>,
+    tx: Tx,
+    _admitted: Admitted,
+) {
+    let mut abort = pin!(tx.abort.clone().cancelled_owned());
     let first = tokio::select! {
         biased;
-        () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
+        () = &mut abort => return tx.end(Error::ShuttingDown).await,
         first = inbound.message() => first,
     };
     let init = match first {
         Ok(Some(ProcessRequest {
             request: Some(process_request::Request::Init(init)),
         })) => init,
-        Ok(Some(_)) => return end(&tx, &abort_token, Error::MissingInit).await,
+        Ok(Some(_)) => return tx.end(Error::MissingInit).await,
         // The client went away before saying anything: nobody to answer.
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(status) => {
+            return match read_error(&status, position(None, false)) {
+                Some(error) => {
+                    tracing::info!(error = %error, "process stream refused");
+                    tx.end(error).await
+                }
+                None => {
+                    tracing::info!(%status, "process stream broken by the client before init")
+                }
+            };
+        }
     };
     let node_id = init.node_id.clone();
-    let mut stream = match host.open(init) {
-        Ok(stream) => stream,
-        Err(error) => {
+    let opened = tokio::select! {
+        biased;
+        () = &mut abort => None,
+        opened = host.open(init) => opened,
+    };
+    let mut stream = match opened {
+        Some(Ok(stream)) => stream,
+        Some(Err(error)) => {
             tracing::info!(node_id = %node_id, error = %error, "process stream refused");
-            return end(&tx, &abort_token, error).await;
+            return tx.end(error).await;
         }
+        None => return tx.end(Error::ShuttingDown).await,
     };
     let ready = ProcessResponse {
         response: Some(process_response::Response::Ready(ProcessReady {
@@ -438,14 +617,14 @@ async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>,
             host_id: host.host_id(),
         })),
     };
-    if tx.send(Ok(ready)).await.is_err() {
+    if !tx.send(ready).await {
         return;
     }
     tracing::debug!(processor = %stream.entry.name, node_id = %stream.node_id, "process stream opened");
     loop {
         let message = tokio::select! {
             biased;
-            () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
+            () = &mut abort => return tx.end(Error::ShuttingDown).await,
             message = inbound.message() => message,
         };
         let chunk = match message {
@@ -454,43 +633,39 @@ async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>,
             })) => chunk,
             Ok(Some(ProcessRequest {
                 request: Some(process_request::Request::Init(_)),
-            })) => return end(&tx, &abort_token, Error::DuplicateInit).await,
+            })) => return tx.end(Error::DuplicateInit).await,
             Ok(Some(ProcessRequest { request: None })) => {
-                return end(&tx, &abort_token, Error::EmptyRequest).await;
+                return tx.end(Error::EmptyRequest).await;
             }
             // The client closed its side: every chunk has been answered.
             Ok(None) => return,
             Err(status) => {
-                tracing::debug!(processor = %stream.entry.name, %status, "process stream broken by the client");
-                return;
+                let position = position(stream.last_sequence, true);
+                return match read_error(&status, position) {
+                    Some(error) => {
+                        tracing::warn!(processor = %stream.entry.name, node_id = %stream.node_id, error = %error, "process stream ended: unreadable request");
+                        tx.end(error).await
+                    }
+                    None => {
+                        tracing::info!(processor = %stream.entry.name, node_id = %stream.node_id, %status, last_sequence = ?stream.last_sequence, "process stream broken by the client")
+                    }
+                };
             }
         };
-        let response = match stream.handle(chunk) {
-            Ok(response) => response,
-            Err(fatal) => {
+        let response = match stream.handle(&host, chunk).await {
+            Some(Ok(response)) => response,
+            Some(Err(fatal)) => {
                 tracing::error!(processor = %stream.entry.name, node_id = %stream.node_id, error = %fatal, "process stream failed");
-                return end(&tx, &abort_token, fatal).await;
+                return tx.end(fatal).await;
             }
+            None => return tx.end(Error::ShuttingDown).await,
         };
-        let sent = tokio::select! {
-            biased;
-            () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
-            sent = tx.send(Ok(response)) => sent,
-        };
-        if sent.is_err() {
+        if !tx.send(response).await {
+            if tx.abort.is_cancelled() {
+                return tx.end(Error::ShuttingDown).await;
+            }
             return;
         }
-    }
-}
-
-/// Ends a stream with `error`'s status. It waits for room behind the results already
-/// queued, unless the shutdown's grace period is over: then a client that stopped reading
-/// loses the status with the stream.
-async fn end(tx: &Tx, abort: &CancellationToken, error: Error) {
-    tokio::select! {
-        biased;
-        _ = tx.send(Err(error.into())) => {}
-        () = abort.cancelled() => {}
     }
 }
 
@@ -505,8 +680,11 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// One open stream: its processor instance and its metric handles.
 struct StreamState {
     entry: Arc<Entry>,
-    processor: Box<dyn Processor>,
+    /// `None` only while a call has it on the blocking pool.
+    processor: Option<Box<dyn Processor>>,
     node_id: String,
+    /// Highest sequence accepted so far on this stream.
+    last_sequence: Option<u64>,
     stats: Arc<HostStats>,
     chunks_in: metrics::Counter,
     chunks_out: metrics::Counter,
@@ -514,6 +692,12 @@ struct StreamState {
     latency: metrics::Histogram,
     active: metrics::Gauge,
 }
+
+/// What a processor call hands back: the instance, and its answer or its panic.
+type Called = (
+    Box<dyn Processor>,
+    std::thread::Result<Result<Vec<Output>, ProcessError>>,
+);
 
 impl StreamState {
     fn new(
@@ -534,20 +718,26 @@ impl StreamState {
             latency: metrics::histogram!(stats::LATENCY_SECONDS, "processor" => name),
             active,
             entry,
-            processor,
+            processor: Some(processor),
             node_id,
+            last_sequence: None,
             stats,
         }
     }
 
-    /// Answers one chunk. `Err` only when the stream must end (a panic).
-    fn handle(&mut self, chunk: DataChunk) -> Result<ProcessResponse> {
+    /// Answers one chunk. `Some(Err)` when the stream must end (a panic), `None` when
+    /// the grace period ended while the processor was busy.
+    async fn handle(
+        &mut self,
+        host: &ProcessorHost,
+        chunk: DataChunk,
+    ) -> Option<Result<ProcessResponse>> {
         let started = Instant::now();
         let sequence = chunk.sequence;
         self.stats.chunk_in();
         self.chunks_in.increment(1);
-        let result = match self.run(chunk)? {
-            Ok(outputs) => {
+        let result = match self.run(host, chunk).await? {
+            Ok(Ok(outputs)) => {
                 self.stats.chunks_out(outputs.len() as u64);
                 self.chunks_out.increment(outputs.len() as u64);
                 ProcessResult {
@@ -556,7 +746,7 @@ impl StreamState {
                     error: None,
                 }
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 self.stats.error();
                 self.errors.increment(1);
                 tracing::debug!(processor = %self.entry.name, sequence, reason = error.reason(), "chunk failed");
@@ -566,6 +756,7 @@ impl StreamState {
                     error: Some(error.into_detail(&self.node_id, sequence)),
                 }
             }
+            Err(fatal) => return Some(Err(fatal)),
         };
         let mut response = ProcessResponse {
             response: Some(process_response::Response::Result(result)),
@@ -575,15 +766,7 @@ impl StreamState {
         if size > flowplane_grpc::MAX_MESSAGE_BYTES {
             self.stats.error();
             self.errors.increment(1);
-            let error = ProcessError::new(
-                Code::ResourceExhausted,
-                RESULT_TOO_LARGE,
-                format!(
-                    "the outputs of processor {:?} encode to {size} bytes, over the message limit of {} bytes (MAX_MESSAGE_BYTES)",
-                    self.entry.name,
-                    flowplane_grpc::MAX_MESSAGE_BYTES
-                ),
-            );
+            let error = self.too_large(size, false);
             response.response = Some(process_response::Response::Result(ProcessResult {
                 input_sequence: sequence,
                 outputs: Vec::new(),
@@ -593,12 +776,31 @@ impl StreamState {
         let elapsed = started.elapsed();
         self.stats.latency(elapsed);
         self.latency.record(elapsed.as_secs_f64());
-        Ok(response)
+        Some(Ok(response))
     }
 
-    /// The outer `Result` is the stream's fate, the inner one the chunk's.
+    /// `size` is exact, or a lower bound when `at_least`.
+    fn too_large(&self, size: usize, at_least: bool) -> ProcessError {
+        let at_least = if at_least { "at least " } else { "" };
+        ProcessError::new(
+            Code::ResourceExhausted,
+            RESULT_TOO_LARGE,
+            format!(
+                "the outputs of processor {:?} encode to {at_least}{size} bytes, over the message limit of {} bytes (MAX_MESSAGE_BYTES)",
+                self.entry.name,
+                flowplane_grpc::MAX_MESSAGE_BYTES
+            ),
+        )
+    }
+
+    /// The outer `Result` is the stream's fate, the inner one the chunk's; `None`: the
+    /// grace period ended first.
     #[allow(clippy::type_complexity)]
-    fn run(&mut self, chunk: DataChunk) -> Result<Result<Vec<ProcessOutput>, ProcessError>> {
+    async fn run(
+        &mut self,
+        host: &ProcessorHost,
+        chunk: DataChunk,
+    ) -> Option<Result<Result<Vec<ProcessOutput>, ProcessError>>> {
         let DataChunk {
             sequence,
             input,
@@ -606,45 +808,76 @@ impl StreamState {
             timestamp_us,
             metadata,
         } = chunk;
+        // Equal sequences are allowed: a pipeline sends one node several chunks of the
+        // same input sequence (fan-in from branches, several outputs of one chunk).
+        if let Some(previous) = self.last_sequence
+            && sequence < previous
+        {
+            return Some(Ok(Err(ProcessError::invalid(
+                SEQUENCE_OUT_OF_ORDER,
+                "chunk.sequence",
+                format!(
+                    "chunk.sequence {sequence} is lower than sequence {previous} of an earlier chunk on this stream; sequences must not go backwards"
+                ),
+            ))));
+        }
         let port = match self.resolve_input(&input) {
             Ok(port) => port,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Some(Ok(Err(e))),
         };
         let Some(DataBuffer {
             payload: Some(payload),
             metadata: buffer_metadata,
         }) = buffer
         else {
-            return Ok(Err(ProcessError::invalid(
+            return Some(Ok(Err(ProcessError::invalid(
                 MISSING_PAYLOAD,
                 "chunk.buffer",
                 "chunk carries no payload",
-            )));
+            ))));
         };
         if let Err(e) = self.check_payload(port, &payload) {
-            return Ok(Err(e));
+            return Some(Ok(Err(e)));
         }
-        let port_name = self.entry.inputs[port].name.as_str();
-        let input = Input {
-            port: port_name,
-            sequence,
-            payload,
-        };
-        let processor = &mut self.processor;
-        let outputs = match catch_unwind(AssertUnwindSafe(|| processor.process(input))) {
+        self.last_sequence = Some(sequence);
+        let entry = self.entry.clone();
+        let mut processor = self.processor.take()?;
+        let (processor, called) = host
+            .blocking(move || -> Called {
+                let input = Input {
+                    port: entry.inputs[port].name.as_str(),
+                    sequence,
+                    payload,
+                };
+                let called = catch_unwind(AssertUnwindSafe(|| processor.process(input)));
+                (processor, called)
+            })
+            .await?;
+        let outputs = match called {
             Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => return Ok(Err(e)),
+            Ok(Err(e)) => {
+                self.processor = Some(processor);
+                return Some(Ok(Err(e)));
+            }
             Err(panic) => {
+                // The instance may be half-updated: it is dropped with the stream.
                 self.stats.error();
                 self.errors.increment(1);
-                return Err(Error::ProcessorPanicked {
+                return Some(Err(Error::ProcessorPanicked {
                     processor: self.entry.name.clone(),
                     sequence,
                     message: panic_message(&panic),
-                });
+                }));
             }
         };
-        Ok(self.wrap_outputs(outputs, sequence, timestamp_us, metadata, buffer_metadata))
+        self.processor = Some(processor);
+        Some(Ok(self.wrap_outputs(
+            outputs,
+            sequence,
+            timestamp_us,
+            metadata,
+            buffer_metadata,
+        )))
     }
 
     fn resolve_input(&self, input: &str) -> Result<usize, ProcessError> {
@@ -703,6 +936,21 @@ impl StreamState {
         mut buffer_metadata: HashMap<String, String>,
     ) -> Result<Vec<ProcessOutput>, ProcessError> {
         let count = outputs.len();
+        // Every output gets a copy of the input's maps: refuse a result that cannot fit one
+        // message before making the copies, so many small outputs of a chunk with large
+        // metadata cannot amplify into gigabytes.
+        let shared = map_bytes(&metadata) + map_bytes(&buffer_metadata) + OUTPUT_OVERHEAD;
+        let mut estimate = 0usize;
+        for output in &outputs {
+            estimate = estimate
+                .saturating_add(shared)
+                .saturating_add(output.port.len())
+                .saturating_add(output.payload.encoded_len())
+                .saturating_add(map_bytes(&output.metadata));
+            if estimate > flowplane_grpc::MAX_MESSAGE_BYTES {
+                return Err(self.too_large(estimate, true));
+            }
+        }
         let mut wrapped = Vec::with_capacity(count);
         for (i, output) in outputs.into_iter().enumerate() {
             let port = self.resolve_output(&output)?;
@@ -779,6 +1027,14 @@ impl StreamState {
         }
         Ok(port)
     }
+}
+
+/// A lower bound of the framing one output adds beyond its payload, port and maps.
+const OUTPUT_OVERHEAD: usize = 8;
+
+/// A lower bound of a string map's encoded size, so estimates never exceed the truth.
+fn map_bytes(map: &HashMap<String, String>) -> usize {
+    map.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
 }
 
 impl Drop for StreamState {
