@@ -18,9 +18,7 @@ pub enum Error {
     DuplicateInit,
     #[error("process request carries neither init nor chunk")]
     EmptyRequest,
-    #[error(
-        "{position} is over the message limit of {limit} bytes (MAX_MESSAGE_BYTES): {detail}"
-    )]
+    #[error("{position} is over the message limit of {limit} bytes (MAX_MESSAGE_BYTES): {detail}")]
     MessageTooLarge {
         /// Which request, for example "the process request after sequence 4".
         position: String,

@@ -450,7 +450,10 @@ impl ProcessorHost {
     }
 }
 /// One queued response and the stream's queue bytes it holds until tonic takes it.
-type Queued = (Result<ProcessResponse, Status>, Option<OwnedSemaphorePermit>);
+type Queued = (
+    Result<ProcessResponse, Status>,
+    Option<OwnedSemaphorePermit>,
+);
 
 #[tonic::async_trait]
 impl ProcessorService for ProcessorHost {
@@ -637,8 +640,12 @@ async fn run_stream(
             Ok(Some(ProcessRequest { request: None })) => {
                 return tx.end(Error::EmptyRequest).await;
             }
-            // The client closed its side: every chunk has been answered.
-            Ok(None) => return,
+            // The client closed its side (tonic reports a reset by the client the same
+            // way): every chunk has been answered.
+            Ok(None) => {
+                tracing::debug!(processor = %stream.entry.name, node_id = %stream.node_id, last_sequence = ?stream.last_sequence, "process stream closed by the client");
+                return;
+            }
             Err(status) => {
                 let position = position(stream.last_sequence, true);
                 return match read_error(&status, position) {

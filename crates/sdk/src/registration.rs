@@ -180,9 +180,7 @@ impl Registration {
                 }
                 // NOT_FOUND: the lease expired or the control plane lost its state;
                 // PERMISSION_DENIED: the lease token is no longer the id's live lease.
-                Err(status)
-                    if matches!(status.code(), Code::NotFound | Code::PermissionDenied) =>
-                {
+                Err(status) if matches!(status.code(), Code::NotFound | Code::PermissionDenied) => {
                     tracing::warn!(
                         processor_id = %lease.processor_id,
                         code = ?status.code(),

@@ -287,7 +287,10 @@ async fn cpu_heavy_processors_never_stall_other_streams_or_timers() {
     done.cancel();
     let worst_tick = ticker.await.unwrap();
     // Generous bounds: the machine is shared; the bug they catch is a stall of seconds.
-    assert!(round_trips >= 5, "only {round_trips} round trips while burning");
+    assert!(
+        round_trips >= 5,
+        "only {round_trips} round trips while burning"
+    );
     assert!(
         worst_round_trip < Duration::from_secs(1),
         "a cheap stream waited {worst_round_trip:?}"

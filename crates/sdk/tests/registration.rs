@@ -516,9 +516,10 @@ async fn transient_failures_back_off_quickly_and_refusals_only_at_the_max_once_l
     let (_cp_stop, _cp) = start_fake(&fake, listener);
     let max = Duration::from_millis(300);
     let host = start_host_with(cp_addr, 100, Duration::from_millis(5), max).await;
-    wait_until("the refusals to run out and the host to register", || async {
-        host.host.host_id() == "assigned-1"
-    })
+    wait_until(
+        "the refusals to run out and the host to register",
+        || async { host.host.host_id() == "assigned-1" },
+    )
     .await;
     let attempts = fake.attempts();
     assert_eq!(attempts.len(), 6);
@@ -574,7 +575,12 @@ async fn a_lease_mismatch_on_heartbeat_registers_again_presenting_the_old_lease(
 #[tokio::test]
 async fn a_taken_processor_id_is_refused_not_hammered() {
     let fake = FakeControlPlane::default();
-    fake.refuse(vec![Status::already_exists("processor_id: \"p\" is already registered"); 50]);
+    fake.refuse(vec![
+        Status::already_exists(
+            "processor_id: \"p\" is already registered"
+        );
+        50
+    ]);
     let listener = local_listener().await;
     let cp_addr = listener.local_addr().unwrap();
     let (_cp_stop, _cp) = start_fake(&fake, listener);

@@ -892,7 +892,13 @@ async fn chunks_that_would_explode_are_refused_and_the_stream_goes_on() {
         "sequence 2: audio.sample_rate 1 Hz to target_rate 768000 Hz upsamples more than 96 times; check audio.sample_rate"
     );
     // A sane ratio, but 1 MiB at once would be 100 MB out.
-    let huge = one(&mut resample, 3, "", i16_audio(&vec![0; 512 * 1024], 8000, 1)).await;
+    let huge = one(
+        &mut resample,
+        3,
+        "",
+        i16_audio(&vec![0; 512 * 1024], 8000, 1),
+    )
+    .await;
     let (code, reason, field, message) = error(&huge);
     assert_eq!(
         (code, reason, field),
@@ -902,7 +908,10 @@ async fn chunks_that_would_explode_are_refused_and_the_stream_goes_on() {
             "chunk.buffer.audio.samples"
         )
     );
-    assert!(message.starts_with("sequence 3: 524288 frames at 8000 Hz"), "{message}");
+    assert!(
+        message.starts_with("sequence 3: 524288 frames at 8000 Hz"),
+        "{message}"
+    );
     // The next chunk continues from the last accepted one, interpolating from 800.
     let after = one(&mut resample, 4, "", i16_audio(&[1600], 8000, 1)).await;
     let samples = i16_samples(only(&after).1);
@@ -910,7 +919,9 @@ async fn chunks_that_would_explode_are_refused_and_the_stream_goes_on() {
     assert_eq!((samples[0], samples[47], samples[95]), (808, 1200, 1600));
 
     // Upper-casing U+0390 triples its bytes: 3 MiB in would be 9 MiB out.
-    let mut upper = running.open("text.transform", json!({"mode": "upper"})).await;
+    let mut upper = running
+        .open("text.transform", json!({"mode": "upper"}))
+        .await;
     let big = "\u{390}".repeat(3 * 1024 * 1024 / 2);
     let refused = one(&mut upper, 1, "", text(&big)).await;
     let (code, reason, field, _) = error(&refused);
@@ -922,7 +933,10 @@ async fn chunks_that_would_explode_are_refused_and_the_stream_goes_on() {
             "chunk.buffer.text.text"
         )
     );
-    let Payload::Text(ok) = only(&one(&mut upper, 2, "", text("still here")).await).1.clone() else {
+    let Payload::Text(ok) = only(&one(&mut upper, 2, "", text("still here")).await)
+        .1
+        .clone()
+    else {
         panic!("not text")
     };
     assert_eq!(ok.text, "STILL HERE");

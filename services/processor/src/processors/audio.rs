@@ -482,18 +482,34 @@ mod tests {
 
     #[test]
     fn predicted_output_frames_are_exact() {
-        for (rate, target) in [(2, 4), (3, 2), (48000, 44100), (44100, 48000), (1, 96), (7, 5)] {
+        for (rate, target) in [
+            (2, 4),
+            (3, 2),
+            (48000, 44100),
+            (44100, 48000),
+            (1, 96),
+            (7, 5),
+        ] {
             let mut s = state(rate, 1);
             for frames in [1u64, 2, 5, 13, 1, 100, 3] {
                 let predicted = output_frames(s.consumed, s.produced, frames, rate, target);
                 let out = s.resample(&vec![0.25; frames as usize], target);
-                assert_eq!(predicted, out.len() as u128, "{rate} -> {target}, {frames} frames");
+                assert_eq!(
+                    predicted,
+                    out.len() as u128,
+                    "{rate} -> {target}, {frames} frames"
+                );
             }
         }
     }
 
     fn resample_chunk(target: u32, audio: AudioBuffer) -> Result<Vec<Output>, ProcessError> {
-        let params = Params::from_json(json!({ "target_rate": target }).as_object().unwrap().clone());
+        let params = Params::from_json(
+            json!({ "target_rate": target })
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
         let mut resample = Resample::create(&params).unwrap();
         resample.process(Input {
             port: "audio",
@@ -523,9 +539,14 @@ mod tests {
         let error = resample_chunk(768_000, i16_mono(512 * 1024, 8000)).unwrap_err();
         assert_eq!(error.code(), tonic::Code::ResourceExhausted);
         assert_eq!(error.reason(), OUTPUT_TOO_LARGE);
-        assert!(error.message().contains("over the limit of 4194304 bytes"), "{error}");
+        assert!(
+            error.message().contains("over the limit of 4194304 bytes"),
+            "{error}"
+        );
         let fits = resample_chunk(768_000, i16_mono(8000, 8000)).unwrap();
-        let Payload::Audio(out) = &fits[0].payload else { panic!("not audio") };
+        let Payload::Audio(out) = &fits[0].payload else {
+            panic!("not audio")
+        };
         assert_eq!(out.num_samples, 768_000 - 95);
     }
 

@@ -81,8 +81,16 @@ impl Processor for TextTransform {
 /// Bytes `mode` makes of `text`, counted without building it.
 pub fn transformed_len(mode: Mode, text: &str) -> usize {
     match mode {
-        Mode::Upper => text.chars().flat_map(char::to_uppercase).map(char::len_utf8).sum(),
-        Mode::Lower => text.chars().flat_map(char::to_lowercase).map(char::len_utf8).sum(),
+        Mode::Upper => text
+            .chars()
+            .flat_map(char::to_uppercase)
+            .map(char::len_utf8)
+            .sum(),
+        Mode::Lower => text
+            .chars()
+            .flat_map(char::to_lowercase)
+            .map(char::len_utf8)
+            .sum(),
         Mode::Reverse => text.len(),
     }
 }
