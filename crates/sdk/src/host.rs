@@ -449,6 +449,7 @@ impl ProcessorHost {
         }
     }
 }
+
 /// One queued response and the stream's queue bytes it holds until tonic takes it.
 type Queued = (
     Result<ProcessResponse, Status>,
@@ -548,22 +549,25 @@ fn position(last_sequence: Option<u64>, opened: bool) -> String {
 /// What a failed read of the request stream means. `None`: the client broke the stream
 /// (reset, connection lost), so nobody is left to read a status.
 fn read_error(status: &Status, position: String) -> Option<Error> {
+    // Transport failures carry their h2/hyper error as the source (an h2 reset with
+    // ENHANCE_YOUR_CALM even reads RESOURCE_EXHAUSTED); tonic's decoder errors have none.
+    if std::error::Error::source(status).is_some() {
+        return None;
+    }
     match status.code() {
-        // tonic's decoder: a length prefix over max_decoding_message_size.
+        // A length prefix over max_decoding_message_size (OUT_OF_RANGE), or a
+        // compressed message that inflates past it (RESOURCE_EXHAUSTED).
         Code::OutOfRange | Code::ResourceExhausted => Some(Error::MessageTooLarge {
             position,
             limit: flowplane_grpc::MAX_MESSAGE_BYTES,
             detail: status.message().to_string(),
         }),
-        // tonic's decoder reports undecodable protobuf (invalid UTF-8 in a string, bad
-        // wire types), a truncated message or a bad compression flag as INTERNAL without
-        // a source; transport failures carry their h2/hyper error as the source.
-        Code::Internal if std::error::Error::source(status).is_none() => {
-            Some(Error::UndecodableRequest {
-                position,
-                detail: status.message().to_string(),
-            })
-        }
+        // Undecodable protobuf (invalid UTF-8 in a string, bad wire types), a truncated
+        // message or a bad compression flag.
+        Code::Internal => Some(Error::UndecodableRequest {
+            position,
+            detail: status.message().to_string(),
+        }),
         _ => None,
     }
 }
@@ -647,7 +651,7 @@ async fn run_stream(
                 return;
             }
             Err(status) => {
-                let position = position(stream.last_sequence, true);
+                let position = position(stream.last_received, true);
                 return match read_error(&status, position) {
                     Some(error) => {
                         tracing::warn!(processor = %stream.entry.name, node_id = %stream.node_id, error = %error, "process stream ended: unreadable request");
@@ -690,8 +694,10 @@ struct StreamState {
     /// `None` only while a call has it on the blocking pool.
     processor: Option<Box<dyn Processor>>,
     node_id: String,
-    /// Highest sequence accepted so far on this stream.
+    /// Highest sequence received so far on this stream.
     last_sequence: Option<u64>,
+    /// Sequence of the chunk received last, to say where an unreadable request came.
+    last_received: Option<u64>,
     stats: Arc<HostStats>,
     chunks_in: metrics::Counter,
     chunks_out: metrics::Counter,
@@ -728,6 +734,7 @@ impl StreamState {
             processor: Some(processor),
             node_id,
             last_sequence: None,
+            last_received: None,
             stats,
         }
     }
@@ -817,6 +824,7 @@ impl StreamState {
         } = chunk;
         // Equal sequences are allowed: a pipeline sends one node several chunks of the
         // same input sequence (fan-in from branches, several outputs of one chunk).
+        self.last_received = Some(sequence);
         if let Some(previous) = self.last_sequence
             && sequence < previous
         {
@@ -828,6 +836,7 @@ impl StreamState {
                 ),
             ))));
         }
+        self.last_sequence = Some(sequence);
         let port = match self.resolve_input(&input) {
             Ok(port) => port,
             Err(e) => return Some(Ok(Err(e))),
@@ -846,7 +855,6 @@ impl StreamState {
         if let Err(e) = self.check_payload(port, &payload) {
             return Some(Ok(Err(e)));
         }
-        self.last_sequence = Some(sequence);
         let entry = self.entry.clone();
         let mut processor = self.processor.take()?;
         let (processor, called) = host

@@ -238,8 +238,8 @@ impl Registration {
             .map(|lease| lease.lease_token.clone())
             .unwrap_or_default();
         // The refusal already logged at error level, so a refusal repeated every
-        // max_backoff is logged once, and again only when it changes.
-        let mut refused: Option<(Code, String)> = None;
+        // max_backoff is logged once, and again only when its code changes.
+        let mut refused: Option<Code> = None;
         loop {
             let request = RegisterProcessorRequest {
                 processor_id: wanted_id.clone(),
@@ -273,8 +273,7 @@ impl Registration {
                 Err(status) => match classify(&status) {
                     Retry::Fatal => {
                         let setting = refused_setting(status.code());
-                        let seen = (status.code(), status.message().to_string());
-                        if refused.as_ref() != Some(&seen) {
+                        if refused != Some(status.code()) {
                             tracing::error!(
                                 control_plane = %self.config.control_plane,
                                 setting,
@@ -289,7 +288,7 @@ impl Registration {
                                 setting,
                                 message: status.message().to_string(),
                             });
-                            refused = Some(seen);
+                            refused = Some(status.code());
                         } else {
                             tracing::debug!(code = ?status.code(), "registration refused again");
                         }

@@ -348,6 +348,15 @@ async fn sequences_must_not_go_backwards_but_may_repeat() {
     assert_eq!(text_of(&one(&mut stream, 6, text("d")).await), "d");
     let back = one(&mut stream, 4, text("e")).await.error.unwrap();
     assert!(back.message.contains("lower than sequence 6"), "{back:?}");
+    // A chunk that fails for another reason still counts as received.
+    let wrong_type = Payload::Binary(BinaryData {
+        data: Bytes::from_static(b"x"),
+        mime_type: String::new(),
+    });
+    let mismatch = one(&mut stream, 10, wrong_type).await.error.unwrap();
+    assert_eq!(mismatch.reason, "TYPE_MISMATCH");
+    let back = one(&mut stream, 9, text("f")).await.error.unwrap();
+    assert!(back.message.contains("lower than sequence 10"), "{back:?}");
 }
 
 /// Stand-ins for `ProcessRequest` and `DataChunk` with the same tags, whose string fields
