@@ -7,11 +7,11 @@
 //! when a request could not be read.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     panic::{AssertUnwindSafe, catch_unwind},
     pin::{Pin, pin},
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use flowplane_grpc::lifecycle::{Admitted, Lifecycle};
@@ -51,6 +51,17 @@ pub const STREAM_BUFFER_BYTES: usize = 2 * flowplane_grpc::MAX_MESSAGE_BYTES;
 /// (the OS shares the cores between the calls running), few enough to bound the blocking
 /// threads and the memory of chunks in processing.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+
+/// Chunks already received that one trip to the blocking pool may take together, and
+/// their payload bytes: batching saves a thread hand-off per small chunk of a busy
+/// stream, and the bounds keep a batch from holding much memory.
+const MAX_BATCH: usize = 64;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Output bytes after which a batch returns, so results flow while the rest wait.
+const MAX_BATCH_OUTPUT_BYTES: usize = flowplane_grpc::MAX_MESSAGE_BYTES;
+/// Processing time after which a batch returns, so a slow processor's results are
+/// sent chunk by chunk instead of after the whole batch.
+const BATCH_TIME: Duration = Duration::from_millis(1);
 
 /// Reason of a chunk whose payload type the input port does not accept.
 pub const TYPE_MISMATCH: &str = "TYPE_MISMATCH";
@@ -356,7 +367,7 @@ impl ProcessorHost {
 
     /// Refuses new streams with UNAVAILABLE from now on, waits up to `grace` for open
     /// ones to end, then ends the rest UNAVAILABLE. Returns how many were still open.
-    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+    pub async fn drain(&self, grace: Duration) -> usize {
         self.inner.lifecycle.drain(grace).await
     }
 
@@ -628,11 +639,16 @@ async fn run_stream(
         return;
     }
     tracing::debug!(processor = %stream.entry.name, node_id = %stream.node_id, "process stream opened");
+    // A message read ahead while batching that was not a chunk for the batch.
+    let mut deferred: Option<Result<Option<ProcessRequest>, Status>> = None;
     loop {
-        let message = tokio::select! {
-            biased;
-            () = &mut abort => return tx.end(Error::ShuttingDown).await,
-            message = inbound.message() => message,
+        let message = match deferred.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                biased;
+                () = &mut abort => return tx.end(Error::ShuttingDown).await,
+                message = inbound.message() => message,
+            },
         };
         let chunk = match message {
             Ok(Some(ProcessRequest {
@@ -663,20 +679,68 @@ async fn run_stream(
                 };
             }
         };
-        let response = match stream.handle(&host, chunk).await {
-            Some(Ok(response)) => response,
-            Some(Err(fatal)) => {
+        let mut jobs = VecDeque::new();
+        // A chunk refused before its call, answered after the jobs ahead of it.
+        let mut refused = None;
+        match stream.prepare(chunk) {
+            Prepared::Job(job) => jobs.push_back(job),
+            Prepared::Refused(response) => refused = Some(response),
+        }
+        // Chunks that have already arrived join the batch, so one trip to the blocking
+        // pool serves many small chunks; nothing waits for more to come.
+        let mut batch_bytes = jobs.front().map_or(0, Job::bytes);
+        while refused.is_none()
+            && !jobs.is_empty()
+            && jobs.len() < MAX_BATCH
+            && batch_bytes < MAX_BATCH_BYTES
+        {
+            let next = tokio::select! {
+                biased;
+                next = inbound.message() => next,
+                () = std::future::ready(()) => break,
+            };
+            match next {
+                Ok(Some(ProcessRequest {
+                    request: Some(process_request::Request::Chunk(chunk)),
+                })) => match stream.prepare(chunk) {
+                    Prepared::Job(job) => {
+                        batch_bytes += job.bytes();
+                        jobs.push_back(job);
+                    }
+                    Prepared::Refused(response) => refused = Some(response),
+                },
+                other => {
+                    deferred = Some(other);
+                    break;
+                }
+            }
+        }
+        while !jobs.is_empty() {
+            let Some((responses, fatal)) = stream.call(&host, &mut jobs).await else {
+                return tx.end(Error::ShuttingDown).await;
+            };
+            for response in responses {
+                if !tx.send(response).await {
+                    return gone(&tx).await;
+                }
+            }
+            if let Some(fatal) = fatal {
                 tracing::error!(processor = %stream.entry.name, node_id = %stream.node_id, error = %fatal, "process stream failed");
                 return tx.end(fatal).await;
             }
-            None => return tx.end(Error::ShuttingDown).await,
-        };
-        if !tx.send(response).await {
-            if tx.abort.is_cancelled() {
-                return tx.end(Error::ShuttingDown).await;
-            }
-            return;
         }
+        if let Some(response) = refused
+            && !tx.send(response).await
+        {
+            return gone(&tx).await;
+        }
+    }
+}
+
+/// After a send failed: the client has gone (nothing to do) or the grace period is over.
+async fn gone(tx: &Tx) {
+    if tx.abort.is_cancelled() {
+        tx.end(Error::ShuttingDown).await;
     }
 }
 
@@ -706,11 +770,36 @@ struct StreamState {
     active: metrics::Gauge,
 }
 
-/// What a processor call hands back: the instance, and its answer or its panic.
-type Called = (
-    Box<dyn Processor>,
-    std::thread::Result<Result<Vec<Output>, ProcessError>>,
-);
+/// A chunk that passed the host's checks, waiting for its processor call.
+struct Job {
+    envelope: Envelope,
+    port: usize,
+    payload: Payload,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        self.payload.payload_len()
+    }
+}
+
+/// A chunk after the host's checks: a job for the processor, or already answered.
+enum Prepared {
+    Job(Job),
+    Refused(ProcessResponse),
+}
+
+/// What a chunk's outputs inherit, and when the chunk arrived.
+struct Envelope {
+    sequence: u64,
+    timestamp_us: i64,
+    metadata: HashMap<String, String>,
+    buffer_metadata: HashMap<String, String>,
+    started: Instant,
+}
+
+/// A processor's answer to one chunk, or its panic.
+type Answer = std::thread::Result<Result<Vec<Output>, ProcessError>>;
 
 impl StreamState {
     fn new(
@@ -739,19 +828,16 @@ impl StreamState {
         }
     }
 
-    /// Answers one chunk. `Some(Err)` when the stream must end (a panic), `None` when
-    /// the grace period ended while the processor was busy.
-    async fn handle(
+    /// The response to one chunk: its outputs or its error, failed instead when the
+    /// outputs cannot fit one message; counted in the stats.
+    fn respond(
         &mut self,
-        host: &ProcessorHost,
-        chunk: DataChunk,
-    ) -> Option<Result<ProcessResponse>> {
-        let started = Instant::now();
-        let sequence = chunk.sequence;
-        self.stats.chunk_in();
-        self.chunks_in.increment(1);
-        let result = match self.run(host, chunk).await? {
-            Ok(Ok(outputs)) => {
+        sequence: u64,
+        started: Instant,
+        outcome: Result<Vec<ProcessOutput>, ProcessError>,
+    ) -> ProcessResponse {
+        let result = match outcome {
+            Ok(outputs) => {
                 self.stats.chunks_out(outputs.len() as u64);
                 self.chunks_out.increment(outputs.len() as u64);
                 ProcessResult {
@@ -760,7 +846,7 @@ impl StreamState {
                     error: None,
                 }
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 self.stats.error();
                 self.errors.increment(1);
                 tracing::debug!(processor = %self.entry.name, sequence, reason = error.reason(), "chunk failed");
@@ -770,7 +856,6 @@ impl StreamState {
                     error: Some(error.into_detail(&self.node_id, sequence)),
                 }
             }
-            Err(fatal) => return Some(Err(fatal)),
         };
         let mut response = ProcessResponse {
             response: Some(process_response::Response::Result(result)),
@@ -790,7 +875,7 @@ impl StreamState {
         let elapsed = started.elapsed();
         self.stats.latency(elapsed);
         self.latency.record(elapsed.as_secs_f64());
-        Some(Ok(response))
+        response
     }
 
     /// `size` is exact, or a lower bound when `at_least`.
@@ -807,14 +892,10 @@ impl StreamState {
         )
     }
 
-    /// The outer `Result` is the stream's fate, the inner one the chunk's; `None`: the
-    /// grace period ended first.
-    #[allow(clippy::type_complexity)]
-    async fn run(
-        &mut self,
-        host: &ProcessorHost,
-        chunk: DataChunk,
-    ) -> Option<Result<Result<Vec<ProcessOutput>, ProcessError>>> {
+    /// Checks a chunk before its processor call: order, input port, payload. A chunk that
+    /// fails is answered at once with its error.
+    fn prepare(&mut self, chunk: DataChunk) -> Prepared {
+        let started = Instant::now();
         let DataChunk {
             sequence,
             input,
@@ -822,77 +903,145 @@ impl StreamState {
             timestamp_us,
             metadata,
         } = chunk;
+        self.stats.chunk_in();
+        self.chunks_in.increment(1);
+        let checked = self.check_chunk(sequence, &input, buffer);
+        match checked {
+            Ok((port, payload, buffer_metadata)) => Prepared::Job(Job {
+                envelope: Envelope {
+                    sequence,
+                    timestamp_us,
+                    metadata,
+                    buffer_metadata,
+                    started,
+                },
+                port,
+                payload,
+            }),
+            Err(error) => Prepared::Refused(self.respond(sequence, started, Err(error))),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_chunk(
+        &mut self,
+        sequence: u64,
+        input: &str,
+        buffer: Option<DataBuffer>,
+    ) -> Result<(usize, Payload, HashMap<String, String>), ProcessError> {
+        self.last_received = Some(sequence);
         // Equal sequences are allowed: a pipeline sends one node several chunks of the
         // same input sequence (fan-in from branches, several outputs of one chunk).
-        self.last_received = Some(sequence);
         if let Some(previous) = self.last_sequence
             && sequence < previous
         {
-            return Some(Ok(Err(ProcessError::invalid(
+            return Err(ProcessError::invalid(
                 SEQUENCE_OUT_OF_ORDER,
                 "chunk.sequence",
                 format!(
                     "chunk.sequence {sequence} is lower than sequence {previous} of an earlier chunk on this stream; sequences must not go backwards"
                 ),
-            ))));
+            ));
         }
         self.last_sequence = Some(sequence);
-        let port = match self.resolve_input(&input) {
-            Ok(port) => port,
-            Err(e) => return Some(Ok(Err(e))),
-        };
+        let port = self.resolve_input(input)?;
         let Some(DataBuffer {
             payload: Some(payload),
             metadata: buffer_metadata,
         }) = buffer
         else {
-            return Some(Ok(Err(ProcessError::invalid(
+            return Err(ProcessError::invalid(
                 MISSING_PAYLOAD,
                 "chunk.buffer",
                 "chunk carries no payload",
-            ))));
+            ));
         };
-        if let Err(e) = self.check_payload(port, &payload) {
-            return Some(Ok(Err(e)));
-        }
+        self.check_payload(port, &payload)?;
+        Ok((port, payload, buffer_metadata))
+    }
+
+    /// Runs jobs from the front of `jobs` in one call on the blocking pool: as many as
+    /// fit [`BATCH_TIME`] (at least one) and [`MAX_BATCH_OUTPUT_BYTES`] of outputs, so a
+    /// slow processor still answers chunk by chunk. Returns their responses in order and,
+    /// when one panicked, the error that ends the stream (the jobs after it are dropped).
+    /// `None` when the grace period ended first.
+    async fn call(
+        &mut self,
+        host: &ProcessorHost,
+        jobs: &mut VecDeque<Job>,
+    ) -> Option<(Vec<ProcessResponse>, Option<Error>)> {
         let entry = self.entry.clone();
         let mut processor = self.processor.take()?;
-        let (processor, called) = host
-            .blocking(move || -> Called {
-                let input = Input {
-                    port: entry.inputs[port].name.as_str(),
-                    sequence,
+        let mut batch = std::mem::take(jobs);
+        let (processor, answered, rest) = host
+            .blocking(move || {
+                let started = Instant::now();
+                let mut answered: Vec<(Envelope, Answer)> = Vec::new();
+                let mut output_bytes = 0usize;
+                while let Some(Job {
+                    envelope,
+                    port,
                     payload,
-                };
-                let called = catch_unwind(AssertUnwindSafe(|| processor.process(input)));
-                (processor, called)
+                }) = batch.pop_front()
+                {
+                    let input = Input {
+                        port: entry.inputs[port].name.as_str(),
+                        sequence: envelope.sequence,
+                        payload,
+                    };
+                    let answer = catch_unwind(AssertUnwindSafe(|| processor.process(input)));
+                    let stop = match &answer {
+                        Ok(Ok(outputs)) => {
+                            output_bytes += outputs
+                                .iter()
+                                .map(|o| o.payload.payload_len())
+                                .sum::<usize>();
+                            output_bytes > MAX_BATCH_OUTPUT_BYTES
+                        }
+                        Ok(Err(_)) => false,
+                        Err(_) => true,
+                    };
+                    answered.push((envelope, answer));
+                    if stop || started.elapsed() > BATCH_TIME {
+                        break;
+                    }
+                }
+                (processor, answered, batch)
             })
             .await?;
-        let outputs = match called {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => {
-                self.processor = Some(processor);
-                return Some(Ok(Err(e)));
-            }
-            Err(panic) => {
-                // The instance may be half-updated: it is dropped with the stream.
-                self.stats.error();
-                self.errors.increment(1);
-                return Some(Err(Error::ProcessorPanicked {
-                    processor: self.entry.name.clone(),
-                    sequence,
-                    message: panic_message(&panic),
-                }));
-            }
-        };
+        *jobs = rest;
+        let mut responses = Vec::with_capacity(answered.len());
+        for (envelope, answer) in answered {
+            let Envelope {
+                sequence,
+                timestamp_us,
+                metadata,
+                buffer_metadata,
+                started,
+            } = envelope;
+            let outcome = match answer {
+                Ok(Ok(outputs)) => {
+                    self.wrap_outputs(outputs, sequence, timestamp_us, metadata, buffer_metadata)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(panic) => {
+                    // The instance may be half-updated: it is dropped with the stream.
+                    self.stats.error();
+                    self.errors.increment(1);
+                    return Some((
+                        responses,
+                        Some(Error::ProcessorPanicked {
+                            processor: self.entry.name.clone(),
+                            sequence,
+                            message: panic_message(&panic),
+                        }),
+                    ));
+                }
+            };
+            responses.push(self.respond(sequence, started, outcome));
+        }
         self.processor = Some(processor);
-        Some(Ok(self.wrap_outputs(
-            outputs,
-            sequence,
-            timestamp_us,
-            metadata,
-            buffer_metadata,
-        )))
+        Some((responses, None))
     }
 
     fn resolve_input(&self, input: &str) -> Result<usize, ProcessError> {

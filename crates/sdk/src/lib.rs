@@ -46,7 +46,9 @@
 //! on an async worker, so a CPU-heavy or blocking processor cannot stall other streams,
 //! timers or the heartbeat. At most [`HostBuilder::max_concurrent_calls`] calls run at
 //! once over the host (default [`DEFAULT_MAX_CONCURRENT_CALLS`]); one call at a time per
-//! stream keeps results in order.
+//! stream keeps results in order. Chunks that have already arrived on a stream go to the
+//! pool together (up to 64 chunks or 1 MiB), and a call returns after 1 ms of processing,
+//! so small chunks do not pay a thread hand-off each and slow ones are answered one by one.
 //!
 //! Each stream runs in one task with a queue of at most [`STREAM_BUFFER`] results and
 //! [`STREAM_BUFFER_BYTES`] encoded bytes: a client that stops reading stops the host
