@@ -1,6 +1,8 @@
 //! The SDK's errors: [`Error`] ends a stream or fails a host, and `From<Error> for Status`
-//! is the one table from error kind to gRPC code. [`ProcessError`] and [`ParamError`] are
-//! what processor code returns; they never end a stream by themselves.
+//! is the one table from error kind to gRPC code and machine-readable reason; every status
+//! the SDK sends carries the standard `google.rpc.Status` details built by
+//! `flowplane_grpc::status`. [`ProcessError`] and [`ParamError`] are what processor code
+//! returns; they never end a stream by themselves.
 
 use std::borrow::Cow;
 
@@ -16,6 +18,15 @@ pub enum Error {
     DuplicateInit,
     #[error("process request carries neither init nor chunk")]
     EmptyRequest,
+    #[error("{position} is over the message limit of {limit} bytes (MAX_MESSAGE_BYTES): {detail}")]
+    MessageTooLarge {
+        /// Which request, for example "the process request after sequence 4".
+        position: String,
+        limit: usize,
+        detail: String,
+    },
+    #[error("{position} could not be decoded: {detail}")]
+    UndecodableRequest { position: String, detail: String },
     #[error("init.processor is empty; this host serves: {known}")]
     MissingProcessorName { known: String },
     #[error("unknown processor {name:?}; this host serves: {known}")]
@@ -36,6 +47,8 @@ pub enum Error {
     CreatePanicked { processor: String, message: String },
     #[error("processor host is shutting down and the grace period is over")]
     ShuttingDown,
+    #[error("processor host is draining and opens no new process streams; use another host")]
+    Draining,
     #[error("processor {processor:?} is declared wrongly: {message}")]
     InvalidCapability { processor: String, message: String },
     #[error("processor {0:?} is registered twice")]
@@ -54,24 +67,61 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The one table: gRPC code, machine-readable reason and the request field at fault.
+    fn classify(&self) -> (Code, &'static str, String) {
+        let none = String::new;
+        match self {
+            Error::MissingInit => (Code::FailedPrecondition, "MISSING_INIT", "init".into()),
+            Error::DuplicateInit => (Code::FailedPrecondition, "DUPLICATE_INIT", "init".into()),
+            Error::EmptyRequest => (Code::InvalidArgument, "EMPTY_REQUEST", "request".into()),
+            Error::MessageTooLarge { .. } => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE", none()),
+            Error::UndecodableRequest { .. } => {
+                (Code::InvalidArgument, "UNDECODABLE_REQUEST", none())
+            }
+            Error::MissingProcessorName { .. } => (
+                Code::InvalidArgument,
+                "MISSING_PROCESSOR",
+                "init.processor".into(),
+            ),
+            Error::UnknownProcessor { .. } => {
+                (Code::NotFound, "UNKNOWN_PROCESSOR", "init.processor".into())
+            }
+            Error::InvalidParam { source, .. } => (
+                Code::InvalidArgument,
+                "INVALID_PARAM",
+                format!("init.params.{}", source.param()),
+            ),
+            Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", none()),
+            Error::Draining => (Code::Unavailable, "DRAINING", none()),
+            Error::ProcessorPanicked { .. } => (Code::Internal, "PROCESSOR_PANICKED", none()),
+            Error::CreatePanicked { .. } => (Code::Internal, "CREATE_PANICKED", none()),
+            Error::InvalidCapability { .. } => (Code::Internal, "INVALID_CAPABILITY", none()),
+            Error::DuplicateProcessor(_) => (Code::Internal, "DUPLICATE_PROCESSOR", none()),
+            Error::InvalidConfig { .. } => (Code::Internal, "INVALID_CONFIG", none()),
+            Error::Io(_) => (Code::Internal, "IO", none()),
+            Error::Grpc(_) => (Code::Internal, "GRPC_STACK", none()),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let code = match &error {
-            Error::MissingInit | Error::DuplicateInit => Code::FailedPrecondition,
-            Error::EmptyRequest
-            | Error::MissingProcessorName { .. }
-            | Error::InvalidParam { .. } => Code::InvalidArgument,
-            Error::UnknownProcessor { .. } => Code::NotFound,
-            Error::ShuttingDown => Code::Unavailable,
-            Error::ProcessorPanicked { .. }
-            | Error::CreatePanicked { .. }
-            | Error::InvalidCapability { .. }
-            | Error::DuplicateProcessor(_)
-            | Error::InvalidConfig { .. }
-            | Error::Io(_)
-            | Error::Grpc(_) => Code::Internal,
+        let (code, reason, field) = error.classify();
+        let sequence = match &error {
+            Error::ProcessorPanicked { sequence, .. } => Some(*sequence),
+            _ => None,
         };
-        Status::new(code, error.to_string())
+        flowplane_grpc::status::with_detail(
+            code,
+            error.to_string(),
+            ErrorDetail {
+                reason: reason.into(),
+                field,
+                sequence,
+                ..Default::default()
+            },
+        )
     }
 }
 
@@ -188,6 +238,8 @@ impl ParamError {
 
 #[cfg(test)]
 mod tests {
+    use tonic_types::StatusExt;
+
     use super::*;
 
     #[test]
@@ -219,6 +271,22 @@ mod tests {
                 Code::Internal,
             ),
             (Error::ShuttingDown, Code::Unavailable),
+            (Error::Draining, Code::Unavailable),
+            (
+                Error::MessageTooLarge {
+                    position: "the first process request".into(),
+                    limit: 8,
+                    detail: "found 9 bytes".into(),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::UndecodableRequest {
+                    position: "the first process request".into(),
+                    detail: "bad utf-8".into(),
+                },
+                Code::InvalidArgument,
+            ),
         ];
         for (error, code) in cases {
             let text = error.to_string();
@@ -226,6 +294,44 @@ mod tests {
             assert_eq!(status.code(), code, "{text}");
             assert_eq!(status.message(), text);
         }
+    }
+
+    #[test]
+    fn statuses_carry_standard_details_with_reason_and_field() {
+        let status = Status::from(Error::InvalidParam {
+            processor: "audio.resample".into(),
+            source: ParamError::new("target_rate", "must be between 1 and 768000 Hz, got 0"),
+        });
+        let details = status.check_error_details().expect("standard envelope");
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "INVALID_PARAM");
+        assert_eq!(info.domain, flowplane_grpc::status::ERROR_DOMAIN);
+        let bad = details.bad_request().expect("bad request");
+        assert_eq!(bad.field_violations[0].field, "init.params.target_rate");
+        let detail = flowplane_grpc::status::error_detail(&status).expect("flowplane detail");
+        assert_eq!(detail.code, Code::InvalidArgument as i32);
+
+        let panicked = Status::from(Error::ProcessorPanicked {
+            processor: "x".into(),
+            sequence: 9,
+            message: "boom".into(),
+        });
+        let details = panicked.check_error_details().unwrap();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "PROCESSOR_PANICKED");
+        assert_eq!(info.metadata["sequence"], "9");
+        assert!(details.bad_request().is_none());
+
+        let unknown = Status::from(Error::UnknownProcessor {
+            name: "nope".into(),
+            known: "passthrough".into(),
+        });
+        let details = unknown.check_error_details().unwrap();
+        assert_eq!(details.error_info().unwrap().reason, "UNKNOWN_PROCESSOR");
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "init.processor"
+        );
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! The `ProcessorService` host: one task per `Process` stream runs one processor
-//! instance, answering every chunk with exactly one result, in order, through a bounded
-//! channel. It must never let one stream's failure (bad chunk, panic) touch another.
+//! instance, answering every chunk with exactly one result, in order, through a queue
+//! bounded in results and bytes. Processor code (`create`, `process`) runs on the blocking
+//! pool, at most `max_concurrent_calls` at once, never on an async worker, so a busy
+//! processor cannot stall other streams or the heartbeat. It must never let one stream's
+//! failure (bad chunk, panic, a huge result) touch another, and never end a stream OK
+//! when a request could not be read.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     panic::{AssertUnwindSafe, catch_unwind},
-    pin::pin,
+    pin::{Pin, pin},
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
+
+use flowplane_grpc::lifecycle::{Admitted, Lifecycle};
 
 use flowplane_proto::{
     data::v1::{DataBuffer, DataChunk, DataTypeHint, data_buffer::Payload},
@@ -20,8 +26,8 @@ use flowplane_proto::{
     },
 };
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -35,6 +41,28 @@ use crate::{
 /// requests: this, plus HTTP/2 flow control, bounds a stream's in-flight work.
 pub const STREAM_BUFFER: usize = 32;
 
+/// Encoded bytes of results a stream may have queued for a slow client, whatever their
+/// number: with [`STREAM_BUFFER`] alone an amplifying processor could queue 32 maximal
+/// messages per stream. Two messages, so one can be sent while the next waits.
+pub const STREAM_BUFFER_BYTES: usize = 2 * flowplane_grpc::MAX_MESSAGE_BYTES;
+
+/// Processor calls (`create` or `process`) a host runs at once by default, over all its
+/// streams. Enough that a few CPU-heavy streams cannot take every slot from cheap ones
+/// (the OS shares the cores between the calls running), few enough to bound the blocking
+/// threads and the memory of chunks in processing.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
+
+/// Chunks already received that one trip to the blocking pool may take together, and
+/// their payload bytes: batching saves a thread hand-off per small chunk of a busy
+/// stream, and the bounds keep a batch from holding much memory.
+const MAX_BATCH: usize = 64;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Output bytes after which a batch returns, so results flow while the rest wait.
+const MAX_BATCH_OUTPUT_BYTES: usize = flowplane_grpc::MAX_MESSAGE_BYTES;
+/// Processing time after which a batch returns, so a slow processor's results are
+/// sent chunk by chunk instead of after the whole batch.
+const BATCH_TIME: Duration = Duration::from_millis(1);
+
 /// Reason of a chunk whose payload type the input port does not accept.
 pub const TYPE_MISMATCH: &str = "TYPE_MISMATCH";
 /// Reason of a chunk naming an input port the processor does not have.
@@ -47,6 +75,8 @@ pub const MISSING_PAYLOAD: &str = "MISSING_PAYLOAD";
 pub const UNDECLARED_OUTPUT: &str = "UNDECLARED_OUTPUT";
 /// Reason of a result whose outputs together exceed the message limit (RESOURCE_EXHAUSTED).
 pub const RESULT_TOO_LARGE: &str = "RESULT_TOO_LARGE";
+/// Reason of a chunk whose sequence is lower than an earlier chunk's on the same stream.
+pub const SEQUENCE_OUT_OF_ORDER: &str = "SEQUENCE_OUT_OF_ORDER";
 
 /// Builds a [`ProcessorHost`].
 pub struct HostBuilder {
@@ -54,6 +84,7 @@ pub struct HostBuilder {
     version: String,
     host_id: Option<String>,
     max_streams: usize,
+    max_concurrent_calls: usize,
     factories: Vec<Arc<dyn ProcessorFactory>>,
 }
 
@@ -65,6 +96,7 @@ impl HostBuilder {
             version: env!("CARGO_PKG_VERSION").into(),
             host_id: None,
             max_streams: 1024,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             factories: Vec::new(),
         }
     }
@@ -84,6 +116,13 @@ impl HostBuilder {
     /// Open streams above which the host reports itself DEGRADED.
     pub fn max_streams(mut self, max: usize) -> Self {
         self.max_streams = max;
+        self
+    }
+
+    /// Processor calls run at once over all streams (at least 1); further calls wait for
+    /// a slot, and their streams stop reading requests meanwhile (backpressure).
+    pub fn max_concurrent_calls(mut self, max: usize) -> Self {
+        self.max_concurrent_calls = max.max(1);
         self
     }
 
@@ -120,7 +159,8 @@ impl HostBuilder {
                 processors,
                 order,
                 stats: Arc::new(HostStats::default()),
-                abort: CancellationToken::new(),
+                lifecycle: Lifecycle::new(),
+                calls: Arc::new(Semaphore::new(self.max_concurrent_calls)),
                 tasks: TaskTracker::new(),
             }),
         })
@@ -239,8 +279,11 @@ struct HostInner {
     /// Registration order, so listings are stable.
     order: Vec<String>,
     stats: Arc<HostStats>,
-    /// Cancelled when the grace period of a shutdown is over: open streams end UNAVAILABLE.
-    abort: CancellationToken,
+    /// Admits streams while serving; its abort token ends open streams UNAVAILABLE once
+    /// a shutdown's grace period is over.
+    lifecycle: Lifecycle,
+    /// Slots for processor calls on the blocking pool, shared by every stream.
+    calls: Arc<Semaphore>,
     tasks: TaskTracker,
 }
 
@@ -319,7 +362,18 @@ impl ProcessorHost {
 
     /// Ends every open stream with UNAVAILABLE: the end of a shutdown's grace period.
     pub fn abort_streams(&self) {
-        self.inner.abort.cancel();
+        self.inner.lifecycle.aborted().cancel();
+    }
+
+    /// Refuses new streams with UNAVAILABLE from now on, waits up to `grace` for open
+    /// ones to end, then ends the rest UNAVAILABLE. Returns how many were still open.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.inner.lifecycle.drain(grace).await
+    }
+
+    /// True once [`ProcessorHost::drain`] has started.
+    pub fn is_draining(&self) -> bool {
+        self.inner.lifecycle.is_draining()
     }
 
     /// Waits until every stream task has ended; call after the server stopped accepting.
@@ -336,60 +390,112 @@ impl ProcessorHost {
         }
     }
 
-    /// Validates an init and creates the processor instance.
-    fn open(&self, init: ProcessInit) -> Result<StreamState> {
+    /// Validates an init and creates the processor instance on the blocking pool. `None`
+    /// when the grace period ended first.
+    async fn open(&self, init: ProcessInit) -> Option<Result<StreamState>> {
         if init.processor.is_empty() {
-            return Err(Error::MissingProcessorName {
+            return Some(Err(Error::MissingProcessorName {
                 known: self.known(),
-            });
+            }));
         }
         let Some(entry) = self.inner.processors.get(&init.processor).cloned() else {
-            return Err(Error::UnknownProcessor {
+            return Some(Err(Error::UnknownProcessor {
                 name: init.processor,
                 known: self.known(),
-            });
+            }));
         };
-        let params = Params::validate(&entry.capability.proto().params, init.params.as_ref())
-            .map_err(|source| Error::InvalidParam {
-                processor: entry.name.clone(),
-                source,
-            })?;
-        let created = catch_unwind(AssertUnwindSafe(|| entry.factory.create(&params)));
+        let params = match Params::validate(&entry.capability.proto().params, init.params.as_ref())
+        {
+            Ok(params) => params,
+            Err(source) => {
+                return Some(Err(Error::InvalidParam {
+                    processor: entry.name.clone(),
+                    source,
+                }));
+            }
+        };
+        let factory = entry.factory.clone();
+        let created = self
+            .blocking(move || catch_unwind(AssertUnwindSafe(|| factory.create(&params))))
+            .await?;
         let processor = match created {
             Ok(Ok(p)) => p,
             Ok(Err(source)) => {
-                return Err(Error::InvalidParam {
+                return Some(Err(Error::InvalidParam {
                     processor: entry.name.clone(),
                     source,
-                });
+                }));
             }
             Err(panic) => {
-                return Err(Error::CreatePanicked {
+                return Some(Err(Error::CreatePanicked {
                     processor: entry.name.clone(),
                     message: panic_message(&panic),
-                });
+                }));
             }
         };
-        Ok(StreamState::new(self, entry, processor, init.node_id))
+        Some(Ok(StreamState::new(self, entry, processor, init.node_id)))
+    }
+
+    /// Runs processor code on the blocking pool once a call slot is free. The slot is held
+    /// until the code returns, even if the stream has gone, since the thread is busy until
+    /// then. `None` when the grace period ended (or the runtime stopped) first.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let abort = self.inner.lifecycle.aborted();
+        let permit = tokio::select! {
+            biased;
+            () = abort.cancelled() => return None,
+            permit = self.inner.calls.clone().acquire_owned() => permit.ok()?,
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            call()
+        });
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => None,
+            joined = task => joined.ok(),
+        }
     }
 }
 
+/// One queued response and the stream's queue bytes it holds until tonic takes it.
+type Queued = (
+    Result<ProcessResponse, Status>,
+    Option<OwnedSemaphorePermit>,
+);
+
 #[tonic::async_trait]
 impl ProcessorService for ProcessorHost {
-    type ProcessStream = ReceiverStream<Result<ProcessResponse, Status>>;
+    type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessResponse, Status>> + Send>>;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        // Refused at once while draining, so the client goes to another host.
+        let admitted = self
+            .inner
+            .lifecycle
+            .admit()
+            .map_err(|_| Status::from(Error::Draining))?;
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = mpsc::channel::<Queued>(STREAM_BUFFER);
+        let tx = Tx {
+            tx,
+            bytes: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
+            abort: self.inner.lifecycle.aborted(),
+        };
         // The response starts at once; init errors arrive as the stream's status, so a
         // client that waits for response headers before sending its init cannot deadlock.
         self.inner
             .tasks
-            .spawn(run_stream(self.clone(), inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+            .spawn(run_stream(self.clone(), inbound, tx, admitted));
+        // Dropping the permit as tonic takes the response returns its bytes to the queue.
+        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn get_capabilities(
@@ -405,31 +511,122 @@ impl ProcessorService for ProcessorHost {
     }
 }
 
-type Tx = mpsc::Sender<Result<ProcessResponse, Status>>;
+/// The sending side of one stream's response queue.
+struct Tx {
+    tx: mpsc::Sender<Queued>,
+    /// Encoded bytes of queued responses, [`STREAM_BUFFER_BYTES`] in all.
+    bytes: Arc<Semaphore>,
+    abort: CancellationToken,
+}
 
-async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>, tx: Tx) {
-    let abort_token = host.inner.abort.clone();
-    let mut abort = pin!(abort_token.clone().cancelled_owned());
+impl Tx {
+    /// Queues a response once there is room in results and bytes. `false` when the
+    /// client has gone or the grace period is over.
+    async fn send(&self, response: ProcessResponse) -> bool {
+        // Results are checked against MAX_MESSAGE_BYTES before, so this always fits.
+        let size = response.encoded_len().clamp(1, STREAM_BUFFER_BYTES) as u32;
+        let queue = async {
+            let permit = self.bytes.clone().acquire_many_owned(size).await.ok()?;
+            self.tx.send((Ok(response), Some(permit))).await.ok()
+        };
+        tokio::select! {
+            biased;
+            () = self.abort.cancelled() => false,
+            sent = queue => sent.is_some(),
+        }
+    }
+
+    /// Ends the stream with `error`'s status. It waits for room behind the results
+    /// already queued, unless the shutdown's grace period is over: then a client that
+    /// stopped reading loses the status with the stream.
+    async fn end(&self, error: Error) {
+        tokio::select! {
+            biased;
+            _ = self.tx.send((Err(error.into()), None)) => {}
+            () = self.abort.cancelled() => {}
+        }
+    }
+}
+
+/// Where a stream's reading stands, to name the request that could not be read.
+fn position(last_sequence: Option<u64>, opened: bool) -> String {
+    match (last_sequence, opened) {
+        (Some(sequence), _) => format!("the process request after sequence {sequence}"),
+        (None, true) => "the process request after init".into(),
+        (None, false) => "the first process request".into(),
+    }
+}
+
+/// What a failed read of the request stream means. `None`: the client broke the stream
+/// (reset, connection lost), so nobody is left to read a status.
+fn read_error(status: &Status, position: String) -> Option<Error> {
+    // Transport failures carry their h2/hyper error as the source (an h2 reset with
+    // ENHANCE_YOUR_CALM even reads RESOURCE_EXHAUSTED); tonic's decoder errors have none.
+    if std::error::Error::source(status).is_some() {
+        return None;
+    }
+    match status.code() {
+        // A length prefix over max_decoding_message_size (OUT_OF_RANGE), or a
+        // compressed message that inflates past it (RESOURCE_EXHAUSTED).
+        Code::OutOfRange | Code::ResourceExhausted => Some(Error::MessageTooLarge {
+            position,
+            limit: flowplane_grpc::MAX_MESSAGE_BYTES,
+            detail: status.message().to_string(),
+        }),
+        // Undecodable protobuf (invalid UTF-8 in a string, bad wire types), a truncated
+        // message or a bad compression flag.
+        Code::Internal => Some(Error::UndecodableRequest {
+            position,
+            detail: status.message().to_string(),
+        }),
+        _ => None,
+    }
+}
+
+async fn run_stream(
+    host: ProcessorHost,
+    mut inbound: Streaming<ProcessRequest>,
+    tx: Tx,
+    _admitted: Admitted,
+) {
+    let mut abort = pin!(tx.abort.clone().cancelled_owned());
     let first = tokio::select! {
         biased;
-        () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
+        () = &mut abort => return tx.end(Error::ShuttingDown).await,
         first = inbound.message() => first,
     };
     let init = match first {
         Ok(Some(ProcessRequest {
             request: Some(process_request::Request::Init(init)),
         })) => init,
-        Ok(Some(_)) => return end(&tx, &abort_token, Error::MissingInit).await,
+        Ok(Some(_)) => return tx.end(Error::MissingInit).await,
         // The client went away before saying anything: nobody to answer.
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(status) => {
+            return match read_error(&status, position(None, false)) {
+                Some(error) => {
+                    tracing::info!(error = %error, "process stream refused");
+                    tx.end(error).await
+                }
+                None => {
+                    tracing::info!(%status, "process stream broken by the client before init")
+                }
+            };
+        }
     };
     let node_id = init.node_id.clone();
-    let mut stream = match host.open(init) {
-        Ok(stream) => stream,
-        Err(error) => {
+    let opened = tokio::select! {
+        biased;
+        () = &mut abort => None,
+        opened = host.open(init) => opened,
+    };
+    let mut stream = match opened {
+        Some(Ok(stream)) => stream,
+        Some(Err(error)) => {
             tracing::info!(node_id = %node_id, error = %error, "process stream refused");
-            return end(&tx, &abort_token, error).await;
+            return tx.end(error).await;
         }
+        None => return tx.end(Error::ShuttingDown).await,
     };
     let ready = ProcessResponse {
         response: Some(process_response::Response::Ready(ProcessReady {
@@ -438,15 +635,20 @@ async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>,
             host_id: host.host_id(),
         })),
     };
-    if tx.send(Ok(ready)).await.is_err() {
+    if !tx.send(ready).await {
         return;
     }
     tracing::debug!(processor = %stream.entry.name, node_id = %stream.node_id, "process stream opened");
+    // A message read ahead while batching that was not a chunk for the batch.
+    let mut deferred: Option<Result<Option<ProcessRequest>, Status>> = None;
     loop {
-        let message = tokio::select! {
-            biased;
-            () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
-            message = inbound.message() => message,
+        let message = match deferred.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                biased;
+                () = &mut abort => return tx.end(Error::ShuttingDown).await,
+                message = inbound.message() => message,
+            },
         };
         let chunk = match message {
             Ok(Some(ProcessRequest {
@@ -454,43 +656,91 @@ async fn run_stream(host: ProcessorHost, mut inbound: Streaming<ProcessRequest>,
             })) => chunk,
             Ok(Some(ProcessRequest {
                 request: Some(process_request::Request::Init(_)),
-            })) => return end(&tx, &abort_token, Error::DuplicateInit).await,
+            })) => return tx.end(Error::DuplicateInit).await,
             Ok(Some(ProcessRequest { request: None })) => {
-                return end(&tx, &abort_token, Error::EmptyRequest).await;
+                return tx.end(Error::EmptyRequest).await;
             }
-            // The client closed its side: every chunk has been answered.
-            Ok(None) => return,
-            Err(status) => {
-                tracing::debug!(processor = %stream.entry.name, %status, "process stream broken by the client");
+            // The client closed its side (tonic reports a reset by the client the same
+            // way): every chunk has been answered.
+            Ok(None) => {
+                tracing::debug!(processor = %stream.entry.name, node_id = %stream.node_id, last_sequence = ?stream.last_sequence, "process stream closed by the client");
                 return;
             }
-        };
-        let response = match stream.handle(chunk) {
-            Ok(response) => response,
-            Err(fatal) => {
-                tracing::error!(processor = %stream.entry.name, node_id = %stream.node_id, error = %fatal, "process stream failed");
-                return end(&tx, &abort_token, fatal).await;
+            Err(status) => {
+                let position = position(stream.last_received, true);
+                return match read_error(&status, position) {
+                    Some(error) => {
+                        tracing::warn!(processor = %stream.entry.name, node_id = %stream.node_id, error = %error, "process stream ended: unreadable request");
+                        tx.end(error).await
+                    }
+                    None => {
+                        tracing::info!(processor = %stream.entry.name, node_id = %stream.node_id, %status, last_sequence = ?stream.last_sequence, "process stream broken by the client")
+                    }
+                };
             }
         };
-        let sent = tokio::select! {
-            biased;
-            () = &mut abort => return end(&tx, &abort_token, Error::ShuttingDown).await,
-            sent = tx.send(Ok(response)) => sent,
-        };
-        if sent.is_err() {
-            return;
+        let mut jobs = VecDeque::new();
+        // A chunk refused before its call, answered after the jobs ahead of it.
+        let mut refused = None;
+        match stream.prepare(chunk) {
+            Prepared::Job(job) => jobs.push_back(job),
+            Prepared::Refused(response) => refused = Some(response),
+        }
+        // Chunks that have already arrived join the batch, so one trip to the blocking
+        // pool serves many small chunks; nothing waits for more to come.
+        let mut batch_bytes = jobs.front().map_or(0, Job::bytes);
+        while refused.is_none()
+            && !jobs.is_empty()
+            && jobs.len() < MAX_BATCH
+            && batch_bytes < MAX_BATCH_BYTES
+        {
+            let next = tokio::select! {
+                biased;
+                next = inbound.message() => next,
+                () = std::future::ready(()) => break,
+            };
+            match next {
+                Ok(Some(ProcessRequest {
+                    request: Some(process_request::Request::Chunk(chunk)),
+                })) => match stream.prepare(chunk) {
+                    Prepared::Job(job) => {
+                        batch_bytes += job.bytes();
+                        jobs.push_back(job);
+                    }
+                    Prepared::Refused(response) => refused = Some(response),
+                },
+                other => {
+                    deferred = Some(other);
+                    break;
+                }
+            }
+        }
+        while !jobs.is_empty() {
+            let Some((responses, fatal)) = stream.call(&host, &mut jobs).await else {
+                return tx.end(Error::ShuttingDown).await;
+            };
+            for response in responses {
+                if !tx.send(response).await {
+                    return gone(&tx).await;
+                }
+            }
+            if let Some(fatal) = fatal {
+                tracing::error!(processor = %stream.entry.name, node_id = %stream.node_id, error = %fatal, "process stream failed");
+                return tx.end(fatal).await;
+            }
+        }
+        if let Some(response) = refused
+            && !tx.send(response).await
+        {
+            return gone(&tx).await;
         }
     }
 }
 
-/// Ends a stream with `error`'s status. It waits for room behind the results already
-/// queued, unless the shutdown's grace period is over: then a client that stopped reading
-/// loses the status with the stream.
-async fn end(tx: &Tx, abort: &CancellationToken, error: Error) {
-    tokio::select! {
-        biased;
-        _ = tx.send(Err(error.into())) => {}
-        () = abort.cancelled() => {}
+/// After a send failed: the client has gone (nothing to do) or the grace period is over.
+async fn gone(tx: &Tx) {
+    if tx.abort.is_cancelled() {
+        tx.end(Error::ShuttingDown).await;
     }
 }
 
@@ -505,8 +755,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// One open stream: its processor instance and its metric handles.
 struct StreamState {
     entry: Arc<Entry>,
-    processor: Box<dyn Processor>,
+    /// `None` only while a call has it on the blocking pool.
+    processor: Option<Box<dyn Processor>>,
     node_id: String,
+    /// Highest sequence received so far on this stream.
+    last_sequence: Option<u64>,
+    /// Sequence of the chunk received last, to say where an unreadable request came.
+    last_received: Option<u64>,
     stats: Arc<HostStats>,
     chunks_in: metrics::Counter,
     chunks_out: metrics::Counter,
@@ -514,6 +769,37 @@ struct StreamState {
     latency: metrics::Histogram,
     active: metrics::Gauge,
 }
+
+/// A chunk that passed the host's checks, waiting for its processor call.
+struct Job {
+    envelope: Envelope,
+    port: usize,
+    payload: Payload,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        self.payload.payload_len()
+    }
+}
+
+/// A chunk after the host's checks: a job for the processor, or already answered.
+enum Prepared {
+    Job(Job),
+    Refused(ProcessResponse),
+}
+
+/// What a chunk's outputs inherit, and when the chunk arrived.
+struct Envelope {
+    sequence: u64,
+    timestamp_us: i64,
+    metadata: HashMap<String, String>,
+    buffer_metadata: HashMap<String, String>,
+    started: Instant,
+}
+
+/// A processor's answer to one chunk, or its panic.
+type Answer = std::thread::Result<Result<Vec<Output>, ProcessError>>;
 
 impl StreamState {
     fn new(
@@ -534,19 +820,23 @@ impl StreamState {
             latency: metrics::histogram!(stats::LATENCY_SECONDS, "processor" => name),
             active,
             entry,
-            processor,
+            processor: Some(processor),
             node_id,
+            last_sequence: None,
+            last_received: None,
             stats,
         }
     }
 
-    /// Answers one chunk. `Err` only when the stream must end (a panic).
-    fn handle(&mut self, chunk: DataChunk) -> Result<ProcessResponse> {
-        let started = Instant::now();
-        let sequence = chunk.sequence;
-        self.stats.chunk_in();
-        self.chunks_in.increment(1);
-        let result = match self.run(chunk)? {
+    /// The response to one chunk: its outputs or its error, failed instead when the
+    /// outputs cannot fit one message; counted in the stats.
+    fn respond(
+        &mut self,
+        sequence: u64,
+        started: Instant,
+        outcome: Result<Vec<ProcessOutput>, ProcessError>,
+    ) -> ProcessResponse {
+        let result = match outcome {
             Ok(outputs) => {
                 self.stats.chunks_out(outputs.len() as u64);
                 self.chunks_out.increment(outputs.len() as u64);
@@ -575,15 +865,7 @@ impl StreamState {
         if size > flowplane_grpc::MAX_MESSAGE_BYTES {
             self.stats.error();
             self.errors.increment(1);
-            let error = ProcessError::new(
-                Code::ResourceExhausted,
-                RESULT_TOO_LARGE,
-                format!(
-                    "the outputs of processor {:?} encode to {size} bytes, over the message limit of {} bytes (MAX_MESSAGE_BYTES)",
-                    self.entry.name,
-                    flowplane_grpc::MAX_MESSAGE_BYTES
-                ),
-            );
+            let error = self.too_large(size, false);
             response.response = Some(process_response::Response::Result(ProcessResult {
                 input_sequence: sequence,
                 outputs: Vec::new(),
@@ -593,12 +875,27 @@ impl StreamState {
         let elapsed = started.elapsed();
         self.stats.latency(elapsed);
         self.latency.record(elapsed.as_secs_f64());
-        Ok(response)
+        response
     }
 
-    /// The outer `Result` is the stream's fate, the inner one the chunk's.
-    #[allow(clippy::type_complexity)]
-    fn run(&mut self, chunk: DataChunk) -> Result<Result<Vec<ProcessOutput>, ProcessError>> {
+    /// `size` is exact, or a lower bound when `at_least`.
+    fn too_large(&self, size: usize, at_least: bool) -> ProcessError {
+        let at_least = if at_least { "at least " } else { "" };
+        ProcessError::new(
+            Code::ResourceExhausted,
+            RESULT_TOO_LARGE,
+            format!(
+                "the outputs of processor {:?} encode to {at_least}{size} bytes, over the message limit of {} bytes (MAX_MESSAGE_BYTES)",
+                self.entry.name,
+                flowplane_grpc::MAX_MESSAGE_BYTES
+            ),
+        )
+    }
+
+    /// Checks a chunk before its processor call: order, input port, payload. A chunk that
+    /// fails is answered at once with its error.
+    fn prepare(&mut self, chunk: DataChunk) -> Prepared {
+        let started = Instant::now();
         let DataChunk {
             sequence,
             input,
@@ -606,45 +903,145 @@ impl StreamState {
             timestamp_us,
             metadata,
         } = chunk;
-        let port = match self.resolve_input(&input) {
-            Ok(port) => port,
-            Err(e) => return Ok(Err(e)),
-        };
+        self.stats.chunk_in();
+        self.chunks_in.increment(1);
+        let checked = self.check_chunk(sequence, &input, buffer);
+        match checked {
+            Ok((port, payload, buffer_metadata)) => Prepared::Job(Job {
+                envelope: Envelope {
+                    sequence,
+                    timestamp_us,
+                    metadata,
+                    buffer_metadata,
+                    started,
+                },
+                port,
+                payload,
+            }),
+            Err(error) => Prepared::Refused(self.respond(sequence, started, Err(error))),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_chunk(
+        &mut self,
+        sequence: u64,
+        input: &str,
+        buffer: Option<DataBuffer>,
+    ) -> Result<(usize, Payload, HashMap<String, String>), ProcessError> {
+        self.last_received = Some(sequence);
+        // Equal sequences are allowed: a pipeline sends one node several chunks of the
+        // same input sequence (fan-in from branches, several outputs of one chunk).
+        if let Some(previous) = self.last_sequence
+            && sequence < previous
+        {
+            return Err(ProcessError::invalid(
+                SEQUENCE_OUT_OF_ORDER,
+                "chunk.sequence",
+                format!(
+                    "chunk.sequence {sequence} is lower than sequence {previous} of an earlier chunk on this stream; sequences must not go backwards"
+                ),
+            ));
+        }
+        self.last_sequence = Some(sequence);
+        let port = self.resolve_input(input)?;
         let Some(DataBuffer {
             payload: Some(payload),
             metadata: buffer_metadata,
         }) = buffer
         else {
-            return Ok(Err(ProcessError::invalid(
+            return Err(ProcessError::invalid(
                 MISSING_PAYLOAD,
                 "chunk.buffer",
                 "chunk carries no payload",
-            )));
+            ));
         };
-        if let Err(e) = self.check_payload(port, &payload) {
-            return Ok(Err(e));
+        self.check_payload(port, &payload)?;
+        Ok((port, payload, buffer_metadata))
+    }
+
+    /// Runs jobs from the front of `jobs` in one call on the blocking pool: as many as
+    /// fit [`BATCH_TIME`] (at least one) and [`MAX_BATCH_OUTPUT_BYTES`] of outputs, so a
+    /// slow processor still answers chunk by chunk. Returns their responses in order and,
+    /// when one panicked, the error that ends the stream (the jobs after it are dropped).
+    /// `None` when the grace period ended first.
+    async fn call(
+        &mut self,
+        host: &ProcessorHost,
+        jobs: &mut VecDeque<Job>,
+    ) -> Option<(Vec<ProcessResponse>, Option<Error>)> {
+        let entry = self.entry.clone();
+        let mut processor = self.processor.take()?;
+        let mut batch = std::mem::take(jobs);
+        let (processor, answered, rest) = host
+            .blocking(move || {
+                let started = Instant::now();
+                let mut answered: Vec<(Envelope, Answer)> = Vec::new();
+                let mut output_bytes = 0usize;
+                while let Some(Job {
+                    envelope,
+                    port,
+                    payload,
+                }) = batch.pop_front()
+                {
+                    let input = Input {
+                        port: entry.inputs[port].name.as_str(),
+                        sequence: envelope.sequence,
+                        payload,
+                    };
+                    let answer = catch_unwind(AssertUnwindSafe(|| processor.process(input)));
+                    let stop = match &answer {
+                        Ok(Ok(outputs)) => {
+                            output_bytes += outputs
+                                .iter()
+                                .map(|o| o.payload.payload_len())
+                                .sum::<usize>();
+                            output_bytes > MAX_BATCH_OUTPUT_BYTES
+                        }
+                        Ok(Err(_)) => false,
+                        Err(_) => true,
+                    };
+                    answered.push((envelope, answer));
+                    if stop || started.elapsed() > BATCH_TIME {
+                        break;
+                    }
+                }
+                (processor, answered, batch)
+            })
+            .await?;
+        *jobs = rest;
+        let mut responses = Vec::with_capacity(answered.len());
+        for (envelope, answer) in answered {
+            let Envelope {
+                sequence,
+                timestamp_us,
+                metadata,
+                buffer_metadata,
+                started,
+            } = envelope;
+            let outcome = match answer {
+                Ok(Ok(outputs)) => {
+                    self.wrap_outputs(outputs, sequence, timestamp_us, metadata, buffer_metadata)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(panic) => {
+                    // The instance may be half-updated: it is dropped with the stream.
+                    self.stats.error();
+                    self.errors.increment(1);
+                    return Some((
+                        responses,
+                        Some(Error::ProcessorPanicked {
+                            processor: self.entry.name.clone(),
+                            sequence,
+                            message: panic_message(&panic),
+                        }),
+                    ));
+                }
+            };
+            responses.push(self.respond(sequence, started, outcome));
         }
-        let port_name = self.entry.inputs[port].name.as_str();
-        let input = Input {
-            port: port_name,
-            sequence,
-            payload,
-        };
-        let processor = &mut self.processor;
-        let outputs = match catch_unwind(AssertUnwindSafe(|| processor.process(input))) {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => return Ok(Err(e)),
-            Err(panic) => {
-                self.stats.error();
-                self.errors.increment(1);
-                return Err(Error::ProcessorPanicked {
-                    processor: self.entry.name.clone(),
-                    sequence,
-                    message: panic_message(&panic),
-                });
-            }
-        };
-        Ok(self.wrap_outputs(outputs, sequence, timestamp_us, metadata, buffer_metadata))
+        self.processor = Some(processor);
+        Some((responses, None))
     }
 
     fn resolve_input(&self, input: &str) -> Result<usize, ProcessError> {
@@ -703,6 +1100,21 @@ impl StreamState {
         mut buffer_metadata: HashMap<String, String>,
     ) -> Result<Vec<ProcessOutput>, ProcessError> {
         let count = outputs.len();
+        // Every output gets a copy of the input's maps: refuse a result that cannot fit one
+        // message before making the copies, so many small outputs of a chunk with large
+        // metadata cannot amplify into gigabytes.
+        let shared = map_bytes(&metadata) + map_bytes(&buffer_metadata) + OUTPUT_OVERHEAD;
+        let mut estimate = 0usize;
+        for output in &outputs {
+            estimate = estimate
+                .saturating_add(shared)
+                .saturating_add(output.port.len())
+                .saturating_add(output.payload.encoded_len())
+                .saturating_add(map_bytes(&output.metadata));
+            if estimate > flowplane_grpc::MAX_MESSAGE_BYTES {
+                return Err(self.too_large(estimate, true));
+            }
+        }
         let mut wrapped = Vec::with_capacity(count);
         for (i, output) in outputs.into_iter().enumerate() {
             let port = self.resolve_output(&output)?;
@@ -779,6 +1191,14 @@ impl StreamState {
         }
         Ok(port)
     }
+}
+
+/// A lower bound of the framing one output adds beyond its payload, port and maps.
+const OUTPUT_OVERHEAD: usize = 8;
+
+/// A lower bound of a string map's encoded size, so estimates never exceed the truth.
+fn map_bytes(map: &HashMap<String, String>) -> usize {
+    map.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
 }
 
 impl Drop for StreamState {

@@ -12,26 +12,48 @@
 //! with a status. After that every chunk gets exactly one `ProcessResult`, in input
 //! order, carrying the chunk's sequence: its outputs (each output chunk has the input's
 //! sequence, timestamp and metadata) or an `ErrorDetail` whose `code` is a gRPC code and
-//! whose message starts `sequence N:`. A failed chunk never ends the stream.
+//! whose message starts `sequence N:`. A failed chunk never ends the stream. Every status
+//! the host ends a stream with carries the standard `google.rpc.Status` details
+//! (`ErrorInfo` with the reason below, `BadRequest` naming the field when there is one,
+//! and the `flowplane.common.v1.ErrorDetail`), readable with `tonic_types::StatusExt`.
 //!
 //! | what | how it ends | code | reason |
 //! | --- | --- | --- | --- |
-//! | first request not `init`, or a second `init` | stream status | FAILED_PRECONDITION | |
-//! | unknown processor name (message names it and what the host serves) | stream status | NOT_FOUND | |
-//! | bad param: unknown, missing, wrong JSON type, out of range (message names it) | stream status | INVALID_ARGUMENT | |
-//! | the processor panics (message names the processor and sequence) | stream status | INTERNAL | |
-//! | shutdown grace period over | stream status | UNAVAILABLE | |
+//! | first request not `init`, or a second `init` | stream status | FAILED_PRECONDITION | `MISSING_INIT` / `DUPLICATE_INIT` |
+//! | unknown processor name (message names it and what the host serves) | stream status | NOT_FOUND | `UNKNOWN_PROCESSOR` |
+//! | bad param: unknown, missing, wrong JSON type, out of range (message names it) | stream status | INVALID_ARGUMENT | `INVALID_PARAM` |
+//! | a request over `MAX_MESSAGE_BYTES` (message names the limit and the last sequence) | stream status | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` |
+//! | a request that does not decode: invalid UTF-8 in a string, bad wire data (message names the field and the last sequence) | stream status | INVALID_ARGUMENT | `UNDECODABLE_REQUEST` |
+//! | the processor panics (message names the processor and sequence) | stream status | INTERNAL | `PROCESSOR_PANICKED` |
+//! | the host is draining: a new stream | refused at once | UNAVAILABLE | `DRAINING` |
+//! | shutdown grace period over: an open stream | stream status | UNAVAILABLE | `SHUTTING_DOWN` |
+//! | chunk whose sequence is lower than an earlier chunk's (equal is allowed: a pipeline sends a fan-in node several chunks of one sequence) | chunk error | INVALID_ARGUMENT | `SEQUENCE_OUT_OF_ORDER` |
 //! | chunk for an input the processor lacks (message names the inputs) | chunk error | INVALID_ARGUMENT | `UNKNOWN_INPUT` |
 //! | empty `chunk.input` to a processor with several inputs | chunk error | INVALID_ARGUMENT | `AMBIGUOUS_INPUT` |
 //! | payload type the input does not accept (message names input and types) | chunk error | INVALID_ARGUMENT | `TYPE_MISMATCH` |
 //! | chunk without payload | chunk error | INVALID_ARGUMENT | `MISSING_PAYLOAD` |
 //! | payload over `MAX_PAYLOAD_BYTES` (message names the field and limit) | chunk error | RESOURCE_EXHAUSTED | `PAYLOAD_TOO_LARGE` |
 //! | malformed payload: audio not whole frames, video bytes not width x height x format, tensor bytes not shape x dtype, unset format (field names it) | chunk error | INVALID_ARGUMENT | `MALFORMED_PAYLOAD` |
-//! | outputs over the message limit, or an undeclared output | chunk error | RESOURCE_EXHAUSTED / INTERNAL | `RESULT_TOO_LARGE` / `UNDECLARED_OUTPUT` |
+//! | an output over `MAX_PAYLOAD_BYTES`, outputs together over the message limit, or an undeclared output | chunk error | RESOURCE_EXHAUSTED / INTERNAL | `RESULT_TOO_LARGE` / `UNDECLARED_OUTPUT` |
 //! | the processor's own error (bad JSON, division by zero, ...) | chunk error | as the processor says | as the processor says |
 //!
-//! Each stream runs in one task with a bounded queue of [`STREAM_BUFFER`] results: a
-//! client that stops reading stops the host reading its requests (backpressure).
+//! A client that resets its stream gets no status, since nobody is left to read one;
+//! the host logs it.
+//!
+//! # Where processor code runs
+//!
+//! [`Processor::create`] and [`Processor::process`] run on tokio's blocking pool, never
+//! on an async worker, so a CPU-heavy or blocking processor cannot stall other streams,
+//! timers or the heartbeat. At most [`HostBuilder::max_concurrent_calls`] calls run at
+//! once over the host (default [`DEFAULT_MAX_CONCURRENT_CALLS`]); one call at a time per
+//! stream keeps results in order. Chunks that have already arrived on a stream go to the
+//! pool together (up to 64 chunks or 1 MiB), and a call returns after 1 ms of processing,
+//! so small chunks do not pay a thread hand-off each and slow ones are answered one by one.
+//!
+//! Each stream runs in one task with a queue of at most [`STREAM_BUFFER`] results and
+//! [`STREAM_BUFFER_BYTES`] encoded bytes: a client that stops reading stops the host
+//! reading its requests (backpressure), whatever its processor produces. A result that
+//! cannot fit one message is refused before the outputs are copied together.
 //!
 //! ```
 //! use flowplane_sdk::{
@@ -79,7 +101,8 @@ pub mod stats;
 
 pub use error::{Error, ParamError, ProcessError, Result};
 pub use host::{
-    AMBIGUOUS_INPUT, HostBuilder, MISSING_PAYLOAD, ProcessorHost, STREAM_BUFFER, TYPE_MISMATCH,
+    AMBIGUOUS_INPUT, DEFAULT_MAX_CONCURRENT_CALLS, HostBuilder, MISSING_PAYLOAD, ProcessorHost,
+    RESULT_TOO_LARGE, SEQUENCE_OUT_OF_ORDER, STREAM_BUFFER, STREAM_BUFFER_BYTES, TYPE_MISMATCH,
     UNDECLARED_OUTPUT, UNKNOWN_INPUT,
 };
 pub use params::Params;

@@ -18,6 +18,12 @@ use crate::{ParamError, Params, ProcessError};
 /// [`crate::HostBuilder::processor`]. The host checks every chunk's type against the input
 /// port before `process` sees it, tags outputs with the input's sequence, turns a
 /// [`ProcessError`] into a per-chunk error and a panic into the end of this stream only.
+///
+/// `create` and `process` run on tokio's blocking pool (the instance moves there for the
+/// call and back), so they may compute or block as long as they need without stalling
+/// other streams; they run outside any async task, so they must not `.await`. Check the
+/// size of what an input would make you allocate before allocating it: the host bounds
+/// what it sends, not what your code builds.
 pub trait Processor: Send + 'static {
     /// Describes the processor: name, ports, params. Called once, at registration.
     fn capability() -> Capability

@@ -1,12 +1,22 @@
-//! The host's lifecycle with the control plane: register (retrying with capped
-//! exponential backoff until it answers), heartbeat at the lease's interval with metrics
-//! and an honest status, register again when the control plane no longer knows the host,
-//! and on shutdown report STOPPING and deregister. It must never touch open streams: a
-//! control plane that is down only means nobody new can find this host.
+//! The host's lifecycle with the control plane: register, heartbeat at the lease's
+//! interval with metrics and an honest status, register again when the control plane no
+//! longer knows the host or no longer accepts its lease, and on shutdown report STOPPING
+//! and deregister. Failures are told apart with `flowplane_grpc::retry::classify`: a
+//! transient one (control plane down, slow) is retried with jittered backoff; a refusal
+//! of the request itself (wrong join token, processor id in use, ...) is logged once at
+//! error level naming the setting, then retried only every `max_backoff`, since an
+//! operator may fix either side's configuration without restarting this host. It must
+//! never touch open streams: a control plane that is down only means nobody new can find
+//! this host.
 
 use std::{collections::HashMap, time::Duration};
 
-use flowplane_grpc::{auth::AttachBearer, client::TracedChannel, config::ClientArgs};
+use flowplane_grpc::{
+    auth::AttachBearer,
+    client::TracedChannel,
+    config::ClientArgs,
+    retry::{Backoff, Retry, classify},
+};
 use flowplane_proto::{
     common::v1::HealthStatus,
     controlplane::v1::{
@@ -40,15 +50,16 @@ pub struct RegistrationConfig {
     pub processor_id: Option<String>,
     /// Labels registered with the host.
     pub metadata: HashMap<String, String>,
-    /// First retry delay of a failed registration.
+    /// First retry delay of a registration that failed transiently (jittered).
     pub initial_backoff: Duration,
-    /// Longest retry delay of a failed registration.
+    /// Longest retry delay of a failed registration, and the delay between attempts
+    /// once the control plane has refused the request itself.
     pub max_backoff: Duration,
 }
 
 impl RegistrationConfig {
     /// Registers with the control plane at `control_plane`, with default backoff
-    /// (100 ms doubling up to 5 s).
+    /// (from 100 ms, jittered, up to 5 s).
     pub fn new(control_plane: impl Into<String>) -> Self {
         Self {
             control_plane: control_plane.into(),
@@ -67,6 +78,16 @@ impl RegistrationConfig {
 pub enum RegistrationState {
     /// Trying to register, or to register again.
     Registering,
+    /// The control plane refused the registration itself (`code` is UNAUTHENTICATED,
+    /// ALREADY_EXISTS, ...; `setting` names what to fix); retried every `max_backoff`.
+    Refused {
+        /// The refusal's code.
+        code: Code,
+        /// The configuration most likely at fault, for example "join token".
+        setting: &'static str,
+        /// The control plane's message.
+        message: String,
+    },
     /// Registered and heartbeating.
     Registered {
         /// The component id.
@@ -157,11 +178,17 @@ impl Registration {
                         self.publish(&lease);
                     }
                 }
-                Err(status) if status.code() == Code::NotFound => {
-                    tracing::warn!(processor_id = %lease.processor_id, "control plane no longer knows this host, registering again");
+                // NOT_FOUND: the lease expired or the control plane lost its state;
+                // PERMISSION_DENIED: the lease token is no longer the id's live lease.
+                Err(status) if matches!(status.code(), Code::NotFound | Code::PermissionDenied) => {
+                    tracing::warn!(
+                        processor_id = %lease.processor_id,
+                        code = ?status.code(),
+                        message = status.message(),
+                        "control plane no longer accepts this host's lease, registering again"
+                    );
                     self.state.send_replace(RegistrationState::Registering);
-                    let id = lease.processor_id.clone();
-                    match self.register(&shutdown, Some(&id)).await {
+                    match self.register(&shutdown, Some(&lease)).await {
                         Some(renewed) => lease = renewed,
                         // Shut down while unregistered: there is nothing to deregister.
                         None => {
@@ -193,24 +220,33 @@ impl Registration {
         });
     }
 
-    /// Registers, retrying with capped exponential backoff. `None` when shut down first.
+    /// Registers, retrying transient failures with jittered backoff and refusals every
+    /// `max_backoff`. Registering again, it asks for the id it had and presents its old
+    /// lease token, so a lease that is still its own is refreshed. `None` when shut down
+    /// first.
     async fn register(
         &self,
         shutdown: &CancellationToken,
-        previous_id: Option<&str>,
+        previous: Option<&Lease>,
     ) -> Option<Lease> {
-        let mut backoff = self.config.initial_backoff;
-        let wanted_id = previous_id
-            .map(str::to_string)
+        let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
+        let wanted_id = previous
+            .map(|lease| lease.processor_id.clone())
             .or_else(|| self.config.processor_id.clone())
             .unwrap_or_default();
+        let lease_token = previous
+            .map(|lease| lease.lease_token.clone())
+            .unwrap_or_default();
+        // The refusal already logged at error level, so a refusal repeated every
+        // max_backoff is logged once, and again only when its code changes.
+        let mut refused: Option<Code> = None;
         loop {
             let request = RegisterProcessorRequest {
                 processor_id: wanted_id.clone(),
                 endpoint: self.endpoint.clone(),
                 metadata: self.config.metadata.clone(),
                 capabilities: self.host.capabilities(),
-                lease_token: String::new(),
+                lease_token: lease_token.clone(),
                 version: self.host.version().to_string(),
             };
             let mut client = self.client.clone();
@@ -220,7 +256,7 @@ impl Registration {
                 () = shutdown.cancelled() => return None,
                 outcome = attempt => outcome,
             };
-            match outcome {
+            let delay = match outcome {
                 Ok(response) => {
                     let lease = lease_from(response);
                     self.host.set_host_id(&lease.processor_id);
@@ -228,27 +264,54 @@ impl Registration {
                         processor_id = %lease.processor_id,
                         endpoint = %self.endpoint,
                         heartbeat_interval_ms = lease.heartbeat_interval.as_millis() as u64,
+                        after_refusal = refused.is_some(),
                         "registered with the control plane"
                     );
                     self.publish(&lease);
                     return Some(lease);
                 }
-                Err(status) => {
-                    tracing::warn!(
-                        control_plane = %self.config.control_plane,
-                        code = ?status.code(),
-                        message = status.message(),
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "registration failed, retrying"
-                    );
-                }
-            }
+                Err(status) => match classify(&status) {
+                    Retry::Fatal => {
+                        let setting = refused_setting(status.code());
+                        if refused != Some(status.code()) {
+                            tracing::error!(
+                                control_plane = %self.config.control_plane,
+                                setting,
+                                processor_id = %wanted_id,
+                                code = ?status.code(),
+                                message = status.message(),
+                                retry_every_ms = backoff.max().as_millis() as u64,
+                                "the control plane refused this host's registration; check the {setting}. Retrying rarely until it is accepted"
+                            );
+                            self.state.send_replace(RegistrationState::Refused {
+                                code: status.code(),
+                                setting,
+                                message: status.message().to_string(),
+                            });
+                            refused = Some(status.code());
+                        } else {
+                            tracing::debug!(code = ?status.code(), "registration refused again");
+                        }
+                        backoff.max()
+                    }
+                    Retry::Transient => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            control_plane = %self.config.control_plane,
+                            code = ?status.code(),
+                            message = status.message(),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "registration failed, retrying"
+                        );
+                        delay
+                    }
+                },
+            };
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(self.config.max_backoff);
         }
     }
 
@@ -295,6 +358,17 @@ impl Registration {
             ),
         }
         self.state.send_replace(RegistrationState::Stopped);
+    }
+}
+
+/// The setting most likely at fault when the control plane refuses a registration.
+fn refused_setting(code: Code) -> &'static str {
+    match code {
+        Code::Unauthenticated | Code::PermissionDenied => "join token",
+        Code::AlreadyExists => "processor id (another live host holds it)",
+        Code::InvalidArgument => "registration request (endpoint, labels, capabilities)",
+        Code::Unimplemented => "control plane address (it serves no ControlPlaneService)",
+        _ => "control plane configuration",
     }
 }
 

@@ -1,6 +1,9 @@
 //! Runs a host the production way: the shared gRPC stack (health, reflection, limits,
 //! TLS), the lifecycle with the control plane when one is configured, and a graceful
-//! shutdown that deregisters at once and gives open streams a grace period to finish.
+//! shutdown through the host's `Lifecycle`: NOT_SERVING and deregistered at once, new
+//! streams refused UNAVAILABLE, open streams given the grace period, then ended
+//! UNAVAILABLE, and only then the server closed. It must never cut an open stream
+//! before the grace period is over.
 
 use std::{future::Future, pin::pin, time::Duration};
 
@@ -40,8 +43,9 @@ impl Default for ServeOptions {
 }
 
 /// Serves `host` on `listener` until `shutdown` resolves. Then: health NOT_SERVING,
-/// STOPPING reported and the host deregistered, no new streams, open streams drained
-/// within the grace period and ended UNAVAILABLE after it.
+/// STOPPING reported and the host deregistered, new `Process` streams refused at once
+/// with UNAVAILABLE (reason `DRAINING`), open streams drained within the grace period and
+/// ended UNAVAILABLE (reason `SHUTTING_DOWN`) after it; then the server closes.
 pub async fn serve(
     host: ProcessorHost,
     options: ServeOptions,
@@ -69,7 +73,10 @@ pub async fn serve(
         "processor host serving"
     );
 
+    // `stop`: the shutdown has started (or the server failed); `close`: the drain is over
+    // and the server may stop accepting and close its connections.
     let stop = CancellationToken::new();
+    let close = CancellationToken::new();
     let watch_shutdown = async {
         tokio::select! {
             () = shutdown => {
@@ -84,26 +91,33 @@ pub async fn serve(
             registration.run(stop.clone()).await;
         }
     };
+    let health = server.health();
     let grace = options.grace_period;
+    let drain = async {
+        stop.cancelled().await;
+        // Connections stay open while draining, so a new stream meets the host's own
+        // UNAVAILABLE (naming the drain) instead of a transport error.
+        flowplane_grpc::server::set_not_serving(&health, SERVICE_NAME).await;
+        let left = host.drain(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                open_streams = left,
+                "grace period over, ended open streams UNAVAILABLE"
+            );
+        }
+        close.cancel();
+    };
     let serving = async {
-        let mut serve = pin!(server.serve(listener, stop.clone().cancelled_owned()));
-        let grace_over = async {
-            stop.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
+        let mut serve = pin!(server.serve(listener, close.clone().cancelled_owned()));
         let result = tokio::select! {
             result = &mut serve => result,
-            () = grace_over => {
-                tracing::warn!(active_streams = host.stats().active_streams(), "grace period over, ending open streams");
-                host.abort_streams();
-                match tokio::time::timeout(AFTER_ABORT, &mut serve).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!("server did not close after the grace period; leaving it");
-                        Ok(())
-                    }
+            () = drain => match tokio::time::timeout(AFTER_ABORT, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("server did not close after the grace period; leaving it");
+                    Ok(())
                 }
-            }
+            },
         };
         // A server that failed by itself takes the lifecycle down with it.
         stop.cancel();

@@ -540,6 +540,26 @@ async fn a_panic_fails_only_its_own_stream() {
 }
 
 #[tokio::test]
+async fn a_panic_amid_chunks_in_flight_answers_those_before_it_first() {
+    let server = Server::start(Duration::from_secs(5)).await;
+    let stream = server.open("test.upper", json!({})).await;
+    let (tx, mut rx) = stream.split();
+    let tx = tx.unwrap();
+    // Sent without waiting, so the host may take them in one trip to the blocking pool.
+    for (i, t) in ["a", "b", "panic", "c"].into_iter().enumerate() {
+        tx.send(chunk(i as u64, "", text(t))).await.unwrap();
+    }
+    assert_eq!(output_text(&rx.result().await.unwrap().unwrap()), "A");
+    assert_eq!(output_text(&rx.result().await.unwrap().unwrap()), "B");
+    let status = rx.result().await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(
+        status.message(),
+        "processor \"test.upper\" panicked at sequence 2: asked to panic"
+    );
+}
+
+#[tokio::test]
 async fn state_belongs_to_one_stream() {
     let server = Server::start(Duration::from_secs(5)).await;
     let mut first = server.open("test.upper", json!({})).await;

@@ -1,12 +1,13 @@
 //! The lifecycle against a scripted control plane on 127.0.0.1: retry until it answers,
-//! heartbeats with metrics and honest status, registering again on NOT_FOUND, STOPPING
+//! heartbeats with metrics and honest status, registering again on NOT_FOUND and on a
+//! lease mismatch, refusals logged once and retried only at the longest backoff, STOPPING
 //! then deregistration on shutdown, and open streams untouched by a control plane outage.
 //! The real control plane is exercised in tests/tests/processor_lifecycle.rs.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use flowplane_grpc::{auth::check_bearer, config::ClientArgs, server::GrpcServer};
@@ -39,6 +40,12 @@ struct Seen {
     heartbeats: Vec<cp::ProcessorHeartbeatRequest>,
     deregistrations: Vec<cp::DeregisterRequest>,
     live: Vec<String>,
+    /// When each register call arrived, refused or not.
+    attempts: Vec<Instant>,
+    /// Register calls are answered with these, first to last, before any is accepted.
+    refusals: Vec<Status>,
+    /// While set, heartbeats are refused as a lease mismatch; a registration clears it.
+    revoked: bool,
 }
 
 #[derive(Clone, Default)]
@@ -59,6 +66,15 @@ impl FakeControlPlane {
     fn forget_everyone(&self) {
         self.seen.lock().unwrap().live.clear();
     }
+    fn attempts(&self) -> Vec<Instant> {
+        self.seen.lock().unwrap().attempts.clone()
+    }
+    fn refuse(&self, refusals: Vec<Status>) {
+        self.seen.lock().unwrap().refusals = refusals;
+    }
+    fn revoke_leases(&self) {
+        self.seen.lock().unwrap().revoked = true;
+    }
 }
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
@@ -76,6 +92,11 @@ impl ControlPlaneService for FakeControlPlane {
         check_bearer(request.metadata(), TOKEN)?;
         let request = request.into_inner();
         let mut seen = self.seen.lock().unwrap();
+        seen.attempts.push(Instant::now());
+        if !seen.refusals.is_empty() {
+            return Err(seen.refusals.remove(0));
+        }
+        seen.revoked = false;
         let id = if request.processor_id.is_empty() {
             format!("assigned-{}", seen.registrations.len() + 1)
         } else {
@@ -103,6 +124,11 @@ impl ControlPlaneService for FakeControlPlane {
         let mut seen = self.seen.lock().unwrap();
         let known = seen.live.contains(&request.processor_id);
         seen.heartbeats.push(request);
+        if seen.revoked {
+            return Err(Status::permission_denied(
+                "lease_token: does not match the lease of component",
+            ));
+        }
         if !known {
             return Err(Status::not_found("no such processor"));
         }
@@ -203,6 +229,21 @@ struct Host {
 }
 
 async fn start_host(control_plane: SocketAddr, max_streams: usize) -> Host {
+    start_host_with(
+        control_plane,
+        max_streams,
+        Duration::from_millis(20),
+        Duration::from_millis(100),
+    )
+    .await
+}
+
+async fn start_host_with(
+    control_plane: SocketAddr,
+    max_streams: usize,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+) -> Host {
     let host = ProcessorHost::builder("test-host")
         .max_streams(max_streams)
         .processor::<Echo>()
@@ -212,8 +253,8 @@ async fn start_host(control_plane: SocketAddr, max_streams: usize) -> Host {
     let addr = listener.local_addr().unwrap();
     let mut registration = RegistrationConfig::new(control_plane.to_string());
     registration.join_token = Some(TOKEN.into());
-    registration.initial_backoff = Duration::from_millis(20);
-    registration.max_backoff = Duration::from_millis(100);
+    registration.initial_backoff = initial_backoff;
+    registration.max_backoff = max_backoff;
     registration.metadata.insert("zone".into(), "test".into());
     let options = ServeOptions {
         registration: Some(registration),
@@ -425,4 +466,130 @@ async fn a_control_plane_outage_never_stops_open_streams() {
     drop((stream, fresh));
     host.stop.cancel();
     host.task.await.unwrap().unwrap();
+}
+
+/// Log lines written by the tests' subscriber.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+// The default current-thread runtime runs the host on this thread, so the thread-local
+// subscriber sees its logs.
+#[tokio::test]
+async fn transient_failures_back_off_quickly_and_refusals_only_at_the_max_once_logged() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fake = FakeControlPlane::default();
+    fake.refuse(vec![
+        Status::unavailable("starting"),
+        Status::unavailable("starting"),
+        Status::unauthenticated("join token required: wrong token"),
+        Status::unauthenticated("join token required: wrong token"),
+        Status::unauthenticated("join token required: wrong token"),
+    ]);
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let max = Duration::from_millis(300);
+    let host = start_host_with(cp_addr, 100, Duration::from_millis(5), max).await;
+    wait_until(
+        "the refusals to run out and the host to register",
+        || async { host.host.host_id() == "assigned-1" },
+    )
+    .await;
+    let attempts = fake.attempts();
+    assert_eq!(attempts.len(), 6);
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    // After UNAVAILABLE: jittered delays from 5 ms, at most 3x the previous one.
+    assert!(gaps[0] < Duration::from_millis(200), "{gaps:?}");
+    assert!(gaps[1] < Duration::from_millis(200), "{gaps:?}");
+    // After UNAUTHENTICATED: only every max_backoff.
+    for gap in &gaps[2..] {
+        assert!(*gap >= max, "{gaps:?}");
+    }
+    assert_eq!(
+        logs.count("refused this host's registration; check the join token"),
+        1,
+        "one error for three identical refusals"
+    );
+    assert_eq!(logs.count("registration failed, retrying"), 2);
+    host.stop.cancel();
+    host.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_lease_mismatch_on_heartbeat_registers_again_presenting_the_old_lease() {
+    let fake = FakeControlPlane::default();
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let host = start_host(cp_addr, 100).await;
+    wait_until("a heartbeat", || {
+        let fake = fake.clone();
+        async move { !fake.heartbeats().is_empty() }
+    })
+    .await;
+    fake.revoke_leases();
+    let again = wait_for("a second registration", || {
+        let fake = fake.clone();
+        async move { fake.registrations().get(1).cloned() }
+    })
+    .await;
+    assert_eq!(again.processor_id, "assigned-1");
+    assert_eq!(again.lease_token, "lease-of-assigned-1");
+    // Heartbeats go on, accepted, after the registration.
+    let beats = fake.heartbeats().len();
+    wait_until("heartbeats after registering again", || async {
+        fake.heartbeats().len() > beats + 2
+    })
+    .await;
+    host.stop.cancel();
+    host.task.await.unwrap().unwrap();
+    assert_eq!(fake.deregistrations()[0].component_id, "assigned-1");
+}
+
+#[tokio::test]
+async fn a_taken_processor_id_is_refused_not_hammered() {
+    let fake = FakeControlPlane::default();
+    fake.refuse(vec![
+        Status::already_exists(
+            "processor_id: \"p\" is already registered"
+        );
+        50
+    ]);
+    let listener = local_listener().await;
+    let cp_addr = listener.local_addr().unwrap();
+    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let max = Duration::from_millis(200);
+    let host = start_host_with(cp_addr, 100, Duration::from_millis(1), max).await;
+    wait_until("three attempts", || async { fake.attempts().len() >= 3 }).await;
+    let attempts = fake.attempts();
+    assert!(attempts[1] - attempts[0] >= max && attempts[2] - attempts[1] >= max);
+    host.stop.cancel();
+    host.task.await.unwrap().unwrap();
+    assert!(fake.deregistrations().is_empty(), "never registered");
 }

@@ -865,3 +865,81 @@ async fn unknown_processors_and_oversized_chunks_have_documented_codes() {
     drop(stream);
     running.stop().await;
 }
+
+/// No chunk can make a built-in allocate past the payload limit: each such chunk gets an
+/// error naming the field and sequence, and the same stream goes on as if it had not come.
+#[tokio::test]
+async fn chunks_that_would_explode_are_refused_and_the_stream_goes_on() {
+    let running = Running::start(Config::default()).await;
+    let mut resample = running
+        .open("audio.resample", json!({"target_rate": 768_000}))
+        .await;
+    let before = one(&mut resample, 1, "", i16_audio(&[0, 800], 8000, 1)).await;
+    assert_eq!(i16_samples(only(&before).1).len(), 97);
+    // 1 MiB of audio at 1 Hz to 768 kHz: 1.6 TB if it were built.
+    let absurd = one(&mut resample, 2, "", i16_audio(&vec![0; 512 * 1024], 1, 1)).await;
+    let (code, reason, field, message) = error(&absurd);
+    assert_eq!(
+        (code, reason, field),
+        (
+            INVALID_ARGUMENT,
+            "RATIO_TOO_LARGE",
+            "chunk.buffer.audio.sample_rate"
+        )
+    );
+    assert_eq!(
+        message,
+        "sequence 2: audio.sample_rate 1 Hz to target_rate 768000 Hz upsamples more than 96 times; check audio.sample_rate"
+    );
+    // A sane ratio, but 1 MiB at once would be 100 MB out.
+    let huge = one(
+        &mut resample,
+        3,
+        "",
+        i16_audio(&vec![0; 512 * 1024], 8000, 1),
+    )
+    .await;
+    let (code, reason, field, message) = error(&huge);
+    assert_eq!(
+        (code, reason, field),
+        (
+            Code::ResourceExhausted as i32,
+            "OUTPUT_TOO_LARGE",
+            "chunk.buffer.audio.samples"
+        )
+    );
+    assert!(
+        message.starts_with("sequence 3: 524288 frames at 8000 Hz"),
+        "{message}"
+    );
+    // The next chunk continues from the last accepted one, interpolating from 800.
+    let after = one(&mut resample, 4, "", i16_audio(&[1600], 8000, 1)).await;
+    let samples = i16_samples(only(&after).1);
+    assert_eq!(samples.len(), 96);
+    assert_eq!((samples[0], samples[47], samples[95]), (808, 1200, 1600));
+
+    // Upper-casing U+0390 triples its bytes: 3 MiB in would be 9 MiB out.
+    let mut upper = running
+        .open("text.transform", json!({"mode": "upper"}))
+        .await;
+    let big = "\u{390}".repeat(3 * 1024 * 1024 / 2);
+    let refused = one(&mut upper, 1, "", text(&big)).await;
+    let (code, reason, field, _) = error(&refused);
+    assert_eq!(
+        (code, reason, field),
+        (
+            Code::ResourceExhausted as i32,
+            "OUTPUT_TOO_LARGE",
+            "chunk.buffer.text.text"
+        )
+    );
+    let Payload::Text(ok) = only(&one(&mut upper, 2, "", text("still here")).await)
+        .1
+        .clone()
+    else {
+        panic!("not text")
+    };
+    assert_eq!(ok.text, "STILL HERE");
+    drop((resample, upper));
+    running.stop().await;
+}

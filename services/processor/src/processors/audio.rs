@@ -1,21 +1,29 @@
 //! The audio processors: `audio.gain`, `audio.resample`, `audio.level` and
 //! `audio.dynamic_gain`. Samples are decoded to f64 in [-1, 1) (integers divided by
 //! their full scale, a power of two, so the round trip is exact); integer output is
-//! rounded half away from zero and clipped, float output is never clipped.
+//! rounded half away from zero and clipped, float output is never clipped. No chunk may
+//! make a processor allocate beyond what it will send: `audio.resample` checks its ratio
+//! and its output size before it allocates, and refuses the chunk otherwise.
 
 use flowplane_sdk::{
     Capability, Input, Output, Param, ParamError, Params, ProcessError, Processor,
-    payload::{audio_layout, decode_audio, encode_audio},
+    payload::{AudioLayout, audio_layout, decode_audio, encode_audio},
     proto::data::v1::{AudioBuffer, AudioFormat, DataTypeHint, data_buffer::Payload},
 };
 use serde_json::{Value, json};
 
-use super::{INVALID_REQUEST, json_payload, parse_json};
+use super::{INVALID_REQUEST, OUTPUT_TOO_LARGE, json_payload, parse_json};
 
 /// Largest gain magnitude accepted, in dB: beyond it a value is surely a mistake.
 pub const MAX_GAIN_DB: f64 = 120.0;
 /// Highest target sample rate accepted by `audio.resample`.
 pub const MAX_SAMPLE_RATE: u64 = 768_000;
+/// Largest upsampling factor `audio.resample` accepts: 8 kHz telephony to the highest
+/// target rate. Beyond it an input `sample_rate` is surely wrong (1 Hz to 768 kHz would
+/// turn every input frame into 768000).
+pub const MAX_UPSAMPLE_RATIO: u64 = 96;
+/// Reason of an audio chunk whose sample rate is too low for the target rate.
+pub const RATIO_TOO_LARGE: &str = "RATIO_TOO_LARGE";
 
 fn expect_audio(payload: Payload) -> Result<AudioBuffer, ProcessError> {
     match payload {
@@ -277,6 +285,9 @@ impl Processor for Resample {
                 && s.channels == layout.channels
                 && s.format == layout.format
         });
+        // Checked before any state changes, so a refused chunk leaves the stream as if it
+        // had not been sent.
+        self.check_output(&layout, fresh)?;
         if fresh {
             self.state = Some(ResampleState {
                 rate: layout.sample_rate,
@@ -309,6 +320,62 @@ impl Processor for Resample {
     }
 }
 
+impl Resample {
+    /// Refuses a chunk whose output would exceed MAX_PAYLOAD_BYTES or whose rate is
+    /// absurdly low for the target, before anything is allocated for it.
+    fn check_output(&self, layout: &AudioLayout, fresh: bool) -> Result<(), ProcessError> {
+        let (rate, target) = (u64::from(layout.sample_rate), u64::from(self.target));
+        if target > rate.saturating_mul(MAX_UPSAMPLE_RATIO) {
+            return Err(ProcessError::invalid(
+                RATIO_TOO_LARGE,
+                "chunk.buffer.audio.sample_rate",
+                format!(
+                    "audio.sample_rate {rate} Hz to target_rate {target} Hz upsamples more than {MAX_UPSAMPLE_RATIO} times; check audio.sample_rate"
+                ),
+            ));
+        }
+        let (consumed, produced) = match (&self.state, fresh) {
+            (Some(state), false) => (state.consumed, state.produced),
+            _ => (0, 0),
+        };
+        let frames = output_frames(
+            consumed,
+            produced,
+            layout.frames as u64,
+            layout.sample_rate,
+            self.target,
+        );
+        let bytes = frames
+            .saturating_mul(layout.channels as u128)
+            .saturating_mul(layout.bytes_per_sample as u128);
+        let limit = flowplane_grpc::MAX_PAYLOAD_BYTES;
+        if bytes > limit as u128 {
+            return Err(ProcessError::new(
+                tonic::Code::ResourceExhausted,
+                OUTPUT_TOO_LARGE,
+                format!(
+                    "{} frames at {rate} Hz resample to {frames} frames at {target} Hz, {bytes} bytes, over the limit of {limit} bytes per chunk (MAX_PAYLOAD_BYTES); send shorter chunks",
+                    layout.frames
+                ),
+            )
+            .with_field("chunk.buffer.audio.samples"));
+        }
+        Ok(())
+    }
+}
+
+/// Output frames a chunk of `frames` input frames yields, `consumed` input and `produced`
+/// output frames into the stream. Output k needs input frame ceil(k x rate / target), so
+/// the chunk completes every k up to (consumed + frames - 1) x target / rate.
+fn output_frames(consumed: u64, produced: u64, frames: u64, rate: u32, target: u32) -> u128 {
+    if frames == 0 {
+        return 0;
+    }
+    let end = u128::from(consumed + frames - 1);
+    let last = end * u128::from(target) / u128::from(rate);
+    (last + 1).saturating_sub(u128::from(produced))
+}
+
 impl ResampleState {
     /// Resamples one chunk of interleaved samples, returning interleaved output.
     fn resample(&mut self, samples: &[f64], target: u32) -> Vec<f64> {
@@ -318,9 +385,10 @@ impl ResampleState {
             return Vec::new();
         }
         let end = self.consumed + frames - 1; // global index of this chunk's last frame
+        let expected = output_frames(self.consumed, self.produced, frames, self.rate, target);
         let (rate, target) = (u128::from(self.rate), u128::from(target));
-        let mut out =
-            Vec::with_capacity(((frames as u128 * target / rate) as usize + 2) * channels);
+        // `process` has bounded `expected` by MAX_PAYLOAD_BYTES before calling.
+        let mut out = Vec::with_capacity(expected as usize * channels);
         let sample = |index: u64, channel: usize| -> f64 {
             if index < self.consumed {
                 self.last[channel]
@@ -410,6 +478,76 @@ mod tests {
         assert_eq!(got, expected);
         // 4800 frames at 48 kHz reach position 4799; outputs 0..=4409 fit (4409 * 48000 / 44100 = 4799.0...).
         assert_eq!(expected.len(), 4410);
+    }
+
+    #[test]
+    fn predicted_output_frames_are_exact() {
+        for (rate, target) in [
+            (2, 4),
+            (3, 2),
+            (48000, 44100),
+            (44100, 48000),
+            (1, 96),
+            (7, 5),
+        ] {
+            let mut s = state(rate, 1);
+            for frames in [1u64, 2, 5, 13, 1, 100, 3] {
+                let predicted = output_frames(s.consumed, s.produced, frames, rate, target);
+                let out = s.resample(&vec![0.25; frames as usize], target);
+                assert_eq!(
+                    predicted,
+                    out.len() as u128,
+                    "{rate} -> {target}, {frames} frames"
+                );
+            }
+        }
+    }
+
+    fn resample_chunk(target: u32, audio: AudioBuffer) -> Result<Vec<Output>, ProcessError> {
+        let params = Params::from_json(
+            json!({ "target_rate": target })
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let mut resample = Resample::create(&params).unwrap();
+        resample.process(Input {
+            port: "audio",
+            sequence: 1,
+            payload: Payload::Audio(audio),
+        })
+    }
+
+    fn i16_mono(frames: usize, rate: u32) -> AudioBuffer {
+        AudioBuffer {
+            samples: vec![0u8; frames * 2].into(),
+            sample_rate: rate,
+            channels: 1,
+            format: AudioFormat::I16le as i32,
+            num_samples: 0,
+        }
+    }
+
+    #[test]
+    fn absurd_ratios_and_huge_outputs_are_refused_before_allocating() {
+        // 1 MiB at 1 Hz to 768 kHz would be 1.6 TB.
+        let error = resample_chunk(768_000, i16_mono(512 * 1024, 1)).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert_eq!(error.reason(), RATIO_TOO_LARGE);
+        assert_eq!(error.field(), "chunk.buffer.audio.sample_rate");
+        // 8 kHz to 768 kHz is allowed, but not for 1 MiB at once (100 MB out).
+        let error = resample_chunk(768_000, i16_mono(512 * 1024, 8000)).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(error.reason(), OUTPUT_TOO_LARGE);
+        assert!(
+            error.message().contains("over the limit of 4194304 bytes"),
+            "{error}"
+        );
+        let fits = resample_chunk(768_000, i16_mono(8000, 8000)).unwrap();
+        let Payload::Audio(out) = &fits[0].payload else {
+            panic!("not audio")
+        };
+        assert_eq!(out.num_samples, 768_000 - 95);
     }
 
     #[test]

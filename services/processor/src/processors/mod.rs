@@ -1,5 +1,8 @@
 //! The built-in processors, one module each. Every one validates its params in `create`
-//! and reports bad input as a per-chunk error naming the field; none may panic on input.
+//! and reports bad input as a per-chunk error naming the field; none may panic on input,
+//! and none may allocate from a size the input claims before checking it: an output
+//! over `flowplane_grpc::MAX_PAYLOAD_BYTES` is refused (RESOURCE_EXHAUSTED,
+//! [`OUTPUT_TOO_LARGE`]) before it is built.
 
 pub mod audio;
 pub mod binary_digest;
@@ -21,6 +24,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const INVALID_JSON: &str = "INVALID_JSON";
 /// Reason of a JSON document that parses but does not say what the processor needs.
 pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+/// Reason of a chunk whose output would exceed `MAX_PAYLOAD_BYTES` (RESOURCE_EXHAUSTED).
+pub const OUTPUT_TOO_LARGE: &str = "OUTPUT_TOO_LARGE";
 
 type Register = fn(HostBuilder) -> HostBuilder;
 
