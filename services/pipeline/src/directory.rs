@@ -16,6 +16,7 @@ use flowplane_grpc::{
     auth::AttachBearer,
     client::{TracedChannel, lazy_traced_channel},
     config::ClientArgs,
+    retry::{self, Backoff, Retry},
 };
 use flowplane_manifest::Capabilities;
 use flowplane_proto::{
@@ -86,28 +87,50 @@ impl Directory {
     pub fn watch(self: &Arc<Self>, address: String, stop: CancellationToken) {
         let directory = self.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let mut refused_with = None;
             loop {
                 let attempt = directory.watch_once(&address);
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return,
                     outcome = attempt => outcome,
                 };
-                match outcome {
-                    Ok(true) => backoff = Duration::from_millis(100),
-                    Ok(false) => {}
-                    Err(status) => tracing::warn!(
-                        control_plane = %address,
-                        code = ?status.code(),
-                        error = %status.message(),
-                        "control plane watch failed, keeping the last view"
-                    ),
-                }
+                let delay = match outcome {
+                    Ok(true) => {
+                        backoff.reset();
+                        refused_with = None;
+                        backoff.next_delay()
+                    }
+                    Ok(false) => backoff.next_delay(),
+                    Err(status) => match retry::classify(&status) {
+                        // A refusal (bad token, bad request) will not fix itself soon: say
+                        // so once, then ask again only at the longest interval.
+                        Retry::Fatal => {
+                            if refused_with.replace(status.code()) != Some(status.code()) {
+                                tracing::error!(
+                                    control_plane = %address,
+                                    code = ?status.code(),
+                                    error = %status.message(),
+                                    "control plane refused the watch (check --token); keeping the last view"
+                                );
+                            }
+                            backoff.max()
+                        }
+                        Retry::Transient => {
+                            tracing::warn!(
+                                control_plane = %address,
+                                code = ?status.code(),
+                                error = %status.message(),
+                                "control plane watch failed, keeping the last view"
+                            );
+                            backoff.next_delay()
+                        }
+                    },
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
     }

@@ -74,6 +74,9 @@ const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50071);
 
 fn config(cli: &Cli) -> anyhow::Result<Config> {
+    if cli.node_timeout.is_zero() {
+        anyhow::bail!("--node-timeout must be more than 0");
+    }
     let config = Config {
         control_plane: cli.control_plane.clone(),
         client: cli.client.clone(),

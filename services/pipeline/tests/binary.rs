@@ -20,6 +20,9 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
             (&["--session-window", "none"], &[], "--session-window"),
             (&["--session-window-mib", "1"], &[], "--session-window-mib"),
             (&["--idle-timeout-secs", "0"], &[], "--idle-timeout-secs"),
+            (&["--node-timeout", "soon"], &[], "--node-timeout"),
+            (&["--node-timeout", "0s"], &[], "--node-timeout"),
+            (&["--memory-budget-mib", "1"], &[], "--memory-budget-mib"),
             (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
             (
                 &[
@@ -51,6 +54,10 @@ fn help_lists_the_settings_and_their_environment_variables() {
             "--max-sessions",
             "--session-window",
             "--idle-timeout-secs",
+            "--node-timeout",
+            "FLOWPLANE_NODE_TIMEOUT",
+            "--memory-budget-mib",
+            "FLOWPLANE_MEMORY_BUDGET_MIB",
             "--chunk-span-every",
             "--grace-period-secs",
             "--log-format",

@@ -64,6 +64,8 @@ pub struct Config {
     pub grace_period: Duration,
     /// Open streams above which the host reports DEGRADED.
     pub max_streams: usize,
+    /// Processor calls run at once over all streams (the blocking pool's share).
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             tls: None,
             grace_period: Duration::from_secs(10),
             max_streams: 1024,
+            max_concurrent_calls: 64,
         }
     }
 }
@@ -98,6 +101,11 @@ impl Config {
         }
         if self.max_streams == 0 {
             return Err(Error::Config("--max-streams must be at least 1".into()));
+        }
+        if self.max_concurrent_calls == 0 {
+            return Err(Error::Config(
+                "--max-concurrent-calls must be at least 1".into(),
+            ));
         }
         if self.id.as_deref().is_some_and(str::is_empty) {
             return Err(Error::Config("--id must not be empty".into()));
@@ -120,7 +128,8 @@ impl Config {
     pub fn host(&self) -> Result<ProcessorHost> {
         let mut builder = HostBuilder::new(&self.name)
             .version(env!("CARGO_PKG_VERSION"))
-            .max_streams(self.max_streams);
+            .max_streams(self.max_streams)
+            .max_concurrent_calls(self.max_concurrent_calls);
         if let Some(id) = &self.id {
             builder = builder.host_id(id);
         }

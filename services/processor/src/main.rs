@@ -66,6 +66,16 @@ struct Args {
     )]
     max_streams: usize,
 
+    /// Processor calls run at once over all streams, off the async workers; more wait
+    /// and their streams stop reading (backpressure).
+    #[arg(
+        long,
+        env = "FLOWPLANE_MAX_CONCURRENT_CALLS",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    max_concurrent_calls: usize,
+
     /// Label registered with the host, KEY=VALUE; repeat or separate with commas.
     #[arg(long = "label", env = "FLOWPLANE_LABELS", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -100,6 +110,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         tls: args.serve.server_tls()?,
         grace_period: args.grace_period,
         max_streams: args.max_streams,
+        max_concurrent_calls: args.max_concurrent_calls,
     };
     config.validate()?;
     Ok(config)

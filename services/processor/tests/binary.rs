@@ -34,6 +34,11 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
             ),
             (&["--grace-period", "soon"], &[], "--grace-period"),
             (&["--max-streams", "0"], &[], "--max-streams"),
+            (
+                &["--max-concurrent-calls", "0"],
+                &[],
+                "--max-concurrent-calls",
+            ),
             (&["--control-plane", "not a uri"], &[], "--control-plane"),
             (&["--label", "novalue"], &[], "--label"),
             (&["--join-token", "has space"], &[], "--join-token"),
@@ -59,6 +64,8 @@ fn help_lists_the_settings_and_their_environment_variables() {
             "--processors",
             "--grace-period",
             "--max-streams",
+            "--max-concurrent-calls",
+            "FLOWPLANE_MAX_CONCURRENT_CALLS",
         ],
     );
 }
