@@ -90,10 +90,11 @@ impl Rig {
 
     async fn healthy_neighbour_completes(&self) {
         let mut client = self.pipe.client().await;
-        let outcome = tokio::time::timeout(SLACK, full_session(&mut client, &self.good_manifest, 50))
-            .await
-            .expect("a healthy session beside the misbehaving one finishes")
-            .expect("a healthy session beside the misbehaving one opens");
+        let outcome =
+            tokio::time::timeout(SLACK, full_session(&mut client, &self.good_manifest, 50))
+                .await
+                .expect("a healthy session beside the misbehaving one finishes")
+                .expect("a healthy session beside the misbehaving one opens");
         assert_complete_in_order(&outcome, 50);
     }
 }
@@ -215,14 +216,20 @@ async fn a_node_burning_cpu_past_the_node_timeout_ends_only_its_session() {
 async fn a_vanishing_instance_fails_over_to_a_healthy_one_and_loses_nothing() {
     bounded(async {
         let cp = control_plane(Duration::from_secs(3)).await;
-        let flaky = fake_with(FakeConfig::new(cp.url(), "vanishing", Mode::Vanish).processor("fake.flaky")).await;
+        let flaky =
+            fake_with(FakeConfig::new(cp.url(), "vanishing", Mode::Vanish).processor("fake.flaky"))
+                .await;
         let pipe = Pipeline::start(&cp.url(), limits()).await;
         let manifest = one_node("fake.flaky");
         pipe.wait_until_runnable(&manifest).await;
         let mut client = pipe.client().await;
-        let mut session = Session::open(&mut client, init(manifest.clone())).await.unwrap();
+        let mut session = Session::open(&mut client, init(manifest.clone()))
+            .await
+            .unwrap();
         assert_eq!(session.ready.nodes[0].instance_id, "vanishing");
-        let spare = fake_with(FakeConfig::new(cp.url(), "spare", Mode::Healthy).processor("fake.flaky")).await;
+        let spare =
+            fake_with(FakeConfig::new(cp.url(), "spare", Mode::Healthy).processor("fake.flaky"))
+                .await;
         // The vanishing instance carries our session, so least-loaded picking tries the
         // spare as soon as the pipeline's view has it.
         let probe_client = pipe.client().await;
@@ -295,7 +302,10 @@ async fn a_client_cancelling_while_the_node_never_reads_is_released_within_a_sec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_cancelling_while_the_node_burns_cpu_is_released_within_a_second() {
-    bounded(cancel_mid_session(Mode::BurnCpu(Duration::from_millis(300)))).await;
+    bounded(cancel_mid_session(Mode::BurnCpu(Duration::from_millis(
+        300,
+    ))))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

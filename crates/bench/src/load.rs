@@ -888,7 +888,12 @@ pub async fn sessions_on_one_channel(
         }
     };
     let tasks: Vec<_> = (0..sessions)
-        .map(|_| tokio::spawn(tokio::time::timeout(limit, one(target.clone(), channel.clone(), kind.clone()))))
+        .map(|_| {
+            tokio::spawn(tokio::time::timeout(
+                limit,
+                one(target.clone(), channel.clone(), kind.clone()),
+            ))
+        })
         .collect();
     for task in tasks {
         let failure = match task.await {

@@ -296,7 +296,10 @@ async fn register(
             () = stop.cancelled() => break,
             sent = client.processor_heartbeat(heartbeat) => sent,
         };
-        if let Some(asked) = sent.ok().and_then(|r| interval(r.into_inner().heartbeat_interval)) {
+        if let Some(asked) = sent
+            .ok()
+            .and_then(|r| interval(r.into_inner().heartbeat_interval))
+        {
             every = asked.max(Duration::from_millis(10));
         }
         tokio::select! {
@@ -323,7 +326,8 @@ struct Fake {
 }
 
 type Tx = mpsc::Sender<Result<ProcessResponse, Status>>;
-type ResponseStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessResponse, Status>> + Send>>;
+type ResponseStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ProcessorService for Fake {

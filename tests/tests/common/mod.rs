@@ -172,18 +172,21 @@ pub async fn fake_with(config: FakeConfig) -> FakeProcessor {
         .await
         .unwrap();
     let cp = flowplane_proto::controlplane::v1::control_plane_service_client::ControlPlaneServiceClient::new(channel);
-    wait_until(&format!("the control plane to list {id} as healthy"), || {
-        let mut cp = cp.clone();
-        let id = id.clone();
-        async move {
-            cp.list_components(ListComponentsRequest {
-                status: flowplane_proto::common::v1::HealthStatus::Healthy as i32,
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().components.iter().any(|c| c.id == id))
-        }
-    })
+    wait_until(
+        &format!("the control plane to list {id} as healthy"),
+        || {
+            let mut cp = cp.clone();
+            let id = id.clone();
+            async move {
+                cp.list_components(ListComponentsRequest {
+                    status: flowplane_proto::common::v1::HealthStatus::Healthy as i32,
+                    ..Default::default()
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().components.iter().any(|c| c.id == id))
+            }
+        },
+    )
     .await;
     fake
 }
@@ -217,7 +220,11 @@ pub fn assert_complete_in_order(outcome: &Outcome, n: u64) {
     );
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     let sequences: Vec<u64> = outcome.results.iter().map(|r| r.input_sequence).collect();
-    assert_eq!(sequences, (0..n).collect::<Vec<_>>(), "every result once, in order");
+    assert_eq!(
+        sequences,
+        (0..n).collect::<Vec<_>>(),
+        "every result once, in order"
+    );
     assert_results_are_echoes(outcome);
     assert!(outcome.closed, "closed was sent");
 }
