@@ -36,10 +36,13 @@ pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// sixteen 64 KiB chunks in flight per stream, more than a localhost round trip needs.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 
-/// Streams one connection may have open at once: four times the 1,000 sessions one
-/// client channel must carry. Further streams wait at the client (h2 queues them) rather
-/// than fail; unread data stays bounded by [`CONNECTION_WINDOW`] whatever the count.
-pub const MAX_CONCURRENT_STREAMS: u32 = 4096;
+/// Streams one connection may have open at once: no limit, deliberately. The pipeline
+/// multiplexes the node stream of every session placed on a host over one connection, so
+/// a limit here would cap the sessions per host, and streams past it wait at the client
+/// for ever (4,096 hung B4's 10,000 idle sessions). Sessions are bounded where that means
+/// something (the pipeline's `max_sessions`, the host's `max_streams`), and unread data by
+/// [`CONNECTION_WINDOW`] whatever the number of streams.
+pub const MAX_CONCURRENT_STREAMS: Option<u32> = None;
 
 /// Streams a client may reset before the server has accepted them (h2's default is 20,
 /// its rapid-reset guard). A client cancelling a burst of sessions it just opened resets
