@@ -104,7 +104,7 @@ where
 }
 
 /// Serves the echo on `listener` until `shutdown` resolves, with the transport settings
-/// `flowplane_grpc::server::GrpcServer` asks for (nodelay, keepalive, adaptive window) and
+/// `flowplane_grpc::server::GrpcServer` asks for (nodelay, keepalive, fixed h2 windows) and
 /// nothing else. Nodelay is set on each accepted socket: tonic ignores
 /// `Server::tcp_nodelay` for a caller-supplied incoming stream.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -112,7 +112,16 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) ->
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .http2_adaptive_window(Some(true))
+        // flowplane's fixed windows and stream limits (see flowplane_grpc::server): with
+        // the adaptive window the echo itself is cut off by h2's small-frame budget
+        // (GOAWAY too_many_data_frames) at 500 streams on one connection in B8.
+        .http2_adaptive_window(Some(false))
+        .initial_connection_window_size(flowplane_grpc::server::CONNECTION_WINDOW)
+        .initial_stream_window_size(flowplane_grpc::server::STREAM_WINDOW)
+        .max_concurrent_streams(flowplane_grpc::server::MAX_CONCURRENT_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(
+            flowplane_grpc::server::MAX_PENDING_ACCEPT_RESET_STREAMS,
+        ))
         .add_service(EchoServer)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

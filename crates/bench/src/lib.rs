@@ -1,5 +1,5 @@
 //! Benchmark harness: flowplane scenarios side by side with raw tonic baselines.
-//! [`run`] executes the scenarios of issue 8 (B1-B7, plus the D1 diagnostic), each with
+//! [`run`] executes the scenarios of issue 8 (B1-B8, plus the D1 diagnostic), each with
 //! bounded counts and times, and returns one report; goals are reported, never asserted.
 
 pub mod echo;
@@ -39,6 +39,8 @@ pub enum Scenario {
     B7,
     /// CPU split per chunk with the services as real processes.
     D1,
+    /// Sessions per client channel until the first failure, and a burst on one channel.
+    B8,
 }
 
 /// What [`run`] needs.
@@ -194,6 +196,16 @@ pub async fn run(config: RunConfig) -> Result<Report> {
             Duration::from_secs(90),
             &mut rows,
             scenarios::d1(p, &bins),
+        )
+        .await;
+    }
+    if wanted(Scenario::B8) {
+        scenario(
+            "B8",
+            "sessions on one client channel until the first failure, and a burst",
+            Duration::from_secs(300),
+            &mut rows,
+            scenarios::b8(p),
         )
         .await;
     }

@@ -830,3 +830,86 @@ mod tests {
         assert!(matches!(legacy.request, Some(Request::AudioChunk(ref a)) if a.sequence == 7));
     }
 }
+
+/// What `sessions` concurrent sessions sharing one client channel did (B8).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ChannelStep {
+    /// Sessions started at once on the channel.
+    pub sessions: usize,
+    /// Sessions that got every result and ended cleanly.
+    pub ok: usize,
+    /// Sessions that failed (open, a result missing, an error, the connection lost).
+    pub failed: usize,
+    /// Wall time of the step, seconds.
+    pub seconds: f64,
+    /// The first failure seen.
+    pub first_failure: Option<String>,
+}
+
+/// Starts `sessions` sessions at once on ONE channel; each queues its init and `chunks`
+/// chunks at once (so they sit unread while the session opens), half-closes, and must
+/// get `chunks` results before its stream ends. Bounded by `limit` for the whole step.
+pub async fn sessions_on_one_channel(
+    target: &Target,
+    sessions: usize,
+    chunks: u64,
+    kind: &ChunkKind,
+    limit: Duration,
+) -> ChannelStep {
+    let started = Instant::now();
+    let mut step = ChannelStep {
+        sessions,
+        ..Default::default()
+    };
+    let channel = match connect(target.addr()).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            step.failed = sessions;
+            step.first_failure = Some(error.to_string());
+            return step;
+        }
+    };
+    let one = |target: Target, channel: tonic::transport::Channel, kind: ChunkKind| async move {
+        let mut responses = open_stream(&target, channel, &kind, stream::iter(0..chunks)).await?;
+        let mut results = 0;
+        loop {
+            match responses.next().await {
+                Ok(Some(Seen::Result(_))) => results += 1,
+                Ok(Some(Seen::Error)) => return Err(Error::Setup("a chunk error".into())),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(status) => return Err(Error::rpc("stream", status)),
+            }
+        }
+        if results == chunks {
+            Ok(())
+        } else {
+            Err(Error::Setup(format!("{results} of {chunks} results")))
+        }
+    };
+    let tasks: Vec<_> = (0..sessions)
+        .map(|_| {
+            tokio::spawn(tokio::time::timeout(
+                limit,
+                one(target.clone(), channel.clone(), kind.clone()),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        let failure = match task.await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(error))) => Some(error.to_string()),
+            Ok(Err(_)) => Some(format!("not done within {limit:?}")),
+            Err(join) => Some(format!("session task: {join}")),
+        };
+        match failure {
+            None => step.ok += 1,
+            Some(failure) => {
+                step.failed += 1;
+                step.first_failure.get_or_insert(failure);
+            }
+        }
+    }
+    step.seconds = started.elapsed().as_secs_f64();
+    step
+}

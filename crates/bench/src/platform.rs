@@ -39,7 +39,7 @@ fn free_port() -> Result<SocketAddr> {
         .map_err(|e| Error::io("local address", e))
 }
 
-/// A connected channel with flowplane's client settings (nodelay, keepalive, adaptive window).
+/// A connected channel with flowplane's client settings (nodelay, keepalive, fixed h2 windows).
 pub async fn connect(addr: SocketAddr) -> Result<Channel> {
     let url = format!("http://{addr}");
     let endpoint = flowplane_grpc::client::endpoint(&url, &Default::default()).map_err(|e| {

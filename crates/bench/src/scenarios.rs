@@ -1,4 +1,4 @@
-//! Scenarios B1-B7 of issue 8 and the D1 diagnostic, each producing report rows with its
+//! Scenarios B1-B8 of issue 8 and the D1 diagnostic, each producing report rows with its
 //! figure next to the raw tonic baseline. A scenario sets up what it measures, runs with
 //! bounded counts and times, and tears everything down; it never asserts a goal.
 
@@ -59,6 +59,12 @@ pub struct Profile {
     pub b7: (usize, u64, u64),
     /// D1: 100 B and 64 KiB chunks per run with services as processes.
     pub d1: (u64, u64),
+    /// B8: session counts on one client channel to step through, chunks per session.
+    pub b8_steps: Vec<usize>,
+    /// B8: chunks per session.
+    pub b8_chunks: u64,
+    /// B8: sessions opened at once on one channel in the burst.
+    pub b8_burst: usize,
 }
 
 impl Profile {
@@ -77,6 +83,9 @@ impl Profile {
             b6: (3, 30_000),
             b7: (2, 5_000, 100),
             d1: (100_000, 10_000),
+            b8_steps: vec![100, 250, 500, 1000],
+            b8_chunks: 20,
+            b8_burst: 1000,
         }
     }
 
@@ -95,6 +104,9 @@ impl Profile {
             b6: (1, 3_000),
             b7: (1, 500, 50),
             d1: (5_000, 500),
+            b8_steps: vec![20, 50],
+            b8_chunks: 5,
+            b8_burst: 50,
         }
     }
 }
@@ -1156,4 +1168,106 @@ pub async fn d1(profile: &Profile, bins: &Binaries) -> Result<Vec<Row>> {
     .await;
     processes.kill().await;
     result
+}
+
+/// B8: steps up the sessions sharing one client channel until a step has a failure.
+async fn b8_search(
+    label: &str,
+    target: &Target,
+    steps: &[usize],
+    chunks: u64,
+) -> (Vec<load::ChannelStep>, usize) {
+    let kind = ChunkKind::binary(100);
+    let mut done = Vec::new();
+    let mut best = 0;
+    for &n in steps {
+        let step =
+            load::sessions_on_one_channel(target, n, chunks, &kind, Duration::from_secs(60)).await;
+        eprintln!(
+            "[bench] B8 {label}: {n} sessions on one channel: {} ok, {} failed in {:.1} s",
+            step.ok, step.failed, step.seconds
+        );
+        let failed = step.failed > 0;
+        if !failed {
+            best = n;
+        }
+        done.push(step);
+        if failed {
+            break;
+        }
+    }
+    (done, best)
+}
+
+/// B8: many sessions on ONE client channel (HTTP/2 connection), each sending its chunks
+/// before its node is open: the load that used to end connections with
+/// GOAWAY(ENHANCE_YOUR_CALM, "too_many_data_frames"). Then a burst of sessions opened at
+/// once on one channel and held. The raw bidi echo on one channel is the baseline.
+pub async fn b8(profile: &Profile) -> Result<Vec<Row>> {
+    let top = profile.b8_steps.iter().copied().max().unwrap_or(0);
+    let burst = profile.b8_burst;
+    let platform = InProcess::start(10 * top.max(burst)).await?;
+    let echo = platform::echo_in_process().await?;
+    let manifest = passthrough();
+    platform::wait_runnable(platform.pipeline.addr, &manifest).await?;
+    let flowplane = Target::Pipeline {
+        addr: platform.pipeline.addr,
+        manifest,
+    };
+    let raw = Target::Echo { addr: echo.addr };
+    let chunks = profile.b8_chunks;
+    let (fp_steps, fp_best) = b8_search("flowplane", &flowplane, &profile.b8_steps, chunks).await;
+    let (rw_steps, rw_best) = b8_search("raw echo", &raw, &profile.b8_steps, chunks).await;
+    let fp_burst = load::idle(&flowplane, burst, burst, burst).await;
+    let fp_burst_result = (
+        fp_burst.opened,
+        fp_burst.failures,
+        fp_burst.first_failure.clone(),
+        fp_burst.open_time,
+    );
+    fp_burst.close().await;
+    let rw_burst = load::idle(&raw, burst, burst, burst).await;
+    let rw_burst_result = (rw_burst.opened, rw_burst.failures);
+    rw_burst.close().await;
+    platform.stop().await;
+    echo.stop().await;
+
+    let servers = format!("{IN_PROCESS}; one client channel for all sessions");
+    let mut row = Row::new(
+        "B8",
+        &format!(
+            "N concurrent sessions on ONE client channel, {chunks} x 100 B chunks each sent before ready, [passthrough]"
+        ),
+        &servers,
+        "largest N with every session complete",
+    )
+    .values(fp_best as f64, "raw bidi echo, same N on one channel", rw_best as f64)
+    .goal(&format!("no failure up to N = {top}"), fp_best == top);
+    row.errors = fp_steps.iter().map(|s| s.failed as u64).sum();
+    row.details = json!({
+        "flowplane_steps": fp_steps,
+        "raw_echo_steps": rw_steps,
+    });
+    let (opened, failures, first_failure, open_time) = fp_burst_result;
+    let mut burst_row = Row::new(
+        "B8-burst",
+        &format!("{burst} sessions opened at once on ONE client channel and held, [passthrough]"),
+        &servers,
+        "sessions opened",
+    )
+    .values(
+        opened as f64,
+        "raw echo streams opened",
+        rw_burst_result.0 as f64,
+    )
+    .goal(&format!("all {burst}"), opened == burst);
+    burst_row.errors = failures as u64;
+    burst_row.details = json!({
+        "attempted": burst,
+        "failures": failures,
+        "first_failure": first_failure,
+        "open_seconds": open_time.as_secs_f64(),
+        "raw_echo_failures": rw_burst_result.1,
+    });
+    Ok(vec![row, burst_row])
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::{Error, Result, config::ClientArgs};
+use crate::{
+    Error, Result,
+    config::ClientArgs,
+    server::{CONNECTION_WINDOW, STREAM_WINDOW},
+};
 
 /// Timeout for establishing a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,7 +33,12 @@ pub fn endpoint(address: &str, args: &ClientArgs) -> Result<Endpoint> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
-        .http2_adaptive_window(true);
+        // The server's fixed windows, for the same reason (see `crate::server`): the
+        // adaptive window starts at 64 KiB and with it h2's small-frame budget, which a
+        // channel reading responses of 1,000 sessions would exhaust.
+        .http2_adaptive_window(false)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW);
     if uri.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &args.tls_ca {

@@ -14,6 +14,42 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::Result;
 
+// HTTP/2 settings, chosen for h2 0.4.20's small-DATA-frame budget. h2 charges every
+// non-final DATA frame under 256 bytes (256 - its length) against a per-connection
+// budget until the application reads it; a frame of 256 bytes or more pays back. When
+// the budget runs out h2 ends the whole connection with GOAWAY(ENHANCE_YOUR_CALM,
+// "too_many_data_frames"). The budget is half the connection's receive window, at least
+// 25,600: at the spec's 64 KiB window about 140 unread 20-byte chunks kill a connection,
+// which a few hundred sessions each sending a first chunk before they are read do at once.
+// Both ends use the same windows (the client imports these), so each side can take the
+// same unread load from the other.
+
+/// Receive window of one connection: 32 MiB. The data-frame budget is half of it, 16 MiB,
+/// so about 65,000 unread small frames (65 per session at 1,000 sessions on a connection)
+/// before h2 calls for calm. Memory: a peer may push at most this much unread data per
+/// connection, the same as one session's default byte window (`window_bytes`).
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// Receive window of one stream: 1 MiB. A stream can then hold at most 1 MiB unread,
+/// which at 16 bytes a message (5 of them the gRPC header) is 65,536 frames charging 240
+/// each, 15.7 MB: no single stream can exhaust the 16 MiB budget alone. 1 MiB still keeps
+/// sixteen 64 KiB chunks in flight per stream, more than a localhost round trip needs.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// Streams one connection may have open at once: no limit, deliberately. The pipeline
+/// multiplexes the node stream of every session placed on a host over one connection, so
+/// a limit here would cap the sessions per host, and streams past it wait at the client
+/// for ever (4,096 hung B4's 10,000 idle sessions). Sessions are bounded where that means
+/// something (the pipeline's `max_sessions`, the host's `max_streams`), and unread data by
+/// [`CONNECTION_WINDOW`] whatever the number of streams.
+pub const MAX_CONCURRENT_STREAMS: Option<u32> = None;
+
+/// Streams a client may reset before the server has accepted them (h2's default is 20,
+/// its rapid-reset guard). A client cancelling a burst of sessions it just opened resets
+/// that many at once; 1,024 covers the bench's bursts, and each such stream is only a
+/// header entry until h2 drops it, so the guard still bounds the work a peer can cause.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+
 /// Health, reflection and transport settings shared by every server.
 pub struct GrpcServer {
     health: HealthReporter,
@@ -76,7 +112,13 @@ impl GrpcServer {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .http2_adaptive_window(Some(true));
+            // Fixed windows, not the adaptive one: hyper's adaptive window starts at the
+            // 64 KiB of the spec, and h2 sizes the small-frame budget from it.
+            .http2_adaptive_window(Some(false))
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
