@@ -125,7 +125,9 @@ impl PipelineService {
         let (out, responses) = mpsc::channel(64);
         let responses = Arc::new(std::sync::Mutex::new(responses));
         let (ending_tx, ending) = oneshot::channel();
-        let queue = responses.clone();
+        // Weak: the receiver must die with the client's stream, which is how the session
+        // learns the client went away.
+        let queue = Arc::downgrade(&responses);
         let idle_timeout = self.limits.session.idle_timeout;
         let stream = SessionStream {
             responses,
@@ -171,7 +173,7 @@ impl PipelineService {
                         // first), any other gets the idle timeout to read them.
                         if stalled {
                             discard(&queue);
-                        } else if Arc::strong_count(&queue) > 1 {
+                        } else if queue.strong_count() > 0 {
                             tokio::spawn(async move {
                                 tokio::time::sleep(idle_timeout).await;
                                 discard(&queue);
@@ -202,7 +204,10 @@ struct Ending {
 
 /// Closes a session's response queue and drops what is in it (with its holds): the
 /// stream then ends with the session's status at once.
-fn discard(queue: &std::sync::Mutex<mpsc::Receiver<Held>>) {
+fn discard(queue: &std::sync::Weak<std::sync::Mutex<mpsc::Receiver<Held>>>) {
+    let Some(queue) = queue.upgrade() else {
+        return; // the client's stream is gone, and its queue with it
+    };
     let mut queue = queue.lock().expect("response queue lock");
     queue.close();
     while queue.try_recv().is_ok() {}

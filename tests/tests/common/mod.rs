@@ -1,5 +1,5 @@
-//! Shared by the misbehaving-processor and load tests: a pipeline service served in this
-//! process with its `PipelineService` at hand (so a test reads `active_sessions()`), fake
+//! Shared by the misbehaving-processor and load tests: the pipeline service run in this
+//! process with a probe on its state (so a test reads `active_sessions()`), fake
 //! processors registered with a control plane, and the checks every such test makes.
 
 #![allow(dead_code)] // each test file uses a different part of this module
@@ -7,24 +7,24 @@
 use std::{net::SocketAddr, time::Duration};
 
 use flowplane_grpc::config::ClientArgs;
-use flowplane_pipeline::{Directory, PipelineService, ServiceLimits};
+use flowplane_pipeline::{ServiceLimits, ServiceProbe};
 use flowplane_proto::{
     controlplane::v1::ListComponentsRequest,
     streaming::v1::{
         ControlCommand, PipelineManifest, ValidatePipelineRequest,
         streaming_pipeline_service_client::StreamingPipelineServiceClient,
-        streaming_pipeline_service_server::StreamingPipelineServiceServer,
     },
 };
 use flowplane_test_support::{
     fake_processor::{FakeConfig, FakeProcessor, Mode},
-    local_listener, wait_until,
+    wait_until,
 };
 use flowplane_tests::{
+    Running,
     data::*,
+    pipeline_with,
     session::{Outcome, Session},
 };
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// What the tests give the pipeline as its node timeout, once `SessionLimits` has one.
@@ -45,51 +45,32 @@ pub const NODE: &str = "victim";
 
 /// The limits the tests run the pipeline with.
 pub fn limits() -> ServiceLimits {
-    // Needs `SessionLimits::node_timeout` (being added in the main tree). Until it is
-    // here the pipeline runs with its default; once it is, this becomes
-    // `let mut limits = ServiceLimits::default(); limits.session.node_timeout = NODE_TIMEOUT; limits`.
-    ServiceLimits::default()
+    let mut limits = ServiceLimits::default();
+    limits.session.node_timeout = NODE_TIMEOUT;
+    limits
 }
 
-/// A pipeline service in this process; stopped when dropped.
+/// The real pipeline service (`flowplane_pipeline::run`) in this process, with a probe
+/// on its state; stopped when dropped.
 pub struct Pipeline {
     pub addr: SocketAddr,
-    pub service: PipelineService,
-    stop: CancellationToken,
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    /// Open sessions and budget of the running service.
+    pub service: ServiceProbe,
+    _running: Running,
 }
 
 impl Pipeline {
-    /// Serves the same routes `flowplane_pipeline::run` serves, with the service kept.
+    /// Starts the service discovering processors through `control_plane`.
     pub async fn start(control_plane: &str, limits: ServiceLimits) -> Self {
-        let listener = local_listener().await;
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let directory = Directory::new(ClientArgs::default());
-        directory.watch(control_plane.to_string(), stop.child_token());
-        let service = PipelineService::new(directory, limits, stop.clone());
-        let grpc = StreamingPipelineServiceServer::new(service.clone())
-            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
-        let server = flowplane_grpc::server::GrpcServer::new()
-            .unwrap()
-            .with_routes(tonic::service::Routes::new(grpc));
-        let serving = stop.clone();
-        tokio::spawn(async move {
-            server
-                .serve(listener, async move { serving.cancelled().await })
-                .await
-                .unwrap()
-        });
+        let probe = ServiceProbe::default();
+        let mut config = flowplane_pipeline::Config::new(control_plane);
+        config.limits = limits;
+        config.probe = probe.clone();
+        let running = pipeline_with(config).await;
         Self {
-            addr,
-            service,
-            stop,
+            addr: running.addr,
+            service: probe,
+            _running: running,
         }
     }
 
