@@ -45,7 +45,8 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 pub const MAX_CONCURRENT_STREAMS: Option<u32> = None;
 
 /// Streams a client may reset before the server has accepted them (h2's default is 20,
-/// its rapid-reset guard). A client cancelling a burst of sessions it just opened resets
+/// its rapid-reset guard; past it h2 ends the connection with GOAWAY(ENHANCE_YOUR_CALM,
+/// "too_many_resets")). A client cancelling a burst of sessions it just opened resets
 /// that many at once; 1,024 covers the bench's bursts, and each such stream is only a
 /// header entry until h2 drops it, so the guard still bounds the work a peer can cause.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
