@@ -94,7 +94,7 @@ clean: ## remove build output, generated code and the tool venv
 BENCH      := ./target/release/flowplane-bench
 
 .PHONY: bench
-bench: ## every benchmark scenario (B1-B7, D1) vs raw tonic, release build: table + target/bench/results.json
+bench: ## every benchmark scenario (B1-B8, D1) vs raw tonic, release build: table + target/bench/results.json
 	$(CARGO) build --release --bins
 	$(BENCH) --json target/bench/results.json
 

@@ -379,7 +379,10 @@ mod tests {
         });
         dir.replace(vec![first.clone()]);
         let failed = dir.pick("p", &[]).unwrap();
-        assert!(dir.pick("p", &[failed.registration.clone()]).is_none());
+        assert!(
+            dir.pick("p", std::slice::from_ref(&failed.registration))
+                .is_none()
+        );
         // Same id, registered again after a restart.
         let mut again = first;
         again.registered_at = Some(prost_types::Timestamp {
@@ -387,7 +390,9 @@ mod tests {
             nanos: 5,
         });
         dir.upsert(again);
-        let picked = dir.pick("p", &[failed.registration.clone()]).unwrap();
+        let picked = dir
+            .pick("p", std::slice::from_ref(&failed.registration))
+            .unwrap();
         assert_eq!(picked.id, "a");
         assert_ne!(picked.registration, failed.registration);
     }
