@@ -193,11 +193,21 @@ outputs: [{ name: out, source: { node: amp } }]
         .await
         .unwrap_or(0.0);
     let peak = peak_rss(pid);
-    // The documented bound: the budget, plus one message per reader past the check (one
-    // client stream and one node stream per session), plus HTTP/2 buffers and the
-    // process itself (what it used before any session: `baseline`, doubled for slack).
-    let message = CHUNK_BYTES * AMPLIFY + 1024;
-    let bound = BUDGET_MIB * 1024 * 1024 + 2 * SESSIONS * message + 2 * baseline + 64 * 1024 * 1024;
+    // The documented bound (services/pipeline/README.md), term by term:
+    let mib = 1024 * 1024;
+    let budget = BUDGET_MIB * mib;
+    // one message past the budget check per reader: a client stream and a node stream
+    // per session;
+    let past_the_check = 2 * SESSIONS * (CHUNK_BYTES * AMPLIFY + 1024);
+    // HTTP/2 receive windows: unread data per connection (one client connection, one to
+    // the processor host);
+    let receive_windows = 2 * flowplane_grpc::server::CONNECTION_WINDOW as usize;
+    // HTTP/2 send buffers: hyper buffers up to 400 KiB per response stream;
+    let send_buffers = SESSIONS * 400 * 1024;
+    // and the process itself (what it used before any session), doubled for allocator
+    // slack, plus 64 MiB of headroom for a loaded machine.
+    let process = 2 * baseline + 64 * mib;
+    let bound = budget + past_the_check + receive_windows + send_buffers + process;
     let total_out = SESSIONS * CHUNKS as usize * CHUNK_BYTES * AMPLIFY;
     eprintln!(
         "pipeline peak RSS {} MiB (baseline {} MiB, bound {} MiB) for {} MiB streamed out; {waits} budget waits",
