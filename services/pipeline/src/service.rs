@@ -151,7 +151,6 @@ impl PipelineService {
         ))
         .await
         .map_err(|_| Error::Cancelled)?;
-        drop(out);
         let abort = self.lifecycle.aborted();
         metrics::gauge!("flowplane_pipeline_sessions_active").increment(1.0);
         tokio::spawn(
@@ -185,6 +184,8 @@ impl PipelineService {
                 metrics::counter!("flowplane_pipeline_sessions_total", "code" => flowplane_telemetry::rpc::code_name(code))
                     .increment(1);
                 metrics::gauge!("flowplane_pipeline_sessions_active").decrement(1.0);
+                // Only now may the response stream end: its ending is already there.
+                drop(out);
                 drop(admission);
                 drop(draining);
             }
@@ -264,13 +265,17 @@ impl SessionStream {
         match next {
             Poll::Ready(Some(held)) => Poll::Ready(Some(Ok(held))),
             Poll::Ready(None) => {
+                // The session's task sends its ending before it lets go of the last
+                // sender; an ending not yet seen is about to be.
+                if self.last.is_none() && self.ending.is_some() {
+                    match self.poll_ending(cx) {
+                        Some(ending) => self.last = Some(ending.status),
+                        None if self.ending.is_some() => return Poll::Pending,
+                        None => {}
+                    }
+                }
                 self.done = true;
-                // The session sends its ending before it lets go of the responses.
-                let last = self
-                    .last
-                    .take()
-                    .or_else(|| self.poll_ending(cx).map(|e| e.status));
-                Poll::Ready(last.map(Err))
+                Poll::Ready(self.last.take().map(Err))
             }
             Poll::Pending => Poll::Pending,
         }
