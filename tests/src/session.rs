@@ -88,6 +88,15 @@ impl Session {
             .expect("request stream open");
     }
 
+    /// Sends one request; false when the RPC has already ended (the server may end a
+    /// session while the client is still sending).
+    pub async fn try_send(&self, request: StreamPipelineRequest) -> bool {
+        match &self.requests {
+            Some(requests) => requests.send(request).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Half-closes the request stream.
     pub fn finish_sending(&mut self) {
         self.requests = None;
