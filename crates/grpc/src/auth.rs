@@ -159,12 +159,13 @@ impl Tokens {
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [token, roles] = fields[..] else {
+                let found = match fields.len() {
+                    1 => "a token without roles".to_string(),
+                    n => format!("{n} fields"),
+                };
                 return Err(bad(
                     number,
-                    format!(
-                        "expected `TOKEN ROLE[,ROLE...]`, found {} fields",
-                        fields.len()
-                    ),
+                    format!("expected `TOKEN ROLE[,ROLE...]`, found {found}"),
                 ));
             };
             if !token.is_ascii() {
@@ -564,7 +565,11 @@ mod tests {
     #[test]
     fn malformed_token_file_lines_are_rejected_naming_the_file_and_line() {
         let cases = [
-            ("ok register\njust-a-token\n", "line 2", "found 1 fields"),
+            (
+                "ok register\njust-a-token\n",
+                "line 2",
+                "found a token without roles",
+            ),
             (
                 "ok register\n\nt1 admin\n",
                 "line 3",
