@@ -491,3 +491,58 @@ async fn an_outsider_cannot_run_process_while_the_secured_pipeline_runs_a_sessio
     assert_eq!(refused.code(), Code::PermissionDenied);
     stack.stop().await;
 }
+
+/// Collects everything the subscriber writes, for the test to search.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// One thread, so the subscriber set for this thread sees the services' tasks too.
+#[tokio::test(flavor = "current_thread")]
+async fn no_log_line_or_span_shows_a_token() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_span_events(FmtSpan::FULL)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let stack = SecuredStack::start().await;
+    for token in [Some(READ), Some("wrong-secret-token"), Some(REGISTER), None] {
+        let mut c = control_plane_client(&stack.control_plane, token).await;
+        let _ = c
+            .list_components(cp::ListComponentsRequest::default())
+            .await;
+        let mut p = processor_client(&stack.processor, token).await;
+        let _ = p.get_capabilities(GetCapabilitiesRequest::default()).await;
+    }
+    stack.stop().await;
+
+    let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("call refused"),
+        "the refusals were logged at debug"
+    );
+    for token in [READ, REGISTER, PIPELINE, "wrong-secret-token"] {
+        let shown = text
+            .lines()
+            .filter(|l| l.contains(token))
+            .take(3)
+            .collect::<Vec<_>>();
+        assert!(shown.is_empty(), "{token} shows in the logs: {shown:#?}");
+    }
+}
