@@ -89,9 +89,10 @@ impl SecuredStack {
             processor,
             pipeline,
         };
-        // The host registered with its register token and heartbeats with it.
+        // The host registers with its register token (its heartbeats carry the same one)
+        // and is HEALTHY, so the pipeline can place nodes on it.
         let reader = control_plane_client(&stack.control_plane, Some(READ)).await;
-        wait_until("the secured host to register", || {
+        wait_until("the secured host to be healthy", || {
             let mut reader = reader.clone();
             async move {
                 reader
@@ -99,7 +100,11 @@ impl SecuredStack {
                         component_id: "secured-host".into(),
                     })
                     .await
-                    .is_ok()
+                    .is_ok_and(|r| {
+                        r.into_inner().component.is_some_and(|c| {
+                            c.status == flowplane_proto::common::v1::HealthStatus::Healthy as i32
+                        })
+                    })
             }
         })
         .await;
