@@ -102,6 +102,28 @@ pub async fn control_plane_on(listener: tokio::net::TcpListener, lease_ttl: Dura
     })
 }
 
+/// A control plane with a custom configuration.
+pub async fn control_plane_with(config: flowplane_control_plane::Config) -> Running {
+    let listener = local_listener().await;
+    let addr = listener.local_addr().expect("addr");
+    Running::spawn(addr, "control plane", move |stop| async move {
+        flowplane_control_plane::run(config, listener, async move { stop.cancelled().await })
+            .await
+            .map_err(Into::into)
+    })
+}
+
+/// A processor host with a custom configuration.
+pub async fn processor_with(config: flowplane_processor::Config) -> Running {
+    let listener = local_listener().await;
+    let addr = listener.local_addr().expect("addr");
+    Running::spawn(addr, "processor", move |stop| async move {
+        flowplane_processor::run(config, listener, async move { stop.cancelled().await })
+            .await
+            .map_err(Into::into)
+    })
+}
+
 /// A processor host with every built-in, registered as `id` with the control plane.
 pub async fn processor(control_plane: &str, id: &str) -> Running {
     let listener = local_listener().await;

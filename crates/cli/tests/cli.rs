@@ -28,15 +28,17 @@ struct Platform {
 }
 
 async fn platform() -> Platform {
+    platform_with(flowplane_control_plane::Config::default()).await
+}
+
+async fn platform_with(config: flowplane_control_plane::Config) -> Platform {
     let listener = flowplane_test_support::local_listener().await;
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
-    let task = tokio::spawn(flowplane_control_plane::run(
-        flowplane_control_plane::Config::default(),
-        listener,
-        async move { signal.cancelled().await },
-    ));
+    let task = tokio::spawn(flowplane_control_plane::run(config, listener, async move {
+        signal.cancelled().await
+    }));
     let url = format!("http://{addr}");
     let channel = flowplane_grpc::client::connect(&url, &Default::default())
         .await
@@ -284,6 +286,7 @@ async fn flowplane(args: &[&str], control_plane: &str) -> std::process::Output {
         .args(args)
         .env("FLOWPLANE_CONTROL_PLANE", control_plane)
         .env_remove("FLOWPLANE_TOKEN")
+        .env_remove("FLOWPLANE_CLIENT_TOKEN_FILE")
         .env_remove("FLOWPLANE_TLS_CA")
         .kill_on_drop(true)
         .output()
@@ -339,4 +342,60 @@ async fn the_binary_checks_health_and_lists_components() {
         String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"),
         "{unreachable:?}"
     );
+}
+
+#[tokio::test]
+async fn the_cli_presents_the_token_from_its_token_file() {
+    let tokens = flowplane_grpc::auth::Tokens::parse(
+        "reader-token read\nregistrar-token register\n",
+        std::path::Path::new("cli.tokens"),
+    )
+    .unwrap();
+    let platform = platform_with(flowplane_control_plane::Config {
+        tokens: Some(tokens),
+        ..Default::default()
+    })
+    .await;
+    let code = |result: Result<String, Error>| match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(Error::Rpc { status, .. }) => status.code(),
+        Err(other) => panic!("not an rpc error: {other}"),
+    };
+    let reader = flowplane_test_support::binary::TempFile::new("reader-token\n");
+    let registrar = flowplane_test_support::binary::TempFile::new("  registrar-token  ");
+    let list = |file| ["--client-token-file", file, "components", "list"];
+
+    assert_eq!(
+        code(run(&platform, &list(reader.path())).await),
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        code(
+            run(
+                &platform,
+                &["--token", "reader-token", "components", "list"]
+            )
+            .await
+        ),
+        tonic::Code::Ok
+    );
+    let denied = run(&platform, &list(registrar.path())).await.unwrap_err();
+    assert!(
+        denied
+            .to_string()
+            .contains("this call needs a token with role read"),
+        "{denied}"
+    );
+    assert_eq!(
+        code(run(&platform, &["components", "list"]).await),
+        tonic::Code::Unauthenticated
+    );
+    let missing = run(&platform, &list("/nonexistent/token"))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("--client-token-file"),
+        "{missing}"
+    );
+    platform.stop().await;
 }

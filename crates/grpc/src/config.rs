@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tonic::transport::{Identity, ServerTlsConfig};
 
-use crate::{Error, Result};
+use crate::{Error, Result, auth::Tokens};
 
 /// Where a server listens, what it advertises, and its TLS identity.
 #[derive(Clone, Debug, clap::Args)]
@@ -40,6 +40,11 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+
+    /// Token file that turns on auth by role: lines of `TOKEN ROLE[,ROLE...]`, roles
+    /// register, read, data, process; `#` starts a comment line. Unset: no role tokens.
+    #[arg(long, env = "FLOWPLANE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -65,6 +70,12 @@ impl ServeArgs {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Reads and checks the token file when one is configured; a malformed line fails
+    /// naming the file and the line, so the binary exits before it binds.
+    pub fn tokens(&self) -> Result<Option<Tokens>> {
+        self.token_file.as_deref().map(Tokens::load).transpose()
     }
 }
 
@@ -101,13 +112,14 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
 }
 
 /// How a client reaches a flowplane server: TLS trust and the bearer token to present.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct ClientArgs {
     /// PEM CA certificate to trust for https:// endpoints (system roots are not used).
     #[arg(long, env = "FLOWPLANE_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
 
-    /// Bearer token sent to servers that require one.
+    /// Bearer token sent to servers that require one. Prefer --client-token-file: a
+    /// token on the command line shows in `ps` and shell history.
     #[arg(
         long,
         env = "FLOWPLANE_TOKEN",
@@ -115,11 +127,92 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// File holding the bearer token to send (surrounding whitespace trimmed); the
+    /// preferred way to give a client its token.
+    #[arg(
+        long,
+        env = "FLOWPLANE_CLIENT_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub client_token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("tls_ca", &self.tls_ca)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("client_token_file", &self.client_token_file)
+            .finish()
+    }
+}
+
+impl ClientArgs {
+    /// Reads `--client-token-file`, when given, into `token`. Fails naming the flag when
+    /// the file cannot be read or holds no usable token (the token is never shown).
+    pub fn load_token_file(&mut self) -> Result<()> {
+        let Some(path) = &self.client_token_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+            what: "client token (--client-token-file)",
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        let reason = if token.is_empty() {
+            Some("the file is empty")
+        } else if !crate::auth::is_valid_token(token) {
+            Some("the token must be one line of printable ascii without spaces")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::ClientToken {
+                path: path.clone(),
+                reason,
+            });
+        }
+        self.token = Some(token.to_string());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
+
+    #[test]
+    fn a_client_token_file_is_read_and_trimmed() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "  s3cret-token\t").unwrap();
+        let mut args = ClientArgs {
+            client_token_file: Some(file.path().to_path_buf()),
+            ..ClientArgs::default()
+        };
+        args.load_token_file().unwrap();
+        assert_eq!(args.token.as_deref(), Some("s3cret-token"));
+        assert!(!format!("{args:?}").contains("s3cret"));
+
+        for bad in ["", "  \n", "two words\n", "one\ntwo\n"] {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            file.write_all(bad.as_bytes()).unwrap();
+            let mut args = ClientArgs {
+                client_token_file: Some(file.path().to_path_buf()),
+                ..ClientArgs::default()
+            };
+            let message = args.load_token_file().unwrap_err().to_string();
+            assert!(
+                message.contains("--client-token-file"),
+                "{bad:?}: {message}"
+            );
+            assert!(args.token.is_none());
+        }
+    }
 
     #[test]
     fn durations_parse_humanely() {

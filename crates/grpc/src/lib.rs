@@ -37,6 +37,50 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("token file {path} line {line}: {reason}")]
+    TokenFile {
+        path: std::path::PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("token file {path} lists no tokens: add lines of `TOKEN ROLE[,ROLE...]`")]
+    NoTokens { path: std::path::PathBuf },
+    #[error("client token file {path} (--client-token-file): {reason}")]
+    ClientToken {
+        path: std::path::PathBuf,
+        reason: &'static str,
+    },
+    /// A call without a valid token; the message says what was wrong, never the token.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A valid token that lacks the role the call needs.
+    #[error("this call needs a token with role {0}")]
+    RoleRequired(auth::Role),
+}
+
+impl Error {
+    /// The gRPC code and machine-readable reason of this error: the one table.
+    fn code_and_reason(&self) -> (tonic::Code, &'static str) {
+        use tonic::Code;
+        match self {
+            Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::RoleRequired(_) => (Code::PermissionDenied, "ROLE_REQUIRED"),
+            Error::InvalidEndpoint { .. } => (Code::InvalidArgument, "INVALID_ENDPOINT"),
+            Error::Transport(_) => (Code::Unavailable, "TRANSPORT"),
+            Error::ReadFile { .. }
+            | Error::TokenFile { .. }
+            | Error::NoTokens { .. }
+            | Error::ClientToken { .. } => (Code::Internal, "CONFIG"),
+            Error::Reflection(_) => (Code::Internal, "GRPC_STACK"),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let (code, reason) = error.code_and_reason();
+        status::with_reason(code, error.to_string(), reason, "")
+    }
 }
 
 /// Result alias for this crate.

@@ -12,7 +12,10 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::Result;
+use crate::{
+    Result,
+    auth::{AuthLayer, Policy},
+};
 
 // HTTP/2 settings, chosen for h2 0.4.20's small-DATA-frame budget. h2 charges every
 // non-final DATA frame under 256 bytes (256 - its length) against a per-connection
@@ -56,6 +59,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     routes: Routes,
     tls: Option<ServerTlsConfig>,
+    auth: Option<Policy>,
 }
 
 impl GrpcServer {
@@ -79,6 +83,7 @@ impl GrpcServer {
             health,
             routes,
             tls: None,
+            auth: None,
         })
     }
 
@@ -99,6 +104,13 @@ impl GrpcServer {
     /// Serves TLS with this identity; `None` keeps plaintext.
     pub fn with_tls(mut self, tls: Option<ServerTlsConfig>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Checks every call against `policy` (tokens and the service's access table);
+    /// `None` lets every call through. Health and reflection are always open.
+    pub fn with_auth(mut self, policy: Option<Policy>) -> Self {
+        self.auth = policy;
         self
     }
 
@@ -123,10 +135,12 @@ impl GrpcServer {
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
-        // Tracing outermost, so the metrics of a call are recorded inside its span.
+        // Tracing outermost, so the metrics of a call are recorded inside its span; auth
+        // inside both, so refused calls are traced and counted with their status.
         let builder = builder
             .layer(flowplane_telemetry::grpc::server_layer())
             .layer(flowplane_telemetry::metrics::server_layer())
+            .layer(AuthLayer::new(self.auth))
             .layer(crate::decode::DecodeErrorsLayer);
         let health = self.health;
         let signal = async move {

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Settings come from the environment: `FLOWPLANE_LISTEN` (default 127.0.0.1:50071),
-//! `FLOWPLANE_ADVERTISE`, `FLOWPLANE_CONTROL_PLANE`, `FLOWPLANE_ID` and
-//! `FLOWPLANE_JOIN_TOKEN`. Ctrl-C or SIGTERM deregisters it and drains its streams.
+//! `FLOWPLANE_ADVERTISE`, `FLOWPLANE_CONTROL_PLANE`, `FLOWPLANE_ID`,
+//! `FLOWPLANE_JOIN_TOKEN` and `FLOWPLANE_TOKEN_FILE` (tokens by role; see Security in the
+//! top-level README). Ctrl-C or SIGTERM deregisters it and drains its streams.
 
 use flowplane_sdk::{
     Capability, Input, Output, Param, ParamError, Params, ProcessError, Processor, ProcessorHost,
@@ -122,9 +123,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registration.join_token = env("FLOWPLANE_JOIN_TOKEN");
         registration
     });
+    // A token file makes Process and GetCapabilities need a token with role process.
+    let tokens = env("FLOWPLANE_TOKEN_FILE")
+        .map(|path| flowplane_grpc::auth::Tokens::load(path.as_ref()))
+        .transpose()?;
     let options = ServeOptions {
         advertise: env("FLOWPLANE_ADVERTISE"),
         registration,
+        tokens,
         ..ServeOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(&listen).await?;

@@ -25,6 +25,8 @@
 //! | a request over `MAX_MESSAGE_BYTES` (message names the limit and the last sequence) | stream status | RESOURCE_EXHAUSTED | `MESSAGE_TOO_LARGE` |
 //! | a request that does not decode: invalid UTF-8 in a string, bad wire data (message names the field and the last sequence) | stream status | INVALID_ARGUMENT | `UNDECODABLE_REQUEST` |
 //! | the processor panics (message names the processor and sequence) | stream status | INTERNAL | `PROCESSOR_PANICKED` |
+//! | the host has tokens (`ServeOptions::tokens`) and the call carries none, or an unknown one | refused at once | UNAUTHENTICATED | `UNAUTHENTICATED` |
+//! | the host has tokens and the call's token lacks role `process` | refused at once | PERMISSION_DENIED | `ROLE_REQUIRED` |
 //! | the host is draining: a new stream | refused at once | UNAVAILABLE | `DRAINING` |
 //! | shutdown grace period over: an open stream | stream status | UNAVAILABLE | `SHUTTING_DOWN` |
 //! | chunk whose sequence is lower than an earlier chunk's (equal is allowed: a pipeline sends a fan-in node several chunks of one sequence) | chunk error | INVALID_ARGUMENT | `SEQUENCE_OUT_OF_ORDER` |
@@ -109,7 +111,7 @@ pub use params::Params;
 pub(crate) use processor::TypedFactory;
 pub use processor::{Capability, Input, Output, Param, Processor, ProcessorFactory};
 pub use registration::{Registration, RegistrationConfig, RegistrationState};
-pub use serve::{ServeOptions, serve};
+pub use serve::{HOST_ACCESS, ServeOptions, serve};
 
 /// The generated API types, so processor crates need no direct dependency on them.
 pub use flowplane_proto as proto;

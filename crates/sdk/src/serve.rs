@@ -7,7 +7,10 @@
 
 use std::{future::Future, pin::pin, time::Duration};
 
-use flowplane_grpc::server::GrpcServer;
+use flowplane_grpc::{
+    auth::{Access, AccessTable, Policy, Role, Tokens},
+    server::GrpcServer,
+};
 use flowplane_proto::processor::v1::processor_service_server::SERVICE_NAME;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +20,19 @@ use crate::{ProcessorHost, Registration, RegistrationConfig, Result};
 
 /// How long the server may take to close after the grace period ended the open streams.
 const AFTER_ABORT: Duration = Duration::from_secs(5);
+
+/// The role each RPC of a host needs when it is given tokens: `process`, held by the
+/// pipeline, so an outsider who lists the hosts cannot run their processors directly.
+pub const HOST_ACCESS: &AccessTable = &[
+    (
+        "/flowplane.processor.v1.ProcessorService/Process",
+        Access::Needs(Role::Process),
+    ),
+    (
+        "/flowplane.processor.v1.ProcessorService/GetCapabilities",
+        Access::Needs(Role::Process),
+    ),
+];
 
 /// How to serve a host.
 #[derive(Clone, Debug)]
@@ -29,6 +45,9 @@ pub struct ServeOptions {
     pub registration: Option<RegistrationConfig>,
     /// How long open streams may go on after shutdown before they end UNAVAILABLE.
     pub grace_period: Duration,
+    /// Tokens by role (`--token-file`); when set, `Process` and `GetCapabilities` need a
+    /// `process` token (see [`HOST_ACCESS`]). `None` serves every caller.
+    pub tokens: Option<Tokens>,
 }
 
 impl Default for ServeOptions {
@@ -38,6 +57,7 @@ impl Default for ServeOptions {
             advertise: None,
             registration: None,
             grace_period: Duration::from_secs(10),
+            tokens: None,
         }
     }
 }
@@ -63,6 +83,11 @@ pub async fn serve(
         .transpose()?;
     let server = GrpcServer::new()?
         .with_tls(options.tls)
+        .with_auth(
+            options
+                .tokens
+                .map(|tokens| Policy::new(tokens, HOST_ACCESS)),
+        )
         .with_routes(Routes::new(host.service()));
     crate::stats::describe();
     flowplane_grpc::server::set_serving(&server.health(), SERVICE_NAME).await;
@@ -134,4 +159,17 @@ pub async fn serve(
     }
     tracing::info!("processor host stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_is_in_the_access_table() {
+        assert_eq!(
+            flowplane_grpc::auth::unlisted_methods(SERVICE_NAME, HOST_ACCESS),
+            Vec::<String>::new()
+        );
+    }
 }

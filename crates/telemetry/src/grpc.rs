@@ -4,7 +4,9 @@
 //! (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) and last until the
 //! status is known, so a stream's span covers the whole stream. Health, reflection and
 //! heartbeat calls are not traced one by one. The layers observe only; they never change
-//! or fail a call.
+//! or fail a call. They record the path, status and trace context, never other request
+//! metadata, so a bearer token in `authorization` cannot reach a span or a log line
+//! (`tests/tests/auth_logs.rs` checks it at TRACE).
 //!
 //! A handler's own spans are children of the SERVER span while the handler runs; work a
 //! handler spawns or streams back keeps the trace when instrumented with the span that

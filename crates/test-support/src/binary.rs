@@ -62,3 +62,44 @@ pub fn assert_help_lists(binary: &str, expected: &[&str]) {
         assert!(help.contains(item), "--help lacks {item}:\n{help}");
     }
 }
+
+/// A file in the temp directory with the given contents, removed on drop: token files
+/// and the like for the binaries to read.
+pub struct TempFile {
+    path: std::path::PathBuf,
+}
+
+impl TempFile {
+    /// Writes `contents` to a fresh file.
+    pub fn new(contents: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "flowplane-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, contents).expect("write a temp file");
+        Self { path }
+    }
+
+    /// The file's path as a string, for command lines and variables.
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("temp paths are utf-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A token file whose line 3 is malformed (a token without roles).
+pub fn malformed_token_file() -> TempFile {
+    TempFile::new("# tokens\nfine-token read,process\nno-roles-here\n")
+}
+
+/// What stderr shows for [`malformed_token_file`]: the line and what is wrong with it.
+pub const MALFORMED_TOKEN_LINE: &str = "line 3: expected `TOKEN ROLE[,ROLE...]`";

@@ -34,10 +34,6 @@ pub enum Error {
     #[error("lease_token: does not match the lease of component {id:?}")]
     LeaseMismatch { id: String },
 
-    /// A register RPC arrived without the configured join token.
-    #[error("join token required: {0}")]
-    Unauthenticated(String),
-
     /// The registry holds `max_components` live components already.
     #[error("registry is full: it holds the maximum of {max} components (--max-components)")]
     RegistryFull { max: usize },
@@ -88,7 +84,6 @@ impl Error {
             Error::NotFound { .. } => (Code::NotFound, "COMPONENT_NOT_FOUND"),
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "ALREADY_REGISTERED"),
             Error::LeaseMismatch { .. } => (Code::PermissionDenied, "LEASE_TOKEN_MISMATCH"),
-            Error::Unauthenticated(_) => (Code::Unauthenticated, "JOIN_TOKEN_REQUIRED"),
             Error::RegistryFull { .. } => (Code::ResourceExhausted, "REGISTRY_FULL"),
             Error::SnapshotTooLarge { .. } => (Code::ResourceExhausted, "SNAPSHOT_TOO_LARGE"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),

@@ -17,7 +17,10 @@ mod watch;
 
 use std::{future::Future, time::Duration};
 
-use flowplane_grpc::server::{GrpcServer, set_not_serving, set_serving};
+use flowplane_grpc::{
+    auth::{Access, AccessTable, Policy, Role, Tokens},
+    server::{GrpcServer, set_not_serving, set_serving},
+};
 use tokio::net::TcpListener;
 use tonic::{service::Routes, transport::ServerTlsConfig};
 
@@ -28,6 +31,119 @@ pub use watch::WatchStream;
 
 /// Fully qualified name of the service, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "flowplane.controlplane.v1.ControlPlaneService";
+
+/// The role each RPC needs when the control plane has a token file. Components hold
+/// `register` for their whole lease (heartbeat and deregister included); `read` is for
+/// whoever discovers them: the pipeline, the CLI, dashboards.
+pub const ACCESS: &AccessTable = &[
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/RegisterProcessor",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/ProcessorHeartbeat",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/RegisterSource",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/SourceHeartbeat",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/RegisterConsumer",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/ConsumerHeartbeat",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/Deregister",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/GetComponent",
+        Access::Needs(Role::Read),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/ListComponents",
+        Access::Needs(Role::Read),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/WatchComponents",
+        Access::Needs(Role::Read),
+    ),
+];
+
+/// With only `--join-token` (no token file) the control plane behaves as it always
+/// has: the three register RPCs need the join token, heartbeats are guarded by the lease
+/// token alone, and the registry can be read by anyone.
+const JOIN_TOKEN_ONLY: &AccessTable = &[
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/RegisterProcessor",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/RegisterSource",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/RegisterConsumer",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/ProcessorHeartbeat",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/SourceHeartbeat",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/ConsumerHeartbeat",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/Deregister",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/GetComponent",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/ListComponents",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.ControlPlaneService/WatchComponents",
+        Access::Open,
+    ),
+];
+
+/// The auth policy for these settings: a token file secures every RPC by [`ACCESS`]
+/// (a join token beside it is one more `register` token); a join token alone guards the
+/// register RPCs only; neither leaves the control plane open.
+pub fn auth_policy(tokens: Option<&Tokens>, join_token: Option<&str>) -> Option<Policy> {
+    let join_token = join_token.filter(|t| !t.is_empty());
+    match (tokens, join_token) {
+        (Some(tokens), join_token) => {
+            let mut tokens = tokens.clone();
+            if let Some(join_token) = join_token {
+                tokens.add(join_token, Role::Register);
+            }
+            Some(Policy::new(tokens, ACCESS))
+        }
+        (None, Some(join_token)) => Some(Policy::new(
+            Tokens::single(join_token, Role::Register),
+            JOIN_TOKEN_ONLY,
+        )),
+        (None, None) => None,
+    }
+}
 
 /// Default lease TTL.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -45,6 +161,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// When set, the register RPCs need `authorization: Bearer <join_token>`.
     pub join_token: Option<String>,
+    /// Tokens by role (`--token-file`); when set, every RPC needs a token (see [`ACCESS`]).
+    pub tokens: Option<Tokens>,
     /// Most live components; registrations beyond it get RESOURCE_EXHAUSTED.
     pub max_components: usize,
     /// Changes buffered per watcher before it is told to resync.
@@ -58,6 +176,7 @@ impl Default for Config {
         Self {
             lease_ttl: DEFAULT_LEASE_TTL,
             join_token: None,
+            tokens: None,
             max_components: DEFAULT_MAX_COMPONENTS,
             watch_buffer: registry::DEFAULT_WATCH_BUFFER,
             tls: None,
@@ -122,6 +241,7 @@ pub async fn serve(
     let sweeper = control_plane.spawn_sweeper();
     let server = GrpcServer::new()?
         .with_routes(Routes::new(control_plane.clone().into_server()))
+        .with_auth(control_plane.auth().cloned())
         .with_tls(tls);
     let health = server.health();
     set_serving(&health, SERVICE_NAME).await;
@@ -187,5 +307,50 @@ mod tests {
                 .contains("--join-token")
         );
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_join_token_alone_guards_registration_only_and_joins_a_token_file_as_register() {
+        let headers = |token: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(token) = token {
+                headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            headers
+        };
+        let register = "/flowplane.controlplane.v1.ControlPlaneService/RegisterProcessor";
+        let heartbeat = "/flowplane.controlplane.v1.ControlPlaneService/ProcessorHeartbeat";
+        let list = "/flowplane.controlplane.v1.ControlPlaneService/ListComponents";
+
+        assert!(auth_policy(None, None).is_none());
+        assert!(auth_policy(None, Some("")).is_none());
+        let join_only = auth_policy(None, Some("j")).unwrap();
+        assert!(join_only.check(register, &headers(Some("j"))).is_ok());
+        assert!(join_only.check(register, &headers(None)).is_err());
+        assert!(join_only.check(heartbeat, &headers(None)).is_ok());
+        assert!(join_only.check(list, &headers(None)).is_ok());
+
+        let file = Tokens::parse("r read\n", std::path::Path::new("t")).unwrap();
+        let both = auth_policy(Some(&file), Some("j")).unwrap();
+        assert!(both.check(register, &headers(Some("j"))).is_ok());
+        assert!(both.check(heartbeat, &headers(Some("j"))).is_ok());
+        assert!(both.check(heartbeat, &headers(None)).is_err());
+        assert!(both.check(list, &headers(Some("r"))).is_ok());
+        assert!(matches!(
+            both.check(list, &headers(Some("j"))),
+            Err(flowplane_grpc::Error::RoleRequired(Role::Read))
+        ));
+    }
+
+    #[test]
+    fn every_rpc_is_in_the_access_tables() {
+        assert_eq!(
+            flowplane_grpc::auth::unlisted_methods(SERVICE_NAME, ACCESS),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            flowplane_grpc::auth::unlisted_methods(SERVICE_NAME, JOIN_TOKEN_ONLY),
+            Vec::<String>::new()
+        );
     }
 }

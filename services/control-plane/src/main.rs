@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use clap::Parser;
 use flowplane_control_plane::{Config, DEFAULT_MAX_COMPONENTS, registry::DEFAULT_WATCH_BUFFER};
 use flowplane_grpc::config::{ServeArgs, parse_duration};
@@ -30,7 +31,8 @@ struct Args {
     #[arg(long, env = "FLOWPLANE_LEASE_TTL", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_ttl: Duration,
 
-    /// Token the register RPCs must present as `authorization: Bearer <token>`; unset accepts any.
+    /// Token the register RPCs must present as `authorization: Bearer <token>`; unset accepts
+    /// any. With --token-file it is one more token with role register.
     #[arg(
         long,
         env = "FLOWPLANE_JOIN_TOKEN",
@@ -52,6 +54,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     let config = Config {
         lease_ttl: args.lease_ttl,
         join_token: args.join_token.clone().filter(|t| !t.is_empty()),
+        tokens: args.serve.tokens().context("--token-file")?,
         max_components: args.max_components,
         watch_buffer: args.watch_buffer,
         tls: args.serve.server_tls()?,

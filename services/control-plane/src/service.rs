@@ -1,9 +1,11 @@
-//! The gRPC handlers of `flowplane.controlplane.v1.ControlPlaneService`. Each handler
-//! checks auth, converts the request into domain types once, calls the [`Registry`] and
-//! converts back; it never holds registry state or builds a `Status` itself.
+//! The gRPC handlers of `flowplane.controlplane.v1.ControlPlaneService`. Auth is checked
+//! before a call reaches them (the server's policy, by method path); each handler
+//! converts the request into domain types once, calls the [`Registry`] and converts
+//! back; it never holds registry state or builds a `Status` itself.
 
 use std::{sync::Arc, time::Duration};
 
+use flowplane_grpc::auth::Policy;
 use flowplane_proto::controlplane::v1::{
     self as pb,
     control_plane_service_server::{ControlPlaneService, ControlPlaneServiceServer},
@@ -11,7 +13,7 @@ use flowplane_proto::controlplane::v1::{
 use prost::Message;
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status};
 
 use crate::{
     Config, Error, Result,
@@ -36,7 +38,7 @@ const PAGE_BYTES_BUDGET: usize = flowplane_grpc::MAX_MESSAGE_BYTES / 2;
 #[derive(Clone)]
 pub struct ControlPlane {
     registry: Arc<dyn Registry>,
-    join_token: Option<Arc<str>>,
+    auth: Option<Policy>,
     shutdown: CancellationToken,
 }
 
@@ -45,16 +47,30 @@ impl ControlPlane {
     pub fn new(config: &Config) -> Self {
         let registry =
             MemoryRegistry::new(config.lease_ttl, config.max_components, config.watch_buffer);
-        Self::with_registry(Arc::new(registry), config.join_token.clone())
+        Self::with_registry(Arc::new(registry), None).with_auth(crate::auth_policy(
+            config.tokens.as_ref(),
+            config.join_token.as_deref(),
+        ))
     }
 
     /// A control plane over any registry backend; `join_token` guards the register RPCs.
     pub fn with_registry(registry: Arc<dyn Registry>, join_token: Option<String>) -> Self {
         Self {
             registry,
-            join_token: join_token.filter(|t| !t.is_empty()).map(Into::into),
+            auth: crate::auth_policy(None, join_token.as_deref()),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Replaces the auth policy (see [`crate::auth_policy`]); `None` serves every caller.
+    pub fn with_auth(mut self, auth: Option<Policy>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The auth policy the server applies to every call, if any.
+    pub fn auth(&self) -> Option<&Policy> {
+        self.auth.as_ref()
     }
 
     /// The registry behind the handlers.
@@ -99,19 +115,10 @@ impl ControlPlane {
             .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
     }
 
-    fn check_join_token(&self, metadata: &MetadataMap) -> Result<()> {
-        match &self.join_token {
-            Some(expected) => flowplane_grpc::auth::check_bearer(metadata, expected)
-                .map_err(|status| Error::Unauthenticated(status.message().to_string())),
-            None => Ok(()),
-        }
-    }
-
     async fn register<T>(&self, request: Request<T>) -> Result<Lease>
     where
         Registration: TryFrom<T, Error = Error>,
     {
-        self.check_join_token(request.metadata())?;
         let registration = Registration::try_from(request.into_inner())?;
         self.registry.register(registration).await
     }

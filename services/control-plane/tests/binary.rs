@@ -7,6 +7,9 @@ const BINARY: &str = env!("CARGO_BIN_EXE_flowplane-control-plane");
 
 #[test]
 fn invalid_settings_exit_non_zero_naming_the_flag() {
+    let bad_tokens = flowplane_test_support::binary::malformed_token_file();
+    let tokens = bad_tokens.path();
+    let line = flowplane_test_support::binary::MALFORMED_TOKEN_LINE;
     assert_rejects_before_binding(
         BINARY,
         &[
@@ -27,6 +30,13 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
                 "--tls-cert",
             ),
             (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
+            (&["--token-file", tokens], &[], line),
+            (&[], &[("FLOWPLANE_TOKEN_FILE", tokens)], line),
+            (
+                &["--token-file", "/nonexistent/tokens"],
+                &[],
+                "--token-file",
+            ),
             (&["--listen", "not-an-address"], &[], "--listen"),
         ],
     );
@@ -42,6 +52,8 @@ fn help_lists_the_settings_and_their_environment_variables() {
             "--join-token",
             "FLOWPLANE_JOIN_TOKEN",
             "--listen",
+            "--token-file",
+            "FLOWPLANE_TOKEN_FILE",
             "--tls-cert",
         ],
     );

@@ -55,7 +55,7 @@ async fn a_client_trusting_the_ca_registers_over_https() {
     ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
     let args = ClientArgs {
         tls_ca: Some(ca_file.path().to_path_buf()),
-        token: None,
+        ..ClientArgs::default()
     };
     let url = format!("https://{}", server.addr);
     let mut client = common::connect(&url, &args, None).await;

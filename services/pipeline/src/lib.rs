@@ -17,7 +17,7 @@ use std::{
 };
 
 use flowplane_grpc::{
-    auth::BearerAuth,
+    auth::{Access, AccessTable, Policy, Role, Tokens},
     config::ClientArgs,
     lifecycle::Lifecycle,
     server::{GrpcServer, set_not_serving, set_serving},
@@ -25,7 +25,7 @@ use flowplane_grpc::{
 use flowplane_proto::streaming::v1::streaming_pipeline_service_server::StreamingPipelineServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{codegen::InterceptedService, service::Routes, transport::ServerTlsConfig};
+use tonic::{service::Routes, transport::ServerTlsConfig};
 
 pub use directory::{Directory, Instance};
 pub use error::{Error, Result};
@@ -34,6 +34,40 @@ pub use session::SessionLimits;
 
 /// The gRPC service name health reports on.
 pub const SERVICE_NAME: &str = "flowplane.streaming.v1.StreamingPipelineService";
+
+/// The role each RPC needs when the pipeline is secured: every data RPC needs `data`.
+pub const ACCESS: &AccessTable = &[
+    (
+        "/flowplane.streaming.v1.StreamingPipelineService/StreamPipeline",
+        Access::Needs(Role::Data),
+    ),
+    (
+        "/flowplane.streaming.v1.StreamingPipelineService/ExecutePipeline",
+        Access::Needs(Role::Data),
+    ),
+    (
+        "/flowplane.streaming.v1.StreamingPipelineService/ValidatePipeline",
+        Access::Needs(Role::Data),
+    ),
+];
+
+/// The auth policy for these settings: a token file and `--auth-token` (one more `data`
+/// token) both secure the data RPCs by [`ACCESS`]; neither leaves the pipeline open.
+pub fn auth_policy(tokens: Option<&Tokens>, auth_token: Option<&str>) -> Option<Policy> {
+    let auth_token = auth_token.filter(|t| !t.is_empty());
+    let tokens = match (tokens, auth_token) {
+        (Some(tokens), auth_token) => {
+            let mut tokens = tokens.clone();
+            if let Some(auth_token) = auth_token {
+                tokens.add(auth_token, Role::Data);
+            }
+            tokens
+        }
+        (None, Some(auth_token)) => Tokens::single(auth_token, Role::Data),
+        (None, None) => return None,
+    };
+    Some(Policy::new(tokens, ACCESS))
+}
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -44,6 +78,8 @@ pub struct Config {
     pub client: ClientArgs,
     /// Bearer token clients must present; `None` accepts every client.
     pub auth_token: Option<String>,
+    /// Tokens by role (`--token-file`); when set, the data RPCs need a `data` token.
+    pub tokens: Option<Tokens>,
     /// TLS identity; `None` serves plaintext.
     pub tls: Option<ServerTlsConfig>,
     /// Session and service limits.
@@ -82,6 +118,7 @@ impl Config {
             control_plane: control_plane.into(),
             client: ClientArgs::default(),
             auth_token: None,
+            tokens: None,
             tls: None,
             limits: ServiceLimits::default(),
             grace_period: Duration::from_secs(10),
@@ -104,16 +141,18 @@ pub async fn run(
     let lifecycle = Lifecycle::new();
     let service = PipelineService::new(directory, config.limits.clone(), lifecycle.clone());
     let _ = config.probe.service.set(service.clone());
-    let server = GrpcServer::new()?.with_tls(config.tls.clone());
+    let server = GrpcServer::new()?
+        .with_tls(config.tls.clone())
+        .with_auth(auth_policy(
+            config.tokens.as_ref(),
+            config.auth_token.as_deref(),
+        ));
     let health = server.health();
     set_serving(&health, SERVICE_NAME).await;
     let grpc = StreamingPipelineServiceServer::new(service.clone())
         .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
-    let routes = Routes::new(InterceptedService::new(
-        grpc,
-        BearerAuth::new(config.auth_token.clone()),
-    ));
+    let routes = Routes::new(grpc);
     let grace = config.grace_period;
     let drain = async move {
         shutdown.await;
@@ -131,4 +170,17 @@ pub async fn run(
     };
     server.with_routes(routes).serve(listener, drain).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_is_in_the_access_table() {
+        assert_eq!(
+            flowplane_grpc::auth::unlisted_methods(SERVICE_NAME, ACCESS),
+            Vec::<String>::new()
+        );
+    }
 }

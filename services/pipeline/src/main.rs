@@ -29,6 +29,7 @@ struct Cli {
     control_plane: String,
 
     /// Bearer token clients must present on every data RPC; unset accepts all clients.
+    /// With --token-file it is one more token with role data.
     #[arg(long, env = "FLOWPLANE_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
 
@@ -77,10 +78,13 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     if cli.node_timeout.is_zero() {
         anyhow::bail!("--node-timeout must be more than 0");
     }
+    let mut client = cli.client.clone();
+    client.load_token_file()?;
     let config = Config {
         control_plane: cli.control_plane.clone(),
-        client: cli.client.clone(),
+        client,
         auth_token: cli.auth_token.clone().filter(|t| !t.is_empty()),
+        tokens: cli.serve.tokens().context("--token-file")?,
         tls: cli.serve.server_tls()?,
         limits: ServiceLimits {
             max_sessions: cli.max_sessions as usize,

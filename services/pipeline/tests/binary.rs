@@ -7,6 +7,9 @@ const BINARY: &str = env!("CARGO_BIN_EXE_flowplane-pipeline");
 
 #[test]
 fn invalid_settings_exit_non_zero_naming_the_flag() {
+    let bad_tokens = flowplane_test_support::binary::malformed_token_file();
+    let tokens = bad_tokens.path();
+    let line = flowplane_test_support::binary::MALFORMED_TOKEN_LINE;
     assert_rejects_before_binding(
         BINARY,
         &[
@@ -34,6 +37,23 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
                 &[],
                 "--tls-cert",
             ),
+            (&["--token-file", tokens], &[], line),
+            (&[], &[("FLOWPLANE_TOKEN_FILE", tokens)], line),
+            (
+                &["--token-file", "/nonexistent/tokens"],
+                &[],
+                "--token-file",
+            ),
+            (
+                &["--client-token-file", "/nonexistent/token"],
+                &[],
+                "--client-token-file",
+            ),
+            (
+                &["--token", "t", "--client-token-file", tokens],
+                &[],
+                "--client-token-file",
+            ),
             (&["--listen", "not-an-address"], &[], "--listen"),
         ],
     );
@@ -45,6 +65,10 @@ fn help_lists_the_settings_and_their_environment_variables() {
         BINARY,
         &[
             "--listen",
+            "--token-file",
+            "FLOWPLANE_TOKEN_FILE",
+            "--client-token-file",
+            "FLOWPLANE_CLIENT_TOKEN_FILE",
             "FLOWPLANE_LISTEN",
             "--metrics-listen",
             "--control-plane",

@@ -20,7 +20,7 @@ pub mod processors;
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
-use flowplane_grpc::config::ClientArgs;
+use flowplane_grpc::{auth::Tokens, config::ClientArgs};
 use flowplane_sdk::{HostBuilder, ProcessorHost, RegistrationConfig, ServeOptions};
 use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
@@ -66,6 +66,9 @@ pub struct Config {
     pub max_streams: usize,
     /// Processor calls run at once over all streams (the blocking pool's share).
     pub max_concurrent_calls: usize,
+    /// Tokens by role (`--token-file`); when set, `Process` and `GetCapabilities` need a
+    /// `process` token. `None` serves every caller.
+    pub tokens: Option<Tokens>,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             grace_period: Duration::from_secs(10),
             max_streams: 1024,
             max_concurrent_calls: 64,
+            tokens: None,
         }
     }
 }
@@ -165,6 +169,7 @@ pub async fn run(
         advertise: config.advertise,
         registration,
         grace_period: config.grace_period,
+        tokens: config.tokens,
     };
     flowplane_sdk::serve(host, options, listener, shutdown).await?;
     Ok(())

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use clap::Parser;
 use flowplane_grpc::config::{ClientArgs, ServeArgs, parse_duration};
 use flowplane_processor::Config;
@@ -35,7 +36,8 @@ struct Args {
     #[arg(long, env = "FLOWPLANE_ID", value_name = "ID")]
     id: Option<String>,
 
-    /// Join token for the control plane's register RPCs; unset falls back to --token.
+    /// Join token for the control plane's register RPCs; unset falls back to the client
+    /// token (--client-token-file or --token).
     #[arg(
         long,
         env = "FLOWPLANE_JOIN_TOKEN",
@@ -89,6 +91,8 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
 }
 
 fn config(args: &Args) -> anyhow::Result<Config> {
+    let mut client = args.client.clone();
+    client.load_token_file()?;
     let config = Config {
         name: "flowplane-processor".into(),
         processors: args
@@ -98,19 +102,20 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             .filter(|p| !p.is_empty())
             .collect(),
         control_plane: args.control_plane.clone().filter(|c| !c.is_empty()),
-        client: args.client.clone(),
         id: args.id.clone(),
         join_token: args
             .join_token
             .clone()
-            .or_else(|| args.client.token.clone())
+            .or_else(|| client.token.clone())
             .filter(|t| !t.is_empty()),
+        client,
         labels: args.labels.iter().cloned().collect(),
         advertise: args.serve.advertise.clone(),
         tls: args.serve.server_tls()?,
         grace_period: args.grace_period,
         max_streams: args.max_streams,
         max_concurrent_calls: args.max_concurrent_calls,
+        tokens: args.serve.tokens().context("--token-file")?,
     };
     config.validate()?;
     Ok(config)

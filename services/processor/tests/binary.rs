@@ -23,6 +23,9 @@ fn processor() -> Command {
 
 #[test]
 fn invalid_settings_exit_non_zero_naming_the_flag() {
+    let bad_tokens = flowplane_test_support::binary::malformed_token_file();
+    let tokens = bad_tokens.path();
+    let line = flowplane_test_support::binary::MALFORMED_TOKEN_LINE;
     flowplane_test_support::binary::assert_rejects_before_binding(
         BINARY,
         &[
@@ -43,6 +46,23 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
             (&["--label", "novalue"], &[], "--label"),
             (&["--join-token", "has space"], &[], "--join-token"),
             (&["--id", ""], &[], "--id"),
+            (&["--token-file", tokens], &[], line),
+            (&[], &[("FLOWPLANE_TOKEN_FILE", tokens)], line),
+            (
+                &["--token-file", "/nonexistent/tokens"],
+                &[],
+                "--token-file",
+            ),
+            (
+                &["--client-token-file", "/nonexistent/token"],
+                &[],
+                "--client-token-file",
+            ),
+            (
+                &["--token", "t", "--client-token-file", tokens],
+                &[],
+                "--client-token-file",
+            ),
             (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
         ],
     );
@@ -54,6 +74,10 @@ fn help_lists_the_settings_and_their_environment_variables() {
         BINARY,
         &[
             "--listen",
+            "--token-file",
+            "FLOWPLANE_TOKEN_FILE",
+            "--client-token-file",
+            "FLOWPLANE_CLIENT_TOKEN_FILE",
             "--advertise",
             "--control-plane",
             "FLOWPLANE_CONTROL_PLANE",
