@@ -104,6 +104,10 @@ async fn rss_stays_bounded_while_a_processor_amplifies_100x_across_200_sessions(
             control_plane.url(),
             "--memory-budget-mib".to_string(),
             BUDGET_MIB.to_string(),
+            // This test is about memory, not deadlines: 200 sessions opening at once on
+            // a loaded 2-core machine may take longer than the default to get `ready`.
+            "--node-timeout".to_string(),
+            "60s".to_string(),
         ],
     );
     let pid = pipeline.0.id();

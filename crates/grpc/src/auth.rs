@@ -414,39 +414,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Server interceptor: every call must carry the one token, when one is configured. For
-/// embedders with a single secret; flowplane's servers use [`AuthLayer`].
-#[derive(Clone, Default)]
-pub struct BearerAuth {
-    token: Option<Arc<str>>,
-}
-
-impl fmt::Debug for BearerAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BearerAuth")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl BearerAuth {
-    /// `None` accepts every call; `Some` requires that token.
-    pub fn new(token: Option<String>) -> Self {
-        Self {
-            token: token.filter(|t| !t.is_empty()).map(Into::into),
-        }
-    }
-}
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = &self.token {
-            check_bearer(request.metadata(), token)?;
-        }
-        Ok(request)
-    }
-}
-
 /// Client interceptor: attaches the token to every call, when one is configured.
 #[derive(Clone, Default)]
 pub struct AttachBearer {
@@ -514,25 +481,14 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_configured_token_only() {
-        let mut auth = BearerAuth::new(Some("s3cret".into()));
-        assert!(auth.call(with_token(Some("s3cret"))).is_ok());
-        let wrong = auth.call(with_token(Some("s3cre7"))).unwrap_err();
+    fn check_bearer_accepts_the_expected_token_only() {
+        let metadata = |token: Option<&str>| with_token(token).metadata().clone();
+        assert!(check_bearer(&metadata(Some("s3cret")), "s3cret").is_ok());
+        let wrong = check_bearer(&metadata(Some("s3cre7")), "s3cret").unwrap_err();
         assert_eq!(wrong.code(), Code::Unauthenticated);
-        let missing = auth.call(with_token(None)).unwrap_err();
+        let missing = check_bearer(&metadata(None), "s3cret").unwrap_err();
         assert_eq!(missing.code(), Code::Unauthenticated);
         assert!(missing.message().contains("authorization"));
-    }
-
-    #[test]
-    fn no_configured_token_accepts_everything() {
-        let mut auth = BearerAuth::new(None);
-        assert!(auth.call(with_token(None)).is_ok());
-        assert!(
-            BearerAuth::new(Some(String::new()))
-                .call(with_token(None))
-                .is_ok()
-        );
     }
 
     #[test]
