@@ -235,19 +235,27 @@ impl Platform {
 
     /// Waits until the pipeline service can run `manifest` (its view has the processors).
     pub async fn wait_until_runnable(&self, manifest: &PipelineManifest) {
-        let client = self.pipeline_client().await;
-        wait_until("the pipeline service to see the processors", || {
-            let mut client = client.clone();
-            let manifest = manifest.clone();
-            async move {
-                client
-                    .validate_pipeline(ValidatePipelineRequest {
-                        manifest: Some(manifest),
-                    })
-                    .await
-                    .is_ok_and(|r| r.into_inner().problems.is_empty())
-            }
-        })
-        .await;
+        wait_until_runnable(self.pipeline_client().await, manifest).await;
     }
+}
+
+/// Waits until the pipeline behind `client` can run `manifest`: it validates with no
+/// problem, so the pipeline's view has every processor the manifest names.
+pub async fn wait_until_runnable(
+    client: StreamingPipelineServiceClient<Channel>,
+    manifest: &PipelineManifest,
+) {
+    wait_until("the pipeline service to see the processors", || {
+        let mut client = client.clone();
+        let manifest = manifest.clone();
+        async move {
+            client
+                .validate_pipeline(ValidatePipelineRequest {
+                    manifest: Some(manifest),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().problems.is_empty())
+        }
+    })
+    .await;
 }

@@ -134,3 +134,35 @@ impl Session {
         }
     }
 }
+
+/// Every result once, in input order, each the echo of its own chunk.
+pub fn assert_complete_in_order(outcome: &Outcome, n: u64) {
+    assert!(
+        outcome.status.is_none(),
+        "session failed: {:?}",
+        outcome.status
+    );
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+    let sequences: Vec<u64> = outcome.results.iter().map(|r| r.input_sequence).collect();
+    assert_eq!(
+        sequences,
+        (0..n).collect::<Vec<_>>(),
+        "every result once, in order"
+    );
+    assert_results_are_echoes(outcome);
+    assert!(outcome.closed, "closed was sent");
+}
+
+/// No result is wrong or duplicated: sequences strictly increase and each result is the
+/// echo of the chunk it claims to answer.
+pub fn assert_results_are_echoes(outcome: &Outcome) {
+    let sequences: Vec<u64> = outcome.results.iter().map(|r| r.input_sequence).collect();
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "results duplicated or out of order: {sequences:?}"
+    );
+    for r in &outcome.results {
+        let got = crate::data::text_of(r.buffer.as_ref().unwrap().payload.as_ref().unwrap());
+        assert_eq!(got, format!("c{}", r.input_sequence), "wrong result");
+    }
+}

@@ -18,7 +18,7 @@ use flowplane_tests::{
     Running, control_plane,
     data::*,
     pipeline, processor,
-    session::{Outcome, Session},
+    session::{Outcome, Session, assert_complete_in_order},
 };
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -123,25 +123,6 @@ async fn send_range(session: &Session, range: std::ops::Range<u64>) {
         session
             .send(send(chunk(i, "in", text(&format!("c{i}")))))
             .await;
-    }
-}
-
-fn assert_complete_in_order(outcome: &Outcome, n: u64) {
-    assert!(
-        outcome.status.is_none(),
-        "session failed: {:?}",
-        outcome.status
-    );
-    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
-    let sequences: Vec<u64> = outcome.results.iter().map(|r| r.input_sequence).collect();
-    assert_eq!(
-        sequences,
-        (0..n).collect::<Vec<_>>(),
-        "every result once, in order"
-    );
-    for r in &outcome.results {
-        let got = text_of(r.buffer.as_ref().unwrap().payload.as_ref().unwrap());
-        assert_eq!(got, format!("c{}", r.input_sequence));
     }
 }
 

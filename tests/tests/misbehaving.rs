@@ -19,7 +19,7 @@ use flowplane_test_support::{
 use flowplane_tests::{
     Running, control_plane,
     data::*,
-    session::{Outcome, Session},
+    session::{Outcome, Session, assert_complete_in_order, assert_results_are_echoes},
 };
 
 /// Fails the test, instead of hanging it, past [`TEST_LIMIT`].

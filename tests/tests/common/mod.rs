@@ -11,7 +11,7 @@ use flowplane_pipeline::{ServiceLimits, ServiceProbe};
 use flowplane_proto::{
     controlplane::v1::ListComponentsRequest,
     streaming::v1::{
-        ControlCommand, PipelineManifest, ValidatePipelineRequest,
+        ControlCommand, PipelineManifest,
         streaming_pipeline_service_client::StreamingPipelineServiceClient,
     },
 };
@@ -88,20 +88,7 @@ impl Pipeline {
 
     /// Waits until `manifest` validates: the pipeline's view has its processors.
     pub async fn wait_until_runnable(&self, manifest: &PipelineManifest) {
-        let client = self.client().await;
-        wait_until("the pipeline to see the processors", || {
-            let mut client = client.clone();
-            let manifest = manifest.clone();
-            async move {
-                client
-                    .validate_pipeline(ValidatePipelineRequest {
-                        manifest: Some(manifest),
-                    })
-                    .await
-                    .is_ok_and(|r| r.into_inner().problems.is_empty())
-            }
-        })
-        .await;
+        flowplane_tests::wait_until_runnable(self.client().await, manifest).await;
     }
 
     /// Waits until no session is open; panics if that takes longer than `within`.
@@ -190,38 +177,6 @@ pub async fn full_session(
     session.send(control(ControlCommand::Close)).await;
     session.finish_sending();
     Ok(session.read_to_end().await)
-}
-
-/// Every result once, in input order, each the echo of its own chunk.
-pub fn assert_complete_in_order(outcome: &Outcome, n: u64) {
-    assert!(
-        outcome.status.is_none(),
-        "session failed: {:?}",
-        outcome.status
-    );
-    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
-    let sequences: Vec<u64> = outcome.results.iter().map(|r| r.input_sequence).collect();
-    assert_eq!(
-        sequences,
-        (0..n).collect::<Vec<_>>(),
-        "every result once, in order"
-    );
-    assert_results_are_echoes(outcome);
-    assert!(outcome.closed, "closed was sent");
-}
-
-/// No result is wrong or duplicated: sequences strictly increase and each result is the
-/// echo of the chunk it claims to answer.
-pub fn assert_results_are_echoes(outcome: &Outcome) {
-    let sequences: Vec<u64> = outcome.results.iter().map(|r| r.input_sequence).collect();
-    assert!(
-        sequences.windows(2).all(|w| w[0] < w[1]),
-        "results duplicated or out of order: {sequences:?}"
-    );
-    for r in &outcome.results {
-        let got = text_of(r.buffer.as_ref().unwrap().payload.as_ref().unwrap());
-        assert_eq!(got, format!("c{}", r.input_sequence), "wrong result");
-    }
 }
 
 /// The session ended with an error status that names the node and a sequence.
