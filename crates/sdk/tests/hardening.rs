@@ -4,28 +4,27 @@
 //! sequences backwards, queue unbounded result bytes, amplify a chunk into gigabytes, or
 //! open a stream on a draining host.
 
+mod common;
+
 use std::{
-    net::SocketAddr,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use flowplane_grpc::config::ClientArgs;
+use common::{Echo, Server, binary, one, output_text, text};
 use flowplane_sdk::{
     Capability, Input, Output, ParamError, Params, ProcessError, Processor, ProcessorHost,
-    ServeOptions,
-    client::{ProcessStream, chunk, init},
+    client::{chunk, init},
     proto::{
-        data::v1::{BinaryData, DataBuffer, DataTypeHint, TextData, data_buffer::Payload},
+        data::v1::{BinaryData, DataBuffer, DataTypeHint, data_buffer::Payload},
         processor::v1::{
             ProcessRequest, ProcessResponse, ProcessResult, process_request, process_response,
             processor_service_client::ProcessorServiceClient,
         },
     },
-    serve,
 };
-use flowplane_test_support::{local_listener, wait_until};
+use flowplane_test_support::wait_until;
 use prost::Message;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -34,45 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
 
-fn text(s: &str) -> Payload {
-    Payload::Text(TextData {
-        text: s.into(),
-        language: String::new(),
-    })
-}
-
+/// The text of the first output of a result that must not be an error.
 fn text_of(result: &ProcessResult) -> String {
     assert!(result.error.is_none(), "{:?}", result.error);
-    match result.outputs[0]
-        .chunk
-        .as_ref()
-        .unwrap()
-        .buffer
-        .as_ref()
-        .unwrap()
-        .payload
-        .as_ref()
-    {
-        Some(Payload::Text(t)) => t.text.clone(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-/// Echoes text.
-struct Echo;
-
-impl Processor for Echo {
-    fn capability() -> Capability {
-        Capability::new("test.echo", "echoes text")
-            .input("text", [DataTypeHint::Text], "text")
-            .output("text", [DataTypeHint::Text], "the same text")
-    }
-    fn create(_: &Params) -> Result<Self, ParamError> {
-        Ok(Self)
-    }
-    fn process(&mut self, input: Input<'_>) -> Result<Vec<Output>, ProcessError> {
-        Ok(vec![Output::new("text", input.payload)])
-    }
+    output_text(result).to_string()
 }
 
 /// Processor calls of `Burn` running now.
@@ -173,50 +137,6 @@ impl Processor for Big {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    host: ProcessorHost,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<flowplane_sdk::Result<()>>,
-}
-
-impl Server {
-    async fn start(host: ProcessorHost, grace_period: Duration) -> Self {
-        let listener = local_listener().await;
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let options = ServeOptions {
-            grace_period,
-            ..Default::default()
-        };
-        let task = tokio::spawn(serve(
-            host.clone(),
-            options,
-            listener,
-            stop.clone().cancelled_owned(),
-        ));
-        Self {
-            addr,
-            host,
-            stop,
-            task,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        flowplane_grpc::client::connect(&self.addr.to_string(), &ClientArgs::default())
-            .await
-            .unwrap()
-    }
-
-    async fn open(&self, processor: &str) -> ProcessStream {
-        ProcessStream::open(self.channel().await, init(processor, "node-a", json!({})))
-            .await
-            .unwrap()
-            .0
-    }
-}
-
 fn host() -> ProcessorHost {
     ProcessorHost::builder("test-host")
         .processor::<Echo>()
@@ -227,20 +147,13 @@ fn host() -> ProcessorHost {
         .unwrap()
 }
 
-async fn one(stream: &mut ProcessStream, sequence: u64, payload: Payload) -> ProcessResult {
-    stream.send(chunk(sequence, "", payload)).await.unwrap();
-    let result = stream.result().await.unwrap().expect("a result");
-    assert_eq!(result.input_sequence, sequence);
-    result
-}
-
 /// Before processor calls left the async workers, four of these streams on two workers
 /// stopped every other stream, the heartbeat and any timer for seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_heavy_processors_never_stall_other_streams_or_timers() {
     let server = Server::start(host(), Duration::from_secs(5)).await;
-    let mut cheap = server.open("test.echo").await;
-    assert_eq!(text_of(&one(&mut cheap, 0, text("warm")).await), "warm");
+    let mut cheap = server.open("test.echo", json!({})).await;
+    assert_eq!(text_of(&one(&mut cheap, 0, "", text("warm")).await), "warm");
 
     let done = CancellationToken::new();
     let ticker = tokio::spawn({
@@ -262,9 +175,9 @@ async fn cpu_heavy_processors_never_stall_other_streams_or_timers() {
     // More CPU-bound streams than cores.
     let mut burns = Vec::new();
     for i in 0..4u64 {
-        let mut stream = server.open("test.burn").await;
+        let mut stream = server.open("test.burn", json!({})).await;
         burns.push(tokio::spawn(async move {
-            let result = one(&mut stream, i, text("go")).await;
+            let result = one(&mut stream, i, "", text("go")).await;
             assert_eq!(text_of(&result), "burnt");
         }));
     }
@@ -277,7 +190,7 @@ async fn cpu_heavy_processors_never_stall_other_streams_or_timers() {
     while BURNING.load(Ordering::SeqCst) > 0 {
         round_trips += 1;
         let started = Instant::now();
-        let echoed = text_of(&one(&mut cheap, round_trips, text("ping")).await);
+        let echoed = text_of(&one(&mut cheap, round_trips, "", text("ping")).await);
         assert_eq!(echoed, "ping");
         worst_round_trip = worst_round_trip.max(started.elapsed());
     }
@@ -311,10 +224,10 @@ async fn processor_calls_are_limited_host_wide() {
     let server = Server::start(host, Duration::from_secs(5)).await;
     let mut streams = Vec::new();
     for i in 0..3u64 {
-        let mut stream = server.open("test.slow").await;
+        let mut stream = server.open("test.slow", json!({})).await;
         streams.push(tokio::spawn(async move {
             for sequence in 0..2 {
-                let result = one(&mut stream, sequence, text(&format!("{i}"))).await;
+                let result = one(&mut stream, sequence, "", text(&format!("{i}"))).await;
                 assert_eq!(text_of(&result), format!("{i}"));
             }
         }));
@@ -328,9 +241,9 @@ async fn processor_calls_are_limited_host_wide() {
 #[tokio::test]
 async fn sequences_must_not_go_backwards_but_may_repeat() {
     let server = Server::start(host(), Duration::from_secs(5)).await;
-    let mut stream = server.open("test.echo").await;
-    assert_eq!(text_of(&one(&mut stream, 5, text("a")).await), "a");
-    let back = one(&mut stream, 3, text("b")).await.error.unwrap();
+    let mut stream = server.open("test.echo", json!({})).await;
+    assert_eq!(text_of(&one(&mut stream, 5, "", text("a")).await), "a");
+    let back = one(&mut stream, 3, "", text("b")).await.error.unwrap();
     assert_eq!(
         (back.code, back.reason.as_str(), back.field.as_str()),
         (
@@ -344,18 +257,14 @@ async fn sequences_must_not_go_backwards_but_may_repeat() {
         "sequence 3: chunk.sequence 3 is lower than sequence 5 of an earlier chunk on this stream; sequences must not go backwards"
     );
     // A pipeline sends one node several chunks of one input sequence (fan-in).
-    assert_eq!(text_of(&one(&mut stream, 5, text("c")).await), "c");
-    assert_eq!(text_of(&one(&mut stream, 6, text("d")).await), "d");
-    let back = one(&mut stream, 4, text("e")).await.error.unwrap();
+    assert_eq!(text_of(&one(&mut stream, 5, "", text("c")).await), "c");
+    assert_eq!(text_of(&one(&mut stream, 6, "", text("d")).await), "d");
+    let back = one(&mut stream, 4, "", text("e")).await.error.unwrap();
     assert!(back.message.contains("lower than sequence 6"), "{back:?}");
     // A chunk that fails for another reason still counts as received.
-    let wrong_type = Payload::Binary(BinaryData {
-        data: Bytes::from_static(b"x"),
-        mime_type: String::new(),
-    });
-    let mismatch = one(&mut stream, 10, wrong_type).await.error.unwrap();
+    let mismatch = one(&mut stream, 10, "", binary(b"x")).await.error.unwrap();
     assert_eq!(mismatch.reason, "TYPE_MISMATCH");
-    let back = one(&mut stream, 9, text("f")).await.error.unwrap();
+    let back = one(&mut stream, 9, "", text("f")).await.error.unwrap();
     assert!(back.message.contains("lower than sequence 10"), "{back:?}");
 }
 
@@ -536,7 +445,7 @@ async fn a_message_over_the_limit_ends_the_stream_resource_exhausted_naming_it()
 #[tokio::test]
 async fn many_outputs_of_a_chunk_with_large_metadata_are_refused_before_copying() {
     let server = Server::start(host(), Duration::from_secs(5)).await;
-    let mut stream = server.open("test.fanout").await;
+    let mut stream = server.open("test.fanout", json!({})).await;
     // Copied into each of 100000 outputs, this metadata would be 100 GB.
     let mut request = chunk(1, "", text("100000"));
     request.metadata.insert("blob".into(), "m".repeat(1 << 20));
@@ -551,14 +460,14 @@ async fn many_outputs_of_a_chunk_with_large_metadata_are_refused_before_copying(
         "{}",
         error.message
     );
-    let fine = one(&mut stream, 2, text("2")).await;
+    let fine = one(&mut stream, 2, "", text("2")).await;
     assert_eq!(fine.outputs.len(), 2);
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_bounds_the_bytes_queued_for_it() {
     let server = Server::start(host(), Duration::from_secs(5)).await;
-    let stream = server.open("test.big").await;
+    let stream = server.open("test.big", json!({})).await;
     let (tx, mut rx) = stream.split();
     let tx = tx.unwrap();
     const N: u64 = 40;
@@ -590,18 +499,19 @@ async fn a_client_that_stops_reading_bounds_the_bytes_queued_for_it() {
 #[tokio::test]
 async fn draining_refuses_new_streams_at_once_and_lets_open_ones_finish() {
     let server = Server::start(host(), Duration::from_secs(5)).await;
-    let mut open = server.open("test.echo").await;
-    assert_eq!(text_of(&one(&mut open, 1, text("before")).await), "before");
+    let mut open = server.open("test.echo", json!({})).await;
+    assert_eq!(
+        text_of(&one(&mut open, 1, "", text("before")).await),
+        "before"
+    );
     server.stop.cancel();
     wait_until("the host to drain", || async { server.host.is_draining() }).await;
 
     let started = Instant::now();
-    let refused = ProcessStream::open(
-        server.channel().await,
-        init("test.echo", "node-b", json!({})),
-    )
-    .await
-    .unwrap_err();
+    let refused = server
+        .try_open("test.echo", "node-b", json!({}))
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "not at once");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("draining"), "{refused:?}");
@@ -609,7 +519,10 @@ async fn draining_refuses_new_streams_at_once_and_lets_open_ones_finish() {
     assert_eq!(details.error_info().unwrap().reason, "DRAINING");
 
     // The open stream goes on within the grace period, and its end ends the drain.
-    assert_eq!(text_of(&one(&mut open, 2, text("during")).await), "during");
+    assert_eq!(
+        text_of(&one(&mut open, 2, "", text("during")).await),
+        "during"
+    );
     drop(open);
     tokio::time::timeout(Duration::from_secs(3), server.task)
         .await

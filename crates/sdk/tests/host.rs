@@ -1,30 +1,28 @@
 //! The host over a real `Process` stream on 127.0.0.1: init handling, one result per
 //! chunk in order, per-chunk errors with their codes, panics, state and shutdown.
 
-use std::{net::SocketAddr, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use flowplane_grpc::config::ClientArgs;
+use common::{Server, binary, one, output_text, text};
 use flowplane_sdk::{
     Capability, Input, Output, Param, ParamError, Params, ProcessError, Processor, ProcessorHost,
-    ServeOptions,
     client::{ProcessStream, chunk, init},
     proto::{
         data::v1::{
-            BinaryData, DataTypeHint, JsonData, TensorBuffer, TensorDtype, TextData,
-            data_buffer::Payload,
+            DataTypeHint, JsonData, TensorBuffer, TensorDtype, TextData, data_buffer::Payload,
         },
         processor::v1::{
             GetCapabilitiesRequest, ProcessRequest, ProcessResult, process_request,
             processor_service_client::ProcessorServiceClient,
         },
     },
-    serve,
 };
 use serde_json::json;
-use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// Upper-cases text; counts chunks per stream in the `count` metadata; fails or panics
 /// on request.
@@ -109,112 +107,31 @@ impl Processor for Merge {
     }
 }
 
-fn text(s: &str) -> Payload {
-    Payload::Text(TextData {
-        text: s.into(),
-        language: String::new(),
-    })
+/// A host serving `Upper` and `Merge` as "host-1".
+async fn start(grace_period: Duration) -> Server {
+    let host = ProcessorHost::builder("test-host")
+        .host_id("host-1")
+        .processor::<Upper>()
+        .processor::<Merge>()
+        .build()
+        .unwrap();
+    Server::start(host, grace_period).await
 }
 
-fn binary(b: &[u8]) -> Payload {
-    Payload::Binary(BinaryData {
-        data: Bytes::copy_from_slice(b),
-        mime_type: String::new(),
-    })
-}
-
-struct Server {
-    addr: SocketAddr,
-    host: ProcessorHost,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<flowplane_sdk::Result<()>>,
-}
-
-impl Server {
-    async fn start(grace_period: Duration) -> Self {
-        let host = ProcessorHost::builder("test-host")
-            .host_id("host-1")
-            .processor::<Upper>()
-            .processor::<Merge>()
-            .build()
-            .unwrap();
-        let listener = flowplane_test_support::local_listener().await;
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let options = ServeOptions {
-            grace_period,
-            ..Default::default()
-        };
-        let task = tokio::spawn(serve(host.clone(), options, listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            host,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        flowplane_grpc::client::connect(&self.addr.to_string(), &ClientArgs::default())
-            .await
-            .unwrap()
-    }
-
-    async fn open(&self, processor: &str, params: serde_json::Value) -> ProcessStream {
-        let (stream, ready) =
-            ProcessStream::open(self.channel().await, init(processor, "node-a", params))
-                .await
-                .unwrap();
-        assert_eq!(ready.processor, processor);
-        stream
-    }
-
-    async fn open_err(&self, processor: &str, params: serde_json::Value) -> tonic::Status {
-        ProcessStream::open(self.channel().await, init(processor, "node-a", params))
-            .await
-            .unwrap_err()
-    }
-}
-
-async fn one(
-    stream: &mut ProcessStream,
-    sequence: u64,
-    input: &str,
-    payload: Payload,
-) -> ProcessResult {
-    stream.send(chunk(sequence, input, payload)).await.unwrap();
-    let result = stream.result().await.unwrap().expect("a result");
-    assert_eq!(result.input_sequence, sequence);
-    result
-}
-
-fn output_text(result: &ProcessResult) -> &str {
-    match result.outputs[0]
-        .chunk
-        .as_ref()
-        .unwrap()
-        .buffer
-        .as_ref()
-        .unwrap()
-        .payload
-        .as_ref()
-    {
-        Some(Payload::Text(t)) => &t.text,
-        other => panic!("not text: {other:?}"),
-    }
+/// Opens a stream for node "node-a", checking that the host took it for `processor`.
+async fn open(server: &Server, processor: &str, params: serde_json::Value) -> ProcessStream {
+    let (stream, ready) = server.try_open(processor, "node-a", params).await.unwrap();
+    assert_eq!(ready.processor, processor);
+    stream
 }
 
 #[tokio::test]
 async fn ready_names_the_processor_node_and_host() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let (_stream, ready) = ProcessStream::open(
-        server.channel().await,
-        init("test.upper", "node-7", serde_json::Value::Null),
-    )
-    .await
-    .unwrap();
+    let server = start(Duration::from_secs(5)).await;
+    let (_stream, ready) = server
+        .try_open("test.upper", "node-7", serde_json::Value::Null)
+        .await
+        .unwrap();
     assert_eq!(
         (
             ready.processor.as_str(),
@@ -227,7 +144,7 @@ async fn ready_names_the_processor_node_and_host() {
 
 #[tokio::test]
 async fn the_first_message_must_be_init() {
-    let server = Server::start(Duration::from_secs(5)).await;
+    let server = start(Duration::from_secs(5)).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ProcessRequest {
         request: Some(process_request::Request::Chunk(chunk(0, "", text("a")))),
@@ -246,8 +163,8 @@ async fn the_first_message_must_be_init() {
 
 #[tokio::test]
 async fn a_second_init_ends_the_stream() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let mut stream = server.open("test.upper", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let mut stream = open(&server, "test.upper", json!({})).await;
     stream
         .send_raw(ProcessRequest {
             request: Some(process_request::Request::Init(init(
@@ -266,7 +183,7 @@ async fn a_second_init_ends_the_stream() {
 
 #[tokio::test]
 async fn unknown_processors_are_not_found_naming_them() {
-    let server = Server::start(Duration::from_secs(5)).await;
+    let server = start(Duration::from_secs(5)).await;
     let status = server.open_err("no.such", json!({})).await;
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(
@@ -280,7 +197,7 @@ async fn unknown_processors_are_not_found_naming_them() {
 
 #[tokio::test]
 async fn bad_params_are_invalid_argument_naming_the_param() {
-    let server = Server::start(Duration::from_secs(5)).await;
+    let server = start(Duration::from_secs(5)).await;
     for (params, param) in [
         (json!({"sufix": "!"}), "sufix"),
         (json!({"suffix": 3}), "suffix"),
@@ -299,8 +216,8 @@ async fn bad_params_are_invalid_argument_naming_the_param() {
 
 #[tokio::test]
 async fn every_chunk_gets_exactly_one_result_in_order() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let stream = server.open("test.upper", json!({"suffix": "!"})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let stream = open(&server, "test.upper", json!({"suffix": "!"})).await;
     let (tx, mut rx) = stream.split();
     let tx = tx.unwrap();
     const N: u64 = 300;
@@ -344,8 +261,8 @@ async fn every_chunk_gets_exactly_one_result_in_order() {
 
 #[tokio::test]
 async fn chunk_errors_carry_code_reason_field_node_and_sequence() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let mut upper = server.open("test.upper", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let mut upper = open(&server, "test.upper", json!({})).await;
 
     let failed = one(&mut upper, 4, "", text("fail")).await;
     let error = failed.error.unwrap();
@@ -414,8 +331,8 @@ async fn chunk_errors_carry_code_reason_field_node_and_sequence() {
 
 #[tokio::test]
 async fn several_inputs_need_a_port_name_and_outputs_keep_the_chunk_context() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let mut merge = server.open("test.merge", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let mut merge = open(&server, "test.merge", json!({})).await;
     let ambiguous = one(&mut merge, 1, "", text("x")).await.error.unwrap();
     assert_eq!(ambiguous.reason, "AMBIGUOUS_INPUT");
     assert_eq!(
@@ -449,8 +366,8 @@ async fn several_inputs_need_a_port_name_and_outputs_keep_the_chunk_context() {
 
 #[tokio::test]
 async fn malformed_and_oversized_payloads_are_chunk_errors() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let mut merge = server.open("test.merge", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let mut merge = open(&server, "test.merge", json!({})).await;
     let tensor = Payload::Tensor(TensorBuffer {
         data: Bytes::from(vec![0u8; 20]),
         shape: vec![2, 3],
@@ -520,9 +437,9 @@ async fn malformed_and_oversized_payloads_are_chunk_errors() {
 
 #[tokio::test]
 async fn a_panic_fails_only_its_own_stream() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let mut doomed = server.open("test.upper", json!({})).await;
-    let mut bystander = server.open("test.upper", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let mut doomed = open(&server, "test.upper", json!({})).await;
+    let mut bystander = open(&server, "test.upper", json!({})).await;
     assert_eq!(output_text(&one(&mut doomed, 1, "", text("a")).await), "A");
     doomed.send(chunk(2, "", text("panic"))).await.unwrap();
     let status = doomed.result().await.unwrap_err();
@@ -535,14 +452,14 @@ async fn a_panic_fails_only_its_own_stream() {
         output_text(&one(&mut bystander, 1, "", text("b")).await),
         "B"
     );
-    let mut fresh = server.open("test.upper", json!({})).await;
+    let mut fresh = open(&server, "test.upper", json!({})).await;
     assert_eq!(output_text(&one(&mut fresh, 1, "", text("c")).await), "C");
 }
 
 #[tokio::test]
 async fn a_panic_amid_chunks_in_flight_answers_those_before_it_first() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let stream = server.open("test.upper", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let stream = open(&server, "test.upper", json!({})).await;
     let (tx, mut rx) = stream.split();
     let tx = tx.unwrap();
     // Sent without waiting, so the host may take them in one trip to the blocking pool.
@@ -561,9 +478,9 @@ async fn a_panic_amid_chunks_in_flight_answers_those_before_it_first() {
 
 #[tokio::test]
 async fn state_belongs_to_one_stream() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let mut first = server.open("test.upper", json!({})).await;
-    let mut second = server.open("test.upper", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let mut first = open(&server, "test.upper", json!({})).await;
+    let mut second = open(&server, "test.upper", json!({})).await;
     let count = |r: &ProcessResult| {
         r.outputs[0]
             .chunk
@@ -588,7 +505,7 @@ async fn state_belongs_to_one_stream() {
 
 #[tokio::test]
 async fn capabilities_describe_every_processor() {
-    let server = Server::start(Duration::from_secs(5)).await;
+    let server = start(Duration::from_secs(5)).await;
     let mut client = ProcessorServiceClient::new(server.channel().await);
     let caps = client
         .get_capabilities(GetCapabilitiesRequest {})
@@ -611,8 +528,8 @@ async fn capabilities_describe_every_processor() {
 
 #[tokio::test]
 async fn many_chunks_in_flight_flow_without_deadlock() {
-    let server = Server::start(Duration::from_secs(5)).await;
-    let stream = server.open("test.merge", json!({})).await;
+    let server = start(Duration::from_secs(5)).await;
+    let stream = open(&server, "test.merge", json!({})).await;
     let (tx, mut rx) = stream.split();
     let tx = tx.unwrap();
     const N: u64 = 5_000;
@@ -635,9 +552,9 @@ async fn many_chunks_in_flight_flow_without_deadlock() {
 
 #[tokio::test]
 async fn shutdown_drains_then_ends_open_streams_unavailable() {
-    let mut server = Server::start(Duration::from_millis(300)).await;
-    let mut stream = server.open("test.upper", json!({})).await;
-    server.stop.take().unwrap().send(()).unwrap();
+    let server = start(Duration::from_millis(300)).await;
+    let mut stream = open(&server, "test.upper", json!({})).await;
+    server.stop.cancel();
     // Within the grace period the open stream still works.
     assert_eq!(
         output_text(&one(&mut stream, 1, "", text("still")).await),

@@ -4,26 +4,26 @@
 //! then deregistration on shutdown, and open streams untouched by a control plane outage.
 //! The real control plane is exercised in tests/tests/processor_lifecycle.rs.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use flowplane_grpc::{auth::check_bearer, config::ClientArgs, server::GrpcServer};
+use common::{Echo, Server, first_payload, one, text};
+use flowplane_grpc::{auth::check_bearer, server::GrpcServer};
 use flowplane_sdk::{
-    Capability, Input, Output, ParamError, Params, ProcessError, Processor, ProcessorHost,
-    RegistrationConfig, ServeOptions,
-    client::{ProcessStream, chunk, init},
+    ProcessorHost, RegistrationConfig, ServeOptions,
+    client::ProcessStream,
     proto::{
         common::v1::HealthStatus,
         controlplane::v1::{
             self as cp, control_plane_service_server::ControlPlaneService,
             control_plane_service_server::ControlPlaneServiceServer,
         },
-        data::v1::{DataTypeHint, TextData, data_buffer::Payload},
     },
-    serve,
 };
 use flowplane_test_support::{local_listener, wait_for, wait_until};
 use tokio::net::TcpListener;
@@ -190,45 +190,48 @@ impl ControlPlaneService for FakeControlPlane {
     }
 }
 
-/// Serves `fake` on `listener` until the returned token is cancelled.
-fn start_fake(
-    fake: &FakeControlPlane,
-    listener: TcpListener,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+/// A fake control plane being served until `stop` is cancelled.
+struct FakeServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serves `fake` on `listener` until the returned server's `stop` is cancelled.
+fn start_fake(fake: &FakeControlPlane, listener: TcpListener) -> FakeServer {
+    let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let routes = Routes::new(ControlPlaneServiceServer::new(fake.clone()));
     let server = GrpcServer::new().unwrap().with_routes(routes);
     let shutdown = stop.clone().cancelled_owned();
     let task = tokio::spawn(async move { server.serve(listener, shutdown).await.unwrap() });
-    (stop, task)
+    FakeServer { addr, stop, task }
 }
 
-/// Echoes text.
-struct Echo;
-
-impl Processor for Echo {
-    fn capability() -> Capability {
-        Capability::new("test.echo", "echoes text")
-            .input("text", [DataTypeHint::Text], "text")
-            .output("text", [DataTypeHint::Text], "the same text")
-            .stateless()
-    }
-    fn create(_: &Params) -> Result<Self, ParamError> {
-        Ok(Self)
-    }
-    fn process(&mut self, input: Input<'_>) -> Result<Vec<Output>, ProcessError> {
-        Ok(vec![Output::new("text", input.payload)])
-    }
+/// Serves `fake` on a fresh 127.0.0.1 port.
+async fn serve_fake(fake: &FakeControlPlane) -> FakeServer {
+    start_fake(fake, local_listener().await)
 }
 
-struct Host {
-    addr: SocketAddr,
-    host: ProcessorHost,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<flowplane_sdk::Result<()>>,
+/// Waits until `fake` has seen at least one heartbeat.
+async fn a_heartbeat(fake: &FakeControlPlane) {
+    wait_until("a heartbeat", || {
+        let fake = fake.clone();
+        async move { !fake.heartbeats().is_empty() }
+    })
+    .await;
 }
 
-async fn start_host(control_plane: SocketAddr, max_streams: usize) -> Host {
+/// Waits for the second registration `fake` accepts, and returns it.
+async fn second_registration(fake: &FakeControlPlane) -> cp::RegisterProcessorRequest {
+    wait_for("a second registration", || {
+        let fake = fake.clone();
+        async move { fake.registrations().get(1).cloned() }
+    })
+    .await
+}
+
+async fn start_host(control_plane: SocketAddr, max_streams: usize) -> Server {
     start_host_with(
         control_plane,
         max_streams,
@@ -243,7 +246,7 @@ async fn start_host_with(
     max_streams: usize,
     initial_backoff: Duration,
     max_backoff: Duration,
-) -> Host {
+) -> Server {
     let host = ProcessorHost::builder("test-host")
         .max_streams(max_streams)
         .processor::<Echo>()
@@ -262,44 +265,21 @@ async fn start_host_with(
         grace_period: Duration::from_secs(5),
         ..Default::default()
     };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(
-        host.clone(),
-        options,
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
-    Host {
-        addr,
-        host,
-        stop,
-        task,
-    }
+    Server::serve(host, listener, options)
 }
 
-async fn open_echo(addr: SocketAddr) -> ProcessStream {
-    let channel = flowplane_grpc::client::connect(&addr.to_string(), &ClientArgs::default())
-        .await
-        .unwrap();
-    ProcessStream::open(channel, init("test.echo", "n", serde_json::Value::Null))
+async fn open_echo(host: &Server) -> ProcessStream {
+    host.try_open("test.echo", "n", serde_json::Value::Null)
         .await
         .unwrap()
         .0
 }
 
+/// Sends "hello {sequence}" and checks that it comes back unchanged.
 async fn echo(stream: &mut ProcessStream, sequence: u64) {
-    let payload = Payload::Text(TextData {
-        text: format!("hello {sequence}"),
-        language: String::new(),
-    });
-    stream
-        .send(chunk(sequence, "", payload.clone()))
-        .await
-        .unwrap();
-    let result = stream.result().await.unwrap().unwrap();
-    assert_eq!(result.input_sequence, sequence);
-    let out = result.outputs[0].chunk.as_ref().unwrap();
-    assert_eq!(out.buffer.as_ref().unwrap().payload, Some(payload));
+    let payload = text(&format!("hello {sequence}"));
+    let result = one(stream, sequence, "", payload.clone()).await;
+    assert_eq!(first_payload(&result), Some(&payload));
 }
 
 #[tokio::test]
@@ -310,12 +290,12 @@ async fn registers_once_the_control_plane_answers_then_heartbeats_with_metrics()
     drop(reserved);
     let host = start_host(cp_addr, 100).await;
 
-    let mut stream = open_echo(host.addr).await;
+    let mut stream = open_echo(&host).await;
     echo(&mut stream, 1).await;
 
     let fake = FakeControlPlane::default();
     let listener = TcpListener::bind(cp_addr).await.unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let _cp = start_fake(&fake, listener);
 
     let registration = wait_for("the host to register", || {
         let fake = fake.clone();
@@ -372,10 +352,8 @@ async fn registers_once_the_control_plane_answers_then_heartbeats_with_metrics()
 #[tokio::test]
 async fn reports_degraded_while_over_its_stream_limit() {
     let fake = FakeControlPlane::default();
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
-    let host = start_host(cp_addr, 1).await;
+    let cp = serve_fake(&fake).await;
+    let host = start_host(cp.addr, 1).await;
     let healthy = |status: HealthStatus| {
         let fake = fake.clone();
         move || {
@@ -388,8 +366,8 @@ async fn reports_degraded_while_over_its_stream_limit() {
         }
     };
     wait_until("a healthy heartbeat", healthy(HealthStatus::Healthy)).await;
-    let first = open_echo(host.addr).await;
-    let second = open_echo(host.addr).await;
+    let first = open_echo(&host).await;
+    let second = open_echo(&host).await;
     wait_until("a degraded heartbeat", healthy(HealthStatus::Degraded)).await;
     drop((first, second));
     wait_until("healthy again", healthy(HealthStatus::Healthy)).await;
@@ -398,21 +376,15 @@ async fn reports_degraded_while_over_its_stream_limit() {
 #[tokio::test]
 async fn registers_again_when_the_control_plane_forgets_it() {
     let fake = FakeControlPlane::default();
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
-    let host = start_host(cp_addr, 100).await;
+    let cp = serve_fake(&fake).await;
+    let host = start_host(cp.addr, 100).await;
     wait_until("the first registration", || {
         let fake = fake.clone();
         async move { fake.registrations().len() == 1 }
     })
     .await;
     fake.forget_everyone();
-    let again = wait_for("a second registration", || {
-        let fake = fake.clone();
-        async move { fake.registrations().get(1).cloned() }
-    })
-    .await;
+    let again = second_registration(&fake).await;
     // It asks for the id it had, so it stays the same component.
     assert_eq!(again.processor_id, "assigned-1");
     assert_eq!(host.host.host_id(), "assigned-1");
@@ -421,15 +393,9 @@ async fn registers_again_when_the_control_plane_forgets_it() {
 #[tokio::test]
 async fn shutdown_reports_stopping_then_deregisters() {
     let fake = FakeControlPlane::default();
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
-    let host = start_host(cp_addr, 100).await;
-    wait_until("a heartbeat", || {
-        let fake = fake.clone();
-        async move { !fake.heartbeats().is_empty() }
-    })
-    .await;
+    let cp = serve_fake(&fake).await;
+    let host = start_host(cp.addr, 100).await;
+    a_heartbeat(&fake).await;
     host.stop.cancel();
     host.task.await.unwrap().unwrap();
     let last = fake.heartbeats().pop().unwrap();
@@ -443,24 +409,18 @@ async fn shutdown_reports_stopping_then_deregisters() {
 #[tokio::test]
 async fn a_control_plane_outage_never_stops_open_streams() {
     let fake = FakeControlPlane::default();
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (cp_stop, cp_task) = start_fake(&fake, listener);
-    let host = start_host(cp_addr, 100).await;
-    let mut stream = open_echo(host.addr).await;
+    let cp = serve_fake(&fake).await;
+    let host = start_host(cp.addr, 100).await;
+    let mut stream = open_echo(&host).await;
     echo(&mut stream, 1).await;
-    wait_until("a heartbeat", || {
-        let fake = fake.clone();
-        async move { !fake.heartbeats().is_empty() }
-    })
-    .await;
-    cp_stop.cancel();
-    cp_task.await.unwrap();
+    a_heartbeat(&fake).await;
+    cp.stop.cancel();
+    cp.task.await.unwrap();
     for sequence in 2..50 {
         echo(&mut stream, sequence).await;
     }
     // New streams open too: only discovery depends on the control plane.
-    let mut fresh = open_echo(host.addr).await;
+    let mut fresh = open_echo(&host).await;
     echo(&mut fresh, 1).await;
     // With its streams closed, the host stops at once although the control plane is gone.
     drop((stream, fresh));
@@ -511,11 +471,9 @@ async fn transient_failures_back_off_quickly_and_refusals_only_at_the_max_once_l
         Status::unauthenticated("join token required: wrong token"),
         Status::unauthenticated("join token required: wrong token"),
     ]);
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let cp = serve_fake(&fake).await;
     let max = Duration::from_millis(300);
-    let host = start_host_with(cp_addr, 100, Duration::from_millis(5), max).await;
+    let host = start_host_with(cp.addr, 100, Duration::from_millis(5), max).await;
     wait_until(
         "the refusals to run out and the host to register",
         || async { host.host.host_id() == "assigned-1" },
@@ -544,21 +502,11 @@ async fn transient_failures_back_off_quickly_and_refusals_only_at_the_max_once_l
 #[tokio::test]
 async fn a_lease_mismatch_on_heartbeat_registers_again_presenting_the_old_lease() {
     let fake = FakeControlPlane::default();
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
-    let host = start_host(cp_addr, 100).await;
-    wait_until("a heartbeat", || {
-        let fake = fake.clone();
-        async move { !fake.heartbeats().is_empty() }
-    })
-    .await;
+    let cp = serve_fake(&fake).await;
+    let host = start_host(cp.addr, 100).await;
+    a_heartbeat(&fake).await;
     fake.revoke_leases();
-    let again = wait_for("a second registration", || {
-        let fake = fake.clone();
-        async move { fake.registrations().get(1).cloned() }
-    })
-    .await;
+    let again = second_registration(&fake).await;
     assert_eq!(again.processor_id, "assigned-1");
     assert_eq!(again.lease_token, "lease-of-assigned-1");
     // Heartbeats go on, accepted, after the registration.
@@ -581,11 +529,9 @@ async fn a_taken_processor_id_is_refused_not_hammered() {
         );
         50
     ]);
-    let listener = local_listener().await;
-    let cp_addr = listener.local_addr().unwrap();
-    let (_cp_stop, _cp) = start_fake(&fake, listener);
+    let cp = serve_fake(&fake).await;
     let max = Duration::from_millis(200);
-    let host = start_host_with(cp_addr, 100, Duration::from_millis(1), max).await;
+    let host = start_host_with(cp.addr, 100, Duration::from_millis(1), max).await;
     wait_until("three attempts", || async { fake.attempts().len() >= 3 }).await;
     let attempts = fake.attempts();
     assert!(attempts[1] - attempts[0] >= max && attempts[2] - attempts[1] >= max);
