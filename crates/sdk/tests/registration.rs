@@ -345,8 +345,7 @@ async fn registers_once_the_control_plane_answers_then_heartbeats_with_metrics()
     assert_eq!(beat.metrics["active_streams"], 1.0);
     assert_eq!(beat.metrics["chunks_out_total"], 1.0);
     drop(stream);
-    host.stop.cancel();
-    host.task.await.unwrap().unwrap();
+    host.shutdown().await;
 }
 
 #[tokio::test]
@@ -396,8 +395,7 @@ async fn shutdown_reports_stopping_then_deregisters() {
     let cp = serve_fake(&fake).await;
     let host = start_host(cp.addr, 100).await;
     a_heartbeat(&fake).await;
-    host.stop.cancel();
-    host.task.await.unwrap().unwrap();
+    host.shutdown().await;
     let last = fake.heartbeats().pop().unwrap();
     assert_eq!(last.status, HealthStatus::Stopping as i32);
     let deregistered = fake.deregistrations();
@@ -424,8 +422,7 @@ async fn a_control_plane_outage_never_stops_open_streams() {
     echo(&mut fresh, 1).await;
     // With its streams closed, the host stops at once although the control plane is gone.
     drop((stream, fresh));
-    host.stop.cancel();
-    host.task.await.unwrap().unwrap();
+    host.shutdown().await;
 }
 
 /// Log lines written by the tests' subscriber.
@@ -495,8 +492,7 @@ async fn transient_failures_back_off_quickly_and_refusals_only_at_the_max_once_l
         "one error for three identical refusals"
     );
     assert_eq!(logs.count("registration failed, retrying"), 2);
-    host.stop.cancel();
-    host.task.await.unwrap().unwrap();
+    host.shutdown().await;
 }
 
 #[tokio::test]
@@ -515,8 +511,7 @@ async fn a_lease_mismatch_on_heartbeat_registers_again_presenting_the_old_lease(
         fake.heartbeats().len() > beats + 2
     })
     .await;
-    host.stop.cancel();
-    host.task.await.unwrap().unwrap();
+    host.shutdown().await;
     assert_eq!(fake.deregistrations()[0].component_id, "assigned-1");
 }
 
@@ -535,7 +530,6 @@ async fn a_taken_processor_id_is_refused_not_hammered() {
     wait_until("three attempts", || async { fake.attempts().len() >= 3 }).await;
     let attempts = fake.attempts();
     assert!(attempts[1] - attempts[0] >= max && attempts[2] - attempts[1] >= max);
-    host.stop.cancel();
-    host.task.await.unwrap().unwrap();
+    host.shutdown().await;
     assert!(fake.deregistrations().is_empty(), "never registered");
 }

@@ -61,6 +61,12 @@ impl Server {
         }
     }
 
+    /// Stops the host and waits for `serve` to return, which must be without error.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
     pub async fn channel(&self) -> Channel {
         flowplane_grpc::client::connect(&self.addr.to_string(), &ClientArgs::default())
             .await
