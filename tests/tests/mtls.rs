@@ -1,0 +1,357 @@
+//! Mutual TLS on every link, with certificates made here (rcgen): each server, run with
+//! `--tls-client-ca`, meets a client without a certificate, one with a certificate from
+//! another CA and one with a certificate from the right CA, and each cell has its
+//! expected outcome. Then a whole stack (control plane, processor host, pipeline) with
+//! mTLS and role tokens on every link runs a session end to end.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use flowplane_grpc::{
+    auth::{AttachBearer, Tokens},
+    config::{ClientArgs, ServeArgs},
+};
+use flowplane_proto::{
+    common::v1::HealthStatus,
+    controlplane::v1::{self as cp, control_plane_service_client::ControlPlaneServiceClient},
+    streaming::v1::{
+        ControlCommand, streaming_pipeline_service_client::StreamingPipelineServiceClient,
+    },
+};
+use flowplane_test_support::{wait_for, wait_until};
+use flowplane_tests::{
+    Running, control_plane_with, data::*, pipeline_with, processor_with, session::Session,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tonic::transport::{Channel, ServerTlsConfig};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const TOKEN_FILE: &str = "\
+register-token register
+read-token     read
+data-token     data
+pipeline-token read,process
+";
+
+const UPPER: &str = r#"
+nodes: [{ id: up, processor: text.transform, params: { mode: upper } }]
+inputs: [{ name: text, targets: [{ node: up }] }]
+outputs: [{ name: out, source: { node: up } }]
+"#;
+
+/// A CA that signs leaf certificates for 127.0.0.1 and localhost, written to a folder.
+struct Ca {
+    params: rcgen::Certificate,
+    key: KeyPair,
+    dir: PathBuf,
+    name: &'static str,
+}
+
+/// A certificate and key on disk.
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &'static str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        Self {
+            params: cert,
+            key,
+            dir: dir.to_path_buf(),
+            name,
+        }
+    }
+
+    fn pem_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    fn leaf(&self, common_name: &str) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.params, &self.key).unwrap();
+        let stem = format!("{}-{common_name}", self.name);
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+}
+
+/// Certificates for one test: the right CA, another CA, a leaf per service from the
+/// right CA, and client leaves from both.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    control_plane: Leaf,
+    processor: Leaf,
+    pipeline: Leaf,
+    client: Leaf,
+    stranger: Leaf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "flowplane-ca");
+        let other = Ca::new(dir.path(), "other-ca");
+        Self {
+            ca: ca.pem_path(),
+            control_plane: ca.leaf("control-plane"),
+            processor: ca.leaf("processor"),
+            pipeline: ca.leaf("pipeline"),
+            client: ca.leaf("client"),
+            stranger: other.leaf("client"),
+            _dir: dir,
+        }
+    }
+
+    /// What a server gets from `--tls-cert/--tls-key/--tls-client-ca`: the same code path.
+    fn server(&self, leaf: &Leaf) -> ServerTlsConfig {
+        let serve = ServeArgs {
+            listen: None,
+            metrics_listen: None,
+            advertise: None,
+            tls_cert: Some(leaf.cert.clone()),
+            tls_key: Some(leaf.key.clone()),
+            tls_client_ca: Some(self.ca.clone()),
+            token_file: None,
+        };
+        serve.server_tls().unwrap().expect("tls configured")
+    }
+
+    /// Client settings trusting the right CA and presenting `leaf`, if any.
+    fn client(&self, leaf: Option<&Leaf>, token: Option<&str>) -> ClientArgs {
+        ClientArgs {
+            tls_ca: Some(self.ca.clone()),
+            tls_client_cert: leaf.map(|l| l.cert.clone()),
+            tls_client_key: leaf.map(|l| l.key.clone()),
+            token: token.map(str::to_string),
+            ..ClientArgs::default()
+        }
+    }
+}
+
+fn tokens() -> Tokens {
+    Tokens::parse(TOKEN_FILE, Path::new("mtls.tokens")).unwrap()
+}
+
+fn https(server: &Running) -> String {
+    format!("https://{}", server.addr)
+}
+
+/// Control plane, processor host and pipeline: mTLS on every server and every client
+/// link, role tokens on every call.
+struct MtlsStack {
+    pki: Pki,
+    control_plane: Running,
+    processor: Running,
+    pipeline: Running,
+}
+
+impl MtlsStack {
+    async fn start() -> Self {
+        let pki = Pki::new();
+        let control_plane = control_plane_with(flowplane_control_plane::Config {
+            tls: Some(pki.server(&pki.control_plane)),
+            tokens: Some(tokens()),
+            ..Default::default()
+        })
+        .await;
+        let processor = processor_with(flowplane_processor::Config {
+            control_plane: Some(https(&control_plane)),
+            client: pki.client(Some(&pki.processor), None),
+            id: Some("mtls-host".into()),
+            join_token: Some("register-token".into()),
+            tls: Some(pki.server(&pki.processor)),
+            tokens: Some(tokens()),
+            grace_period: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await;
+        let mut config = flowplane_pipeline::Config::new(https(&control_plane));
+        config.client = pki.client(Some(&pki.pipeline), Some("pipeline-token"));
+        config.tls = Some(pki.server(&pki.pipeline));
+        config.tokens = Some(tokens());
+        let pipeline = pipeline_with(config).await;
+        Self {
+            pki,
+            control_plane,
+            processor,
+            pipeline,
+        }
+    }
+
+    async fn stop(self) {
+        self.pipeline.stop().await;
+        self.processor.stop().await;
+        self.control_plane.stop().await;
+    }
+}
+
+async fn channel(url: &str, args: &ClientArgs) -> Result<Channel, String> {
+    flowplane_grpc::client::connect(url, args)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A health check over a fresh connection: SERVING, or why the link failed.
+async fn check(url: &str, args: &ClientArgs) -> Result<ServingStatus, String> {
+    let channel = channel(url, args).await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    Ok(response.into_inner().status())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Presented {
+    Nothing,
+    OtherCa,
+    RightCa,
+}
+
+#[tokio::test]
+async fn every_server_requires_a_client_certificate_from_its_ca() {
+    let stack = MtlsStack::start().await;
+    let pki = &stack.pki;
+    let servers = [
+        ("control plane", https(&stack.control_plane)),
+        ("processor", https(&stack.processor)),
+        ("pipeline", https(&stack.pipeline)),
+    ];
+    // (what the client presents, whether the call gets through)
+    let table = [
+        (Presented::Nothing, false),
+        (Presented::OtherCa, false),
+        (Presented::RightCa, true),
+    ];
+    for (server, url) in &servers {
+        for (presented, succeeds) in table {
+            let args = match presented {
+                Presented::Nothing => pki.client(None, None),
+                Presented::OtherCa => pki.client(Some(&pki.stranger), None),
+                Presented::RightCa => pki.client(Some(&pki.client), None),
+            };
+            let outcome = check(url, &args).await;
+            if succeeds {
+                // The pipeline answers SERVING only once it is up; the link is what counts.
+                assert!(
+                    outcome.is_ok(),
+                    "{server} x {presented:?}: expected the call to succeed, got {outcome:?}"
+                );
+            } else {
+                let error = outcome.expect_err(&format!(
+                    "{server} x {presented:?}: expected the handshake to be refused"
+                ));
+                // Refused by TLS, not by auth or a handler.
+                assert!(
+                    !error.contains("Unauthenticated") && !error.contains("PermissionDenied"),
+                    "{server} x {presented:?}: {error}"
+                );
+            }
+        }
+    }
+    // Plaintext to an mTLS server fails too.
+    let plain = check(
+        &format!("http://{}", stack.control_plane.addr),
+        &ClientArgs::default(),
+    )
+    .await;
+    assert!(plain.is_err(), "{plain:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
+    let stack = MtlsStack::start().await;
+    let pki = &stack.pki;
+    let bearer = |token| AttachBearer::new(Some(token)).unwrap();
+
+    // The host registered over mTLS with its register token and is HEALTHY.
+    let cp_channel = channel(
+        &https(&stack.control_plane),
+        &pki.client(Some(&pki.client), None),
+    )
+    .await
+    .unwrap();
+    let reader = ControlPlaneServiceClient::with_interceptor(cp_channel, bearer("read-token"));
+    wait_until("the mtls host to be healthy", || {
+        let mut reader = reader.clone();
+        async move {
+            reader
+                .get_component(cp::GetComponentRequest {
+                    component_id: "mtls-host".into(),
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .component
+                        .is_some_and(|c| c.status == HealthStatus::Healthy as i32)
+                })
+        }
+    })
+    .await;
+
+    // The pipeline watches the registry over mTLS, learns the host's `host:port` and
+    // dials it over mTLS (it carries TLS settings), presenting read+process.
+    let pipeline_channel = channel(
+        &https(&stack.pipeline),
+        &pki.client(Some(&pki.client), None),
+    )
+    .await
+    .unwrap();
+    let client =
+        StreamingPipelineServiceClient::with_interceptor(pipeline_channel, bearer("data-token"))
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+    let m = manifest(UPPER);
+    let mut session = wait_for("the mtls pipeline to run a session", || {
+        let mut client = client.clone();
+        let m = m.clone();
+        async move { Session::open(&mut client, init(m)).await.ok() }
+    })
+    .await;
+    for (i, word) in ["mutual", "tls"].into_iter().enumerate() {
+        session
+            .send(send(chunk(i as u64, "text", text(word))))
+            .await;
+    }
+    session.send(control(ControlCommand::Close)).await;
+    session.finish_sending();
+    let outcome = session.read_to_end().await;
+    assert!(outcome.status.is_none(), "{:?}", outcome.status);
+    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+    assert_eq!(outcome.texts(), ["MUTUAL", "TLS"]);
+
+    // The certificate opens the link, not the calls: without the data role, refused.
+    let pipeline_channel = channel(
+        &https(&stack.pipeline),
+        &pki.client(Some(&pki.client), None),
+    )
+    .await
+    .unwrap();
+    let mut reader =
+        StreamingPipelineServiceClient::with_interceptor(pipeline_channel, bearer("read-token"));
+    let refused = Session::open(&mut reader, init(m)).await.err().unwrap();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    stack.stop().await;
+}
