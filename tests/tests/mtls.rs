@@ -4,14 +4,11 @@
 //! expected outcome. Then a whole stack (control plane, processor host, pipeline) with
 //! mTLS and role tokens on every link runs a session end to end.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use flowplane_grpc::{
     auth::{AttachBearer, Tokens},
-    config::{ClientArgs, ServeArgs},
+    config::ClientArgs,
 };
 use flowplane_proto::{
     common::v1::HealthStatus,
@@ -20,11 +17,11 @@ use flowplane_proto::{
         ControlCommand, streaming_pipeline_service_client::StreamingPipelineServiceClient,
     },
 };
+use flowplane_test_support::pki::{Leaf, Pki};
 use flowplane_test_support::{wait_for, wait_until};
 use flowplane_tests::{
     Running, control_plane_with, data::*, pipeline_with, processor_with, session::Session,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tonic::transport::{Channel, ServerTlsConfig};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -43,109 +40,35 @@ inputs: [{ name: text, targets: [{ node: up }] }]
 outputs: [{ name: out, source: { node: up } }]
 "#;
 
-/// A CA that signs leaf certificates for 127.0.0.1 and localhost, written to a folder.
-struct Ca {
-    params: rcgen::Certificate,
-    key: KeyPair,
-    dir: PathBuf,
-    name: &'static str,
-}
-
-/// A certificate and key on disk.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &'static str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        Self {
-            params: cert,
-            key,
-            dir: dir.to_path_buf(),
-            name,
-        }
-    }
-
-    fn pem_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.pem", self.name))
-    }
-
-    fn leaf(&self, common_name: &str) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        let cert = params.signed_by(&key, &self.params, &self.key).unwrap();
-        let stem = format!("{}-{common_name}", self.name);
-        let leaf = Leaf {
-            cert: self.dir.join(format!("{stem}.pem")),
-            key: self.dir.join(format!("{stem}.key")),
-        };
-        std::fs::write(&leaf.cert, cert.pem()).unwrap();
-        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
-        leaf
-    }
-}
-
-/// Certificates for one test: the right CA, another CA, a leaf per service from the
-/// right CA, and client leaves from both.
-struct Pki {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
+/// The services' certificates, all from the one CA, and a client's.
+struct Certs {
+    pki: Pki,
     control_plane: Leaf,
     processor: Leaf,
     pipeline: Leaf,
     client: Leaf,
-    stranger: Leaf,
 }
 
-impl Pki {
+impl Certs {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new(dir.path(), "flowplane-ca");
-        let other = Ca::new(dir.path(), "other-ca");
+        let pki = Pki::new();
         Self {
-            ca: ca.pem_path(),
-            control_plane: ca.leaf("control-plane"),
-            processor: ca.leaf("processor"),
-            pipeline: ca.leaf("pipeline"),
-            client: ca.leaf("client"),
-            stranger: other.leaf("client"),
-            _dir: dir,
+            control_plane: pki.leaf("control-plane"),
+            processor: pki.leaf("processor"),
+            pipeline: pki.leaf("pipeline"),
+            client: pki.leaf("client"),
+            pki,
         }
     }
 
-    /// What a server gets from `--tls-cert/--tls-key/--tls-client-ca`: the same code path.
     fn server(&self, leaf: &Leaf) -> ServerTlsConfig {
-        let serve = ServeArgs {
-            listen: None,
-            metrics_listen: None,
-            advertise: None,
-            tls_cert: Some(leaf.cert.clone()),
-            tls_key: Some(leaf.key.clone()),
-            tls_client_ca: Some(self.ca.clone()),
-            token_file: None,
-        };
-        serve.server_tls().unwrap().expect("tls configured")
+        self.pki.server(leaf)
     }
 
-    /// Client settings trusting the right CA and presenting `leaf`, if any.
     fn client(&self, leaf: Option<&Leaf>, token: Option<&str>) -> ClientArgs {
         ClientArgs {
-            tls_ca: Some(self.ca.clone()),
-            tls_client_cert: leaf.map(|l| l.cert.clone()),
-            tls_client_key: leaf.map(|l| l.key.clone()),
             token: token.map(str::to_string),
-            ..ClientArgs::default()
+            ..self.pki.client(leaf)
         }
     }
 }
@@ -161,7 +84,7 @@ fn https(server: &Running) -> String {
 /// Control plane, processor host and pipeline: mTLS on every server and every client
 /// link, role tokens on every call.
 struct MtlsStack {
-    pki: Pki,
+    pki: Certs,
     control_plane: Running,
     processor: Running,
     pipeline: Running,
@@ -169,7 +92,7 @@ struct MtlsStack {
 
 impl MtlsStack {
     async fn start() -> Self {
-        let pki = Pki::new();
+        let pki = Certs::new();
         let control_plane = control_plane_with(flowplane_control_plane::Config {
             tls: Some(pki.server(&pki.control_plane)),
             tokens: Some(tokens()),
@@ -249,7 +172,7 @@ async fn every_server_requires_a_client_certificate_from_its_ca() {
         for (presented, succeeds) in table {
             let args = match presented {
                 Presented::Nothing => pki.client(None, None),
-                Presented::OtherCa => pki.client(Some(&pki.stranger), None),
+                Presented::OtherCa => pki.client(Some(&pki.pki.stranger), None),
                 Presented::RightCa => pki.client(Some(&pki.client), None),
             };
             let outcome = check(url, &args).await;
