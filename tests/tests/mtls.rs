@@ -278,3 +278,52 @@ async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     stack.stop().await;
 }
+
+/// `make certs` output works as is: a control plane on its certificate with its CA as
+/// the client CA accepts the client certificate, and the pipeline's certificate too.
+#[tokio::test]
+async fn the_certificates_from_make_certs_carry_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/certs.sh");
+    let made = std::process::Command::new("bash")
+        .arg(&script)
+        .env("CERTS_DIR", dir.path())
+        .output()
+        .expect("run deploy/scripts/certs.sh");
+    assert!(made.status.success(), "{made:?}");
+    let file = |name: &str| Some(dir.path().join(name));
+    let serve = flowplane_grpc::config::ServeArgs {
+        listen: None,
+        metrics_listen: None,
+        advertise: None,
+        tls_cert: file("control-plane.pem"),
+        tls_key: file("control-plane.key"),
+        tls_client_ca: file("ca.pem"),
+        token_file: None,
+    };
+    let control_plane = control_plane_with(flowplane_control_plane::Config {
+        tls: serve.server_tls().unwrap(),
+        ..Default::default()
+    })
+    .await;
+    let url = https(&control_plane);
+    for (cert, key) in [
+        ("client.pem", "client.key"),
+        ("pipeline.pem", "pipeline.key"),
+    ] {
+        let args = ClientArgs {
+            tls_ca: file("ca.pem"),
+            tls_client_cert: file(cert),
+            tls_client_key: file(key),
+            ..ClientArgs::default()
+        };
+        let outcome = check(&url, &args).await;
+        assert_eq!(outcome, Ok(ServingStatus::Serving), "{cert}");
+    }
+    let anonymous = ClientArgs {
+        tls_ca: file("ca.pem"),
+        ..ClientArgs::default()
+    };
+    assert!(check(&url, &anonymous).await.is_err());
+    control_plane.stop().await;
+}
