@@ -1,8 +1,9 @@
-//! Mutual TLS on every link, with certificates made here (rcgen): each server, run with
-//! `--tls-client-ca`, meets a client without a certificate, one with a certificate from
-//! another CA and one with a certificate from the right CA, and each cell has its
-//! expected outcome. Then a whole stack (control plane, processor host, pipeline) with
-//! mTLS and role tokens on every link runs a session end to end.
+//! Mutual TLS on every link, with certificates made per test (test-support `pki`,
+//! rcgen): each server, run with `--tls-client-ca`, meets a client without a certificate,
+//! one with a certificate from another CA and one from the right CA, and each cell has
+//! its expected outcome. Then a whole stack (control plane, processor host, pipeline)
+//! with mTLS and role tokens on every link runs a session end to end, and the
+//! certificates `make certs` writes serve mTLS as they are.
 
 use std::{path::Path, time::Duration};
 
@@ -17,8 +18,10 @@ use flowplane_proto::{
         ControlCommand, streaming_pipeline_service_client::StreamingPipelineServiceClient,
     },
 };
-use flowplane_test_support::pki::{Leaf, Pki};
-use flowplane_test_support::{wait_for, wait_until};
+use flowplane_test_support::{
+    pki::{Leaf, Pki},
+    wait_for, wait_until,
+};
 use flowplane_tests::{
     Running, control_plane_with, data::*, pipeline_with, processor_with, session::Session,
 };
@@ -84,7 +87,7 @@ fn https(server: &Running) -> String {
 /// Control plane, processor host and pipeline: mTLS on every server and every client
 /// link, role tokens on every call.
 struct MtlsStack {
-    pki: Certs,
+    certs: Certs,
     control_plane: Running,
     processor: Running,
     pipeline: Running,
@@ -92,31 +95,31 @@ struct MtlsStack {
 
 impl MtlsStack {
     async fn start() -> Self {
-        let pki = Certs::new();
+        let certs = Certs::new();
         let control_plane = control_plane_with(flowplane_control_plane::Config {
-            tls: Some(pki.server(&pki.control_plane)),
+            tls: Some(certs.server(&certs.control_plane)),
             tokens: Some(tokens()),
             ..Default::default()
         })
         .await;
         let processor = processor_with(flowplane_processor::Config {
             control_plane: Some(https(&control_plane)),
-            client: pki.client(Some(&pki.processor), None),
+            client: certs.client(Some(&certs.processor), None),
             id: Some("mtls-host".into()),
             join_token: Some("register-token".into()),
-            tls: Some(pki.server(&pki.processor)),
+            tls: Some(certs.server(&certs.processor)),
             tokens: Some(tokens()),
             grace_period: Duration::from_secs(2),
             ..Default::default()
         })
         .await;
         let mut config = flowplane_pipeline::Config::new(https(&control_plane));
-        config.client = pki.client(Some(&pki.pipeline), Some("pipeline-token"));
-        config.tls = Some(pki.server(&pki.pipeline));
+        config.client = certs.client(Some(&certs.pipeline), Some("pipeline-token"));
+        config.tls = Some(certs.server(&certs.pipeline));
         config.tokens = Some(tokens());
         let pipeline = pipeline_with(config).await;
         Self {
-            pki,
+            certs,
             control_plane,
             processor,
             pipeline,
@@ -156,7 +159,7 @@ enum Presented {
 #[tokio::test]
 async fn every_server_requires_a_client_certificate_from_its_ca() {
     let stack = MtlsStack::start().await;
-    let pki = &stack.pki;
+    let certs = &stack.certs;
     let servers = [
         ("control plane", https(&stack.control_plane)),
         ("processor", https(&stack.processor)),
@@ -171,9 +174,9 @@ async fn every_server_requires_a_client_certificate_from_its_ca() {
     for (server, url) in &servers {
         for (presented, succeeds) in table {
             let args = match presented {
-                Presented::Nothing => pki.client(None, None),
-                Presented::OtherCa => pki.client(Some(&pki.pki.stranger), None),
-                Presented::RightCa => pki.client(Some(&pki.client), None),
+                Presented::Nothing => certs.client(None, None),
+                Presented::OtherCa => certs.client(Some(&certs.pki.stranger), None),
+                Presented::RightCa => certs.client(Some(&certs.client), None),
             };
             let outcome = check(url, &args).await;
             if succeeds {
@@ -207,13 +210,13 @@ async fn every_server_requires_a_client_certificate_from_its_ca() {
 #[tokio::test]
 async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
     let stack = MtlsStack::start().await;
-    let pki = &stack.pki;
+    let certs = &stack.certs;
     let bearer = |token| AttachBearer::new(Some(token)).unwrap();
 
     // The host registered over mTLS with its register token and is HEALTHY.
     let cp_channel = channel(
         &https(&stack.control_plane),
-        &pki.client(Some(&pki.client), None),
+        &certs.client(Some(&certs.client), None),
     )
     .await
     .unwrap();
@@ -239,7 +242,7 @@ async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
     // dials it over mTLS (it carries TLS settings), presenting read+process.
     let pipeline_channel = channel(
         &https(&stack.pipeline),
-        &pki.client(Some(&pki.client), None),
+        &certs.client(Some(&certs.client), None),
     )
     .await
     .unwrap();
@@ -268,7 +271,7 @@ async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
     // The certificate opens the link, not the calls: without the data role, refused.
     let pipeline_channel = channel(
         &https(&stack.pipeline),
-        &pki.client(Some(&pki.client), None),
+        &certs.client(Some(&certs.client), None),
     )
     .await
     .unwrap();

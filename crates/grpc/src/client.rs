@@ -1,6 +1,7 @@
 //! Client channels with the same limits and timeouts as the servers, TLS when the
-//! endpoint is `https://`, lazy connection so a client can start before its server, and
-//! traced variants that carry the caller's trace to the server.
+//! endpoint is `https://` (presenting the client certificate, if given, for mutual TLS),
+//! lazy connection so a client can start before its server, and traced variants that
+//! carry the caller's trace to the server.
 
 use std::{borrow::Cow, time::Duration};
 
