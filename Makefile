@@ -90,6 +90,10 @@ clean: ## remove build output, generated code and the tool venv
 	$(CARGO) clean
 	rm -rf gen $(VENV)
 
+.PHONY: certs
+certs: ## dev CA and mTLS certificates for every service and a client into deploy/certs/ (git-ignored)
+	bash deploy/scripts/certs.sh
+
 # ---- bench: flowplane next to raw tonic (crates/bench, docs/benchmarks.md) ------------------
 BENCH      := ./target/release/flowplane-bench
 

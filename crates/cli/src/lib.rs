@@ -89,9 +89,9 @@ pub enum Error {
     /// The bearer token is not valid metadata.
     #[error("--token: {0}")]
     Token(String),
-    /// The client token file cannot be read or holds no usable token.
+    /// The client token file or a TLS file cannot be read, or the flags do not go together.
     #[error(transparent)]
-    TokenFile(flowplane_grpc::Error),
+    ClientSettings(flowplane_grpc::Error),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
@@ -135,7 +135,7 @@ pub async fn control_plane(cli: &Cli) -> Result<ControlPlaneClient> {
 
 /// Runs the command, writing results to `out` (errors are returned, not printed).
 pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
-    cli.client.load_token_file().map_err(Error::TokenFile)?;
+    cli.client.load().map_err(Error::ClientSettings)?;
     match &cli.command {
         Command::Components(command) => components::run(&cli, command, out).await,
         Command::Health(args) => health::run(&cli, args, out).await,

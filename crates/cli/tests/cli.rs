@@ -288,6 +288,8 @@ async fn flowplane(args: &[&str], control_plane: &str) -> std::process::Output {
         .env_remove("FLOWPLANE_TOKEN")
         .env_remove("FLOWPLANE_CLIENT_TOKEN_FILE")
         .env_remove("FLOWPLANE_TLS_CA")
+        .env_remove("FLOWPLANE_TLS_CLIENT_CERT")
+        .env_remove("FLOWPLANE_TLS_CLIENT_KEY")
         .kill_on_drop(true)
         .output()
         .await
@@ -398,4 +400,87 @@ async fn the_cli_presents_the_token_from_its_token_file() {
         "{missing}"
     );
     platform.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_presents_its_client_certificate_to_a_mutual_tls_control_plane() {
+    let pki = flowplane_test_support::pki::Pki::new();
+    let server = pki.leaf("control-plane");
+    let client = pki.leaf("client");
+    let listener = flowplane_test_support::local_listener().await;
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    let config = flowplane_control_plane::Config {
+        tls: Some(pki.server(&server)),
+        ..Default::default()
+    };
+    let task = tokio::spawn(flowplane_control_plane::run(config, listener, async move {
+        signal.cancelled().await
+    }));
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca, cert, key) = (path(&pki.ca_pem), path(&client.cert), path(&client.key));
+    let (stranger_cert, stranger_key) = (path(&pki.stranger.cert), path(&pki.stranger.key));
+
+    let listed = flowplane(
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-client-cert",
+            &cert,
+            "--tls-client-key",
+            &key,
+            "components",
+            "list",
+        ],
+        &url,
+    )
+    .await;
+    assert!(listed.status.success(), "{listed:?}");
+
+    // No client certificate, or one from another CA: the handshake is refused.
+    let anonymous = flowplane(&["--tls-ca", &ca, "components", "list"], &url).await;
+    assert!(!anonymous.status.success(), "{anonymous:?}");
+    let stranger = flowplane(
+        &[
+            "--tls-ca",
+            &ca,
+            "--tls-client-cert",
+            &stranger_cert,
+            "--tls-client-key",
+            &stranger_key,
+            "components",
+            "list",
+        ],
+        &url,
+    )
+    .await;
+    assert!(!stranger.status.success(), "{stranger:?}");
+
+    // Half a client identity, or an unreadable one, is a usage error naming the flag.
+    let half = flowplane(&["--tls-client-cert", &cert, "components", "list"], &url).await;
+    assert!(!half.status.success());
+    assert!(
+        String::from_utf8_lossy(&half.stderr).contains("--tls-client-key"),
+        "{half:?}"
+    );
+    let unreadable = flowplane(
+        &[
+            "--tls-client-cert",
+            "/nonexistent/client.pem",
+            "--tls-client-key",
+            &key,
+            "components",
+            "list",
+        ],
+        &url,
+    )
+    .await;
+    assert!(!unreadable.status.success());
+    assert!(
+        String::from_utf8_lossy(&unreadable.stderr).contains("--tls-client-cert"),
+        "{unreadable:?}"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

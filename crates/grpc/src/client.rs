@@ -1,10 +1,11 @@
 //! Client channels with the same limits and timeouts as the servers, TLS when the
-//! endpoint is `https://`, lazy connection so a client can start before its server, and
-//! traced variants that carry the caller's trace to the server.
+//! endpoint is `https://` (presenting the client certificate, if given, for mutual TLS),
+//! lazy connection so a client can start before its server, and traced variants that
+//! carry the caller's trace to the server.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     Error, Result,
@@ -40,14 +41,22 @@ pub fn endpoint(address: &str, args: &ClientArgs) -> Result<Endpoint> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW);
     if uri.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.tls_ca {
-            let pem = crate::config::read(ca, "tls ca certificate (--tls-ca)")?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = endpoint.tls_config(args.tls()?)?;
     }
     Ok(endpoint)
+}
+
+/// The address to dial for an endpoint a peer advertised in the registry (`host:port`,
+/// no scheme): `https://host:port` when `args` carry TLS settings, else as advertised.
+/// An operator who gives a service a CA or a client certificate means its links to
+/// discovered peers to be TLS too; a plaintext fallback would silently undo that. An
+/// endpoint that names its scheme keeps it.
+pub fn peer_address<'a>(endpoint: &'a str, args: &ClientArgs) -> Cow<'a, str> {
+    if args.has_tls() && !endpoint.contains("://") {
+        Cow::Owned(format!("https://{endpoint}"))
+    } else {
+        Cow::Borrowed(endpoint)
+    }
 }
 
 /// A channel that connects on first use and reconnects after failures.
@@ -87,6 +96,48 @@ mod tests {
     fn plain_host_port_becomes_http() {
         let e = endpoint("127.0.0.1:50051", &ClientArgs::default()).unwrap();
         assert_eq!(e.uri().to_string(), "http://127.0.0.1:50051/");
+    }
+
+    #[test]
+    fn discovered_peers_are_dialled_over_tls_when_tls_is_configured() {
+        let plain = ClientArgs::default();
+        assert_eq!(peer_address("10.0.0.1:50061", &plain), "10.0.0.1:50061");
+        let with_ca = ClientArgs {
+            tls_ca: Some("ca.pem".into()),
+            ..ClientArgs::default()
+        };
+        assert_eq!(
+            peer_address("10.0.0.1:50061", &with_ca),
+            "https://10.0.0.1:50061"
+        );
+        let with_cert = ClientArgs {
+            tls_client_cert: Some("client.pem".into()),
+            tls_client_key: Some("client.key".into()),
+            ..ClientArgs::default()
+        };
+        assert_eq!(peer_address("host:1", &with_cert), "https://host:1");
+        // A scheme the peer advertised wins.
+        assert_eq!(peer_address("http://host:1", &with_ca), "http://host:1");
+        assert_eq!(peer_address("https://host:1", &plain), "https://host:1");
+    }
+
+    #[test]
+    fn half_a_client_identity_is_refused_naming_the_missing_flag() {
+        let cert_only = ClientArgs {
+            tls_client_cert: Some("client.pem".into()),
+            ..ClientArgs::default()
+        };
+        let err = endpoint("https://host:1", &cert_only).unwrap_err();
+        assert!(err.to_string().contains("--tls-client-key"), "{err}");
+        let missing = ClientArgs {
+            tls_client_cert: Some("/nonexistent/client.pem".into()),
+            tls_client_key: Some("/nonexistent/client.key".into()),
+            ..ClientArgs::default()
+        };
+        let err = missing.clone().load().unwrap_err();
+        assert!(err.to_string().contains("--tls-client-cert"), "{err}");
+        // Plaintext endpoints never read the TLS files.
+        endpoint("127.0.0.1:1", &missing).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::{Error, Result, auth::Tokens};
 
@@ -41,6 +41,11 @@ pub struct ServeArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA certificate(s) for mutual TLS: clients must present a certificate signed by
+    /// one of them or the handshake fails. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "FLOWPLANE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Token file that turns on auth by role: lines of `TOKEN ROLE[,ROLE...]`, roles
     /// register, read, data, process; `#` starts a comment line. Unset: no role tokens.
     #[arg(long, env = "FLOWPLANE_TOKEN_FILE", value_name = "FILE")]
@@ -58,18 +63,28 @@ impl ServeArgs {
         self.advertise.clone().unwrap_or_else(|| bound.to_string())
     }
 
-    /// Reads the TLS identity when one is configured. Fails naming the file.
+    /// Reads the TLS identity, and the client CA for mutual TLS, when configured. Fails
+    /// naming the flag when a file cannot be read or the flags do not go together.
     pub fn server_tls(&self) -> Result<Option<ServerTlsConfig>> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                let cert_pem = read(cert, "tls certificate (--tls-cert)")?;
-                let key_pem = read(key, "tls key (--tls-key)")?;
-                Ok(Some(
-                    ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)),
-                ))
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(Error::TlsFlags(
+                    "--tls-client-ca needs --tls-cert and --tls-key: mutual tls is tls first",
+                ));
             }
-            _ => Ok(None),
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err(Error::TlsFlags("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(Error::TlsFlags("--tls-key needs --tls-cert")),
+        };
+        let cert_pem = read(cert, "tls certificate (--tls-cert)")?;
+        let key_pem = read(key, "tls key (--tls-key)")?;
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        if let Some(ca) = &self.tls_client_ca {
+            let ca_pem = read(ca, "tls client ca (--tls-client-ca)")?;
+            tls = tls.client_ca_root(Certificate::from_pem(ca_pem));
         }
+        Ok(Some(tls))
     }
 
     /// Reads and checks the token file when one is configured; a malformed line fails
@@ -111,12 +126,33 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))
 }
 
-/// How a client reaches a flowplane server: TLS trust and the bearer token to present.
+/// How a client reaches a flowplane server: TLS trust, the client certificate for mutual
+/// TLS, and the bearer token to present.
 #[derive(Clone, Default, clap::Args)]
 pub struct ClientArgs {
     /// PEM CA certificate to trust for https:// endpoints (system roots are not used).
+    /// With it (or a client certificate) a peer found in the registry is dialled over TLS.
     #[arg(long, env = "FLOWPLANE_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain presented to https:// servers that require mutual
+    /// TLS; needs --tls-client-key.
+    #[arg(
+        long,
+        env = "FLOWPLANE_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert; needs --tls-client-cert.
+    #[arg(
+        long,
+        env = "FLOWPLANE_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
 
     /// Bearer token sent to servers that require one. Prefer --client-token-file: a
     /// token on the command line shows in `ps` and shell history.
@@ -143,6 +179,8 @@ impl std::fmt::Debug for ClientArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientArgs")
             .field("tls_ca", &self.tls_ca)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("client_token_file", &self.client_token_file)
             .finish()
@@ -150,6 +188,45 @@ impl std::fmt::Debug for ClientArgs {
 }
 
 impl ClientArgs {
+    /// What a binary does with its client flags before it binds: reads the token file
+    /// and every TLS file, so a bad setting fails now, naming its flag, not at first dial.
+    pub fn load(&mut self) -> Result<()> {
+        self.load_token_file()?;
+        self.tls().map(drop)
+    }
+
+    /// Whether TLS settings were given (a CA to trust or a client certificate): then a
+    /// discovered `host:port` is dialled over TLS (see [`crate::client::peer_address`]).
+    pub fn has_tls(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_client_cert.is_some()
+    }
+
+    /// The TLS settings for an `https://` endpoint: the CA to trust and, for mutual TLS,
+    /// the client identity. Fails naming the flag when a file cannot be read or only
+    /// half of the client certificate and key was given.
+    pub fn tls(&self) -> Result<ClientTlsConfig> {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &self.tls_ca {
+            let pem = read(ca, "tls ca certificate (--tls-ca)")?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = read(cert, "tls client certificate (--tls-client-cert)")?;
+                let key_pem = read(key, "tls client key (--tls-client-key)")?;
+                tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::TlsFlags("--tls-client-cert needs --tls-client-key"));
+            }
+            (None, Some(_)) => {
+                return Err(Error::TlsFlags("--tls-client-key needs --tls-client-cert"));
+            }
+        }
+        Ok(tls)
+    }
+
     /// Reads `--client-token-file`, when given, into `token`. Fails naming the flag when
     /// the file cannot be read or holds no usable token (the token is never shown).
     pub fn load_token_file(&mut self) -> Result<()> {
@@ -212,6 +289,32 @@ mod tests {
             );
             assert!(args.token.is_none());
         }
+    }
+
+    #[test]
+    fn a_client_ca_without_a_server_identity_is_refused_naming_the_flags() {
+        let serve = ServeArgs {
+            listen: None,
+            metrics_listen: None,
+            advertise: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: Some("ca.pem".into()),
+            token_file: None,
+        };
+        let message = serve.server_tls().unwrap_err().to_string();
+        assert!(message.contains("--tls-client-ca"), "{message}");
+        assert!(message.contains("--tls-cert"), "{message}");
+
+        let cert = tempfile::NamedTempFile::new().unwrap();
+        let unreadable = ServeArgs {
+            tls_cert: Some(cert.path().to_path_buf()),
+            tls_key: Some(cert.path().to_path_buf()),
+            tls_client_ca: Some("/nonexistent/ca.pem".into()),
+            ..serve
+        };
+        let message = unreadable.server_tls().unwrap_err().to_string();
+        assert!(message.contains("--tls-client-ca"), "{message}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// TLS flags that do not go together; the message names them.
+    #[error("{0}")]
+    TlsFlags(&'static str),
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("transport: {0}")]
@@ -68,6 +71,7 @@ impl Error {
             Error::InvalidEndpoint { .. } => (Code::InvalidArgument, "INVALID_ENDPOINT"),
             Error::Transport(_) => (Code::Unavailable, "TRANSPORT"),
             Error::ReadFile { .. }
+            | Error::TlsFlags(_)
             | Error::TokenFile { .. }
             | Error::NoTokens { .. }
             | Error::ClientToken { .. } => (Code::Internal, "CONFIG"),

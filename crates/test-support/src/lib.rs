@@ -5,6 +5,8 @@
 pub mod binary;
 #[cfg(feature = "fake-processor")]
 pub mod fake_processor;
+#[cfg(feature = "pki")]
+pub mod pki;
 
 use std::{future::Future, time::Duration};
 

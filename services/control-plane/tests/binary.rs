@@ -10,6 +10,9 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
     let bad_tokens = flowplane_test_support::binary::malformed_token_file();
     let tokens = bad_tokens.path();
     let line = flowplane_test_support::binary::MALFORMED_TOKEN_LINE;
+    // Read, never parsed, before the client CA: a bad client CA is what fails.
+    let pem = flowplane_test_support::binary::TempFile::new("pem");
+    let readable = pem.path();
     assert_rejects_before_binding(
         BINARY,
         &[
@@ -30,6 +33,28 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
                 "--tls-cert",
             ),
             (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
+            (
+                &["--tls-client-ca", "/nonexistent/ca.pem"],
+                &[],
+                "--tls-client-ca",
+            ),
+            (
+                &[],
+                &[("FLOWPLANE_TLS_CLIENT_CA", "/nonexistent/ca.pem")],
+                "--tls-client-ca",
+            ),
+            (
+                &[
+                    "--tls-cert",
+                    readable,
+                    "--tls-key",
+                    readable,
+                    "--tls-client-ca",
+                    "/nonexistent/ca.pem",
+                ],
+                &[],
+                "--tls-client-ca",
+            ),
             (&["--token-file", tokens], &[], line),
             (&[], &[("FLOWPLANE_TOKEN_FILE", tokens)], line),
             (
@@ -52,6 +77,8 @@ fn help_lists_the_settings_and_their_environment_variables() {
             "--join-token",
             "FLOWPLANE_JOIN_TOKEN",
             "--listen",
+            "--tls-client-ca",
+            "FLOWPLANE_TLS_CLIENT_CA",
             "--token-file",
             "FLOWPLANE_TOKEN_FILE",
             "--tls-cert",

@@ -243,13 +243,15 @@ impl Directory {
         }
     }
 
-    /// A shared channel to `endpoint` (one HTTP/2 connection per instance).
+    /// A shared channel to `endpoint` (one HTTP/2 connection per instance); over TLS
+    /// when the pipeline's client settings carry TLS (see `client::peer_address`).
     pub fn channel(&self, endpoint: &str) -> flowplane_grpc::Result<TracedChannel> {
         let mut channels = self.channels.lock().expect("channel lock");
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = lazy_traced_channel(endpoint, &self.client)?;
+        let address = flowplane_grpc::client::peer_address(endpoint, &self.client);
+        let channel = lazy_traced_channel(&address, &self.client)?;
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(channel)
     }

@@ -79,7 +79,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         anyhow::bail!("--node-timeout must be more than 0");
     }
     let mut client = cli.client.clone();
-    client.load_token_file()?;
+    client.load()?;
     let config = Config {
         control_plane: cli.control_plane.clone(),
         client,

@@ -92,7 +92,7 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
 
 fn config(args: &Args) -> anyhow::Result<Config> {
     let mut client = args.client.clone();
-    client.load_token_file()?;
+    client.load()?;
     let config = Config {
         name: "flowplane-processor".into(),
         processors: args

@@ -26,6 +26,9 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
     let bad_tokens = flowplane_test_support::binary::malformed_token_file();
     let tokens = bad_tokens.path();
     let line = flowplane_test_support::binary::MALFORMED_TOKEN_LINE;
+    // Read, never parsed, before the client CA: a bad client CA is what fails.
+    let pem = flowplane_test_support::binary::TempFile::new("pem");
+    let readable = pem.path();
     flowplane_test_support::binary::assert_rejects_before_binding(
         BINARY,
         &[
@@ -64,6 +67,49 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
                 "--client-token-file",
             ),
             (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
+            (
+                &["--tls-client-ca", "/nonexistent/ca.pem"],
+                &[],
+                "--tls-client-ca",
+            ),
+            (
+                &[],
+                &[("FLOWPLANE_TLS_CLIENT_CA", "/nonexistent/ca.pem")],
+                "--tls-client-ca",
+            ),
+            (
+                &[
+                    "--tls-cert",
+                    readable,
+                    "--tls-key",
+                    readable,
+                    "--tls-client-ca",
+                    "/nonexistent/ca.pem",
+                ],
+                &[],
+                "--tls-client-ca",
+            ),
+            (
+                &["--tls-client-cert", "/nonexistent/client.pem"],
+                &[],
+                "--tls-client-key",
+            ),
+            (
+                &[],
+                &[("FLOWPLANE_TLS_CLIENT_KEY", "/nonexistent/client.key")],
+                "--tls-client-cert",
+            ),
+            (
+                &[
+                    "--tls-client-cert",
+                    "/nonexistent/client.pem",
+                    "--tls-client-key",
+                    "/nonexistent/client.key",
+                ],
+                &[],
+                "--tls-client-cert",
+            ),
+            (&["--tls-ca", "/nonexistent/ca.pem"], &[], "--tls-ca"),
         ],
     );
 }
@@ -74,6 +120,12 @@ fn help_lists_the_settings_and_their_environment_variables() {
         BINARY,
         &[
             "--listen",
+            "--tls-client-ca",
+            "FLOWPLANE_TLS_CLIENT_CA",
+            "--tls-client-cert",
+            "FLOWPLANE_TLS_CLIENT_CERT",
+            "--tls-client-key",
+            "FLOWPLANE_TLS_CLIENT_KEY",
             "--token-file",
             "FLOWPLANE_TOKEN_FILE",
             "--client-token-file",

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Development certificates for mutual TLS: one CA and a certificate per service and for
+# a client, each with SANs for 127.0.0.1, localhost and its compose service names.
+# Written to deploy/certs/ (git-ignored). Keys made here are for a laptop, never production.
+set -euo pipefail
+
+OUT=${CERTS_DIR:-deploy/certs}
+DAYS=${CERTS_DAYS:-825}
+
+if ! command -v openssl >/dev/null; then
+  echo "certs: openssl not found; installing Debian's openssl" >&2
+  if [ "$(id -u)" -eq 0 ]; then apt-get install -y openssl; else sudo apt-get install -y openssl; fi
+fi
+
+mkdir -p "$OUT"
+chmod 700 "$OUT"
+cd "$OUT"
+
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
+
+# The CA is kept across runs, so certificates already handed out stay valid.
+if [ ! -f ca.pem ] || [ ! -f ca.key ]; then
+  ec_key ca.key
+  openssl req -x509 -new -key ca.key -out ca.pem -days "$DAYS" -subj "/CN=flowplane dev ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+fi
+
+# leaf NAME USAGES SAN...
+leaf() {
+  local name=$1 usage=$2
+  shift 2
+  local sans="IP:127.0.0.1,DNS:localhost"
+  for dns in "$@"; do sans+=",DNS:$dns"; done
+  ec_key "$name.key"
+  openssl req -new -key "$name.key" -subj "/CN=$name" -out "$name.csr"
+  openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days "$DAYS" \
+    -out "$name.pem" -extfile <(printf '%s\n' \
+      "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=$usage" \
+      "subjectAltName=$sans") 2>/dev/null
+  rm -f "$name.csr"
+}
+
+# Every service is a server and a client of another (registration, watch, Process).
+leaf control-plane serverAuth,clientAuth control-plane
+leaf processor serverAuth,clientAuth processor processor-1 processor-2
+leaf pipeline serverAuth,clientAuth pipeline
+leaf client clientAuth
+
+for name in control-plane processor pipeline client; do
+  openssl verify -CAfile ca.pem "$name.pem" >/dev/null
+done
+echo "certs: CA and certificates for control-plane, processor, pipeline, client in $OUT"
