@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RUST_VERSION="${RUST_VERSION:-1.95}"
 BUILDER_BASE="rust:${RUST_VERSION}-slim-bookworm"
 path="${FLOWPLANE_IMAGE_PATH:-auto}"
-stage="$REPO_ROOT/target/flowplane-image"
+stage="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/flowplane-image"
 
 docker_engine_up || die "no Docker engine answers (docker info failed)"
 
@@ -56,8 +56,9 @@ previous="$(docker image inspect -f '{{.Id}}' "$FLOWPLANE_IMAGE" 2>/dev/null || 
 case "$path" in
     dockerfile)
         # The context goes in as a tar without build output, so the legacy builder (which
-        # ignores Dockerfile.dockerignore) does not upload target/.
-        tar -C "$REPO_ROOT" --exclude=./target --exclude=./.venv --exclude=./gen --exclude=./.git -c . |
+        # ignores Dockerfile.dockerignore) does not upload target/, nor the dev keys.
+        tar -C "$REPO_ROOT" --exclude=./target --exclude=./.venv --exclude=./gen --exclude=./.git \
+            --exclude=./deploy/certs -c . |
             docker build -f deploy/Dockerfile --build-arg "RUST_VERSION=$RUST_VERSION" \
                 --build-arg "FLOWPLANE_IMAGE_BINARIES=${FLOWPLANE_IMAGE_BINARIES:-}" \
                 "${labels[@]}" -t "$FLOWPLANE_IMAGE" -

@@ -2,6 +2,8 @@
 # Development certificates for mutual TLS: one CA and a certificate per service and for
 # a client, each with SANs for 127.0.0.1, localhost and its compose service names.
 # Written to deploy/certs/ (git-ignored). Keys made here are for a laptop, never production.
+# The CA key is 0600; the leaf keys are 0640 (directory 0750) so that the compose containers,
+# uid 65532 with this group added, can read them. Safe to run again: the CA is kept.
 set -euo pipefail
 
 OUT=${CERTS_DIR:-deploy/certs}
@@ -13,7 +15,7 @@ if ! command -v openssl >/dev/null; then
 fi
 
 mkdir -p "$OUT"
-chmod 700 "$OUT"
+chmod 750 "$OUT"
 cd "$OUT"
 
 ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; chmod 600 "$1"; }
@@ -32,6 +34,7 @@ leaf() {
   local sans="IP:127.0.0.1,DNS:localhost"
   for dns in "$@"; do sans+=",DNS:$dns"; done
   ec_key "$name.key"
+  chmod 640 "$name.key"
   openssl req -new -key "$name.key" -subj "/CN=$name" -out "$name.csr"
   openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days "$DAYS" \
     -out "$name.pem" -extfile <(printf '%s\n' \

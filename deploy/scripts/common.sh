@@ -6,6 +6,8 @@ FLOWPLANE_IMAGE="${FLOWPLANE_IMAGE:-flowplane:local}"
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd)"
 COMPOSE_FILE_PATH="$DEPLOY_DIR/docker-compose.yml"
+# Where the compose file mounts the mTLS certificates from (deploy/scripts/certs.sh).
+CERTS_DIR="$DEPLOY_DIR/certs"
 
 log() { printf '%s %s\n' "[$(date +%H:%M:%S)]" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -65,3 +67,11 @@ wait_healthy() {
 }
 
 container_name() { docker inspect -f '{{.Name}}' "$1" 2>/dev/null | sed 's|^/||' || echo "$1"; }
+
+# ensure_certs: the dev CA and certificates the compose stack mounts (certs.sh keeps the CA,
+# remakes the leaves), and FLOWPLANE_CERTS_GID, the group the containers need to read the keys.
+ensure_certs() {
+    CERTS_DIR="$CERTS_DIR" bash "$DEPLOY_DIR/scripts/certs.sh" >&2 || return 1
+    FLOWPLANE_CERTS_GID="$(stat -c %g "$CERTS_DIR/pipeline.key")" || return 1
+    export FLOWPLANE_CERTS_GID
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make compose-test`: the platform deployed the way users deploy it, tested for real.
-#   1 build the image, start the compose stack (project flowplane-ci), wait for health
+#   1 build the image, make the dev certificates, start the compose stack (project flowplane-ci)
+#     with mutual TLS, wait for health; a client without a certificate, or in plaintext, is refused
 #   2 stream every example pipeline through the containers with the CLI from the host, exact outputs
 #   3 docker kill the processor serving a long session mid-stream: the session completes on the
 #     other replica, every result exactly once and in order, and the pipeline counts a failover
@@ -34,11 +35,15 @@ export FLOWPLANE_METRICS_PORT_PROCESSOR_1="${CI_METRICS_PORT_PROCESSOR_1:-57961}
 export FLOWPLANE_METRICS_PORT_PROCESSOR_2="${CI_METRICS_PORT_PROCESSOR_2:-57962}"
 export FLOWPLANE_METRICS_PORT_PIPELINE="${CI_METRICS_PORT_PIPELINE:-57971}"
 unset FLOWPLANE_OTLP_ENDPOINT
-# Where the CLI on the host finds the containers.
-export FLOWPLANE_PIPELINE="http://127.0.0.1:$FLOWPLANE_PORT_PIPELINE"
-export FLOWPLANE_CONTROL_PLANE="http://127.0.0.1:$FLOWPLANE_PORT_CONTROL_PLANE"
+# Where the CLI on the host finds the containers: over mutual TLS, with the client
+# certificate of deploy/certs (made in step 1), like every link inside the stack.
+export FLOWPLANE_PIPELINE="https://127.0.0.1:$FLOWPLANE_PORT_PIPELINE"
+export FLOWPLANE_CONTROL_PLANE="https://127.0.0.1:$FLOWPLANE_PORT_CONTROL_PLANE"
+export FLOWPLANE_TLS_CA="$CERTS_DIR/ca.pem"
+export FLOWPLANE_TLS_CLIENT_CERT="$CERTS_DIR/client.pem"
+export FLOWPLANE_TLS_CLIENT_KEY="$CERTS_DIR/client.key"
 
-CLI="${FLOWPLANE_CLI:-$REPO_ROOT/target/release/flowplane}"
+CLI="${FLOWPLANE_CLI:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/flowplane}"
 PROCESSORS=(processor-1 processor-2)
 SERVICES=(control-plane "${PROCESSORS[@]}" pipeline)
 
@@ -210,14 +215,24 @@ step_up() {
         (cd "$REPO_ROOT" && "${CARGO:-cargo}" build --release --locked -p flowplane-cli) >&2 ||
             { echo "cannot build the CLI for the host"; return 1; }
     fi
+    ensure_certs || { echo "cannot make the dev certificates (deploy/scripts/certs.sh)"; return 1; }
     started=$(now_ms)
     timeout "$HEALTH_TIMEOUT_S" $COMPOSE_TOOL "${COMPOSE_ARGS[@]}" up -d >&2 || { echo "compose up failed"; return 1; }
     local ids=()
     for service in "${SERVICES[@]}"; do ids+=("$(container_of "$service")"); done
     wait_healthy "$HEALTH_TIMEOUT_S" "${ids[@]}" >&2 || { echo "the stack did not become healthy"; return 1; }
     health_ms=$(($(now_ms) - started))
-    "$CLI" health "127.0.0.1:$FLOWPLANE_PORT_PIPELINE" >/dev/null 2>&1 ||
+    "$CLI" health "https://127.0.0.1:$FLOWPLANE_PORT_PIPELINE" >/dev/null 2>&1 ||
         { echo "the pipeline is healthy inside its container but not from the host"; return 1; }
+    # mTLS is really on: no client certificate fails the handshake, plaintext gets no answer.
+    local port
+    for port in "$FLOWPLANE_PORT_CONTROL_PLANE" "$FLOWPLANE_PORT_PROCESSOR_1" "$FLOWPLANE_PORT_PROCESSOR_2" "$FLOWPLANE_PORT_PIPELINE"; do
+        ! env -u FLOWPLANE_TLS_CLIENT_CERT -u FLOWPLANE_TLS_CLIENT_KEY \
+            "$CLI" health --timeout 3 "https://127.0.0.1:$port" >/dev/null 2>&1 ||
+            { echo "127.0.0.1:$port answers a client without a certificate"; return 1; }
+        ! "$CLI" health --timeout 3 "http://127.0.0.1:$port" >/dev/null 2>&1 ||
+            { echo "127.0.0.1:$port answers plaintext"; return 1; }
+    done
     wait_registered 10000 || { echo "the control plane does not list both processors"; return 1; }
     # The pipeline learns about processors through the control plane: wait until it can plan.
     local deadline=$((SECONDS + 20))
@@ -225,7 +240,7 @@ step_up() {
         ((SECONDS < deadline)) || { echo "the pipeline does not see the processors: $("$CLI" validate "$DEPLOY_DIR/compose-test/failover.yaml" 2>&1 | tail -n 1)"; return 1; }
         sleep 0.1
     done
-    echo "image $IMAGE_MB built in $((image_ms / 1000))s; stack healthy in $((health_ms / 1000))s"
+    echo "image $IMAGE_MB built in $((image_ms / 1000))s; stack healthy over mTLS in $((health_ms / 1000))s; no-cert and plaintext clients refused"
 }
 
 # The example pipelines as `make demo` runs them (examples/run-all.sh with a results directory
@@ -307,7 +322,7 @@ step_control_plane_restart() {
     wait_registered 5000 || { echo "precondition: both processors registered"; return 1; }
     docker restart -t 10 "$(container_of control-plane)" >/dev/null || { echo "docker restart failed"; return 1; }
     local deadline=$((SECONDS + HEALTH_TIMEOUT_S))
-    until timeout 2 "$CLI" health "127.0.0.1:$FLOWPLANE_PORT_CONTROL_PLANE" >/dev/null 2>&1; do
+    until timeout 2 "$CLI" health "https://127.0.0.1:$FLOWPLANE_PORT_CONTROL_PLANE" >/dev/null 2>&1; do
         ((SECONDS < deadline)) || { echo "the control plane did not serve again"; return 1; }
         sleep 0.05
     done

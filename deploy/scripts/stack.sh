@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make up`, `make down` and `make compose-config` for deploy/docker-compose.yml.
-#   stack.sh up       start the stack (project $COMPOSE_PROJECT, default flowplane) and wait until
+#   stack.sh up       make the dev certificates (certs.sh), start the stack (project
+#                     $COMPOSE_PROJECT, default flowplane) with mutual TLS and wait until
 #                     every flowplane container is healthy; OBSERVABILITY=1 adds the profile
 #                     `observability` and points the services' trace export at its collector
 #   stack.sh down     stop and remove the stack, its network and volumes, every profile included
@@ -16,6 +17,7 @@ compose() { $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" "$@"; }
 
 up() {
     docker_engine_up || die "no Docker engine answers (docker info failed)"
+    ensure_certs || die "cannot make the dev certificates in $CERTS_DIR (deploy/scripts/certs.sh)"
     local profile=()
     if [[ "${OBSERVABILITY:-0}" == 1 ]]; then
         profile=(--profile observability)
@@ -26,11 +28,14 @@ up() {
     # shellcheck disable=SC2046
     wait_healthy "$UP_TIMEOUT_S" $(compose ps -q control-plane processor-1 processor-2 pipeline) ||
         die "the stack is not healthy; see: $compose_tool -p $PROJECT logs"
+    local c="${CERTS_DIR#"$REPO_ROOT"/}"
     cat <<EOF
-flowplane is up (project $PROJECT, image $FLOWPLANE_IMAGE):
-  pipeline       127.0.0.1:${FLOWPLANE_PORT_PIPELINE:-55071}   flowplane run PIPELINE.yaml --pipeline 127.0.0.1:${FLOWPLANE_PORT_PIPELINE:-55071} --input NAME=FILE
-  control plane  127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}   flowplane components list --control-plane 127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}
-  processors     127.0.0.1:${FLOWPLANE_PORT_PROCESSOR_1:-55061}, 127.0.0.1:${FLOWPLANE_PORT_PROCESSOR_2:-55062}
+flowplane is up with mutual TLS (project $PROJECT, image $FLOWPLANE_IMAGE); a client presents a
+certificate from $c, e.g.:
+  export FLOWPLANE_TLS_CA=$c/ca.pem FLOWPLANE_TLS_CLIENT_CERT=$c/client.pem FLOWPLANE_TLS_CLIENT_KEY=$c/client.key
+  pipeline       https://127.0.0.1:${FLOWPLANE_PORT_PIPELINE:-55071}   flowplane run PIPELINE.yaml --pipeline https://127.0.0.1:${FLOWPLANE_PORT_PIPELINE:-55071} --input NAME=FILE
+  control plane  https://127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}   flowplane components list --control-plane https://127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}
+  processors     https://127.0.0.1:${FLOWPLANE_PORT_PROCESSOR_1:-55061}, https://127.0.0.1:${FLOWPLANE_PORT_PROCESSOR_2:-55062}
 EOF
     if ((${#profile[@]})); then
         cat <<EOF
