@@ -303,6 +303,7 @@ async fn the_certificates_from_make_certs_carry_mutual_tls() {
         tls_key: file("control-plane.key"),
         tls_client_ca: file("ca.pem"),
         token_file: None,
+        reflection: true,
     };
     let control_plane = control_plane_with(flowplane_control_plane::Config {
         tls: serve.server_tls().unwrap(),

@@ -50,6 +50,17 @@ pub struct ServeArgs {
     /// register, read, data, process; `#` starts a comment line. Unset: no role tokens.
     #[arg(long, env = "FLOWPLANE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Serve gRPC reflection (v1 and v1alpha), listing only this server's own services,
+    /// health and reflection; --reflection=false serves none.
+    #[arg(
+        long,
+        env = "FLOWPLANE_REFLECTION",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub reflection: bool,
 }
 
 impl ServeArgs {
@@ -264,6 +275,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reflection_is_on_unless_turned_off() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+                .map(|cli| cli.serve.reflection)
+        };
+        assert!(parse(&[]).unwrap());
+        assert!(!parse(&["--reflection=false"]).unwrap());
+        assert!(parse(&["--reflection", "true"]).unwrap());
+        assert!(parse(&["--reflection=maybe"]).is_err());
+    }
+
+    #[test]
     fn a_client_token_file_is_read_and_trimmed() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "  s3cret-token\t").unwrap();
@@ -301,6 +330,7 @@ mod tests {
             tls_key: None,
             tls_client_ca: Some("ca.pem".into()),
             token_file: None,
+            reflection: true,
         };
         let message = serve.server_tls().unwrap_err().to_string();
         assert!(message.contains("--tls-client-ca"), "{message}");

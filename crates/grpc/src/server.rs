@@ -1,6 +1,7 @@
 //! The server stack: every flowplane server gets grpc.health.v1, reflection (v1 and
-//! v1alpha, so grpcurl works), message limits, keepalives, TLS when configured, trace
-//! propagation and RPC metrics (the flowplane_telemetry layers) and graceful shutdown.
+//! v1alpha, so grpcurl works; it lists only the services the server serves, or is off),
+//! message limits, keepalives, TLS when configured, trace propagation and RPC metrics
+//! (the flowplane_telemetry layers) and graceful shutdown.
 //! A service hands over its routes; it never builds a server itself.
 
 use std::{future::Future, time::Duration};
@@ -54,37 +55,90 @@ pub const MAX_CONCURRENT_STREAMS: Option<u32> = None;
 /// header entry until h2 drops it, so the guard still bounds the work a peer can cause.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
 
+/// Services every server serves besides its own, as reflection lists them.
+const STACK_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// What reflection lists.
+enum Reflection {
+    /// No reflection service at all (`--reflection=false`).
+    Off,
+    /// Every service in the descriptor sets: for test servers that never name theirs.
+    All,
+    /// These services (fully qualified), health and reflection.
+    Only(Vec<String>),
+}
+
 /// Health, reflection and transport settings shared by every server.
 pub struct GrpcServer {
     health: HealthReporter,
     routes: Routes,
     tls: Option<ServerTlsConfig>,
     auth: Option<Policy>,
+    reflection: Reflection,
 }
 
 impl GrpcServer {
-    /// A server with health and reflection for the flowplane and health packages.
+    /// A server with health, and reflection over the flowplane and health packages; a
+    /// service names what it serves with [`GrpcServer::with_reflection`].
     pub fn new() -> Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(flowplane_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
         // Start from a router without tonic's UNIMPLEMENTED fallback: axum refuses to
         // merge two routers that both have one, and the service's routes bring theirs.
         let mut routes = Routes::default();
         *routes.axum_router_mut() = Default::default();
-        let routes = routes
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?);
+        let routes = routes.add_service(health_service);
         Ok(Self {
             health,
             routes,
             tls: None,
             auth: None,
+            reflection: Reflection::All,
         })
+    }
+
+    /// Reflection lists exactly `services` (fully qualified names), health and
+    /// reflection when `enabled`; when not, no reflection service is served at all.
+    pub fn with_reflection(mut self, enabled: bool, services: &[&str]) -> Self {
+        self.reflection = if enabled {
+            Reflection::Only(services.iter().map(|s| s.to_string()).collect())
+        } else {
+            Reflection::Off
+        };
+        self
+    }
+
+    /// The reflection routes for the configured listing, none when it is off.
+    fn reflection_routes(&self) -> Result<Option<Routes>> {
+        let names: Option<Vec<&str>> = match &self.reflection {
+            Reflection::Off => return Ok(None),
+            Reflection::All => None,
+            Reflection::Only(own) => Some(
+                own.iter()
+                    .map(String::as_str)
+                    .chain(STACK_SERVICES.iter().copied())
+                    .collect(),
+            ),
+        };
+        let builder = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(flowplane_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for name in names.iter().flatten() {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        let mut routes = Routes::default();
+        *routes.axum_router_mut() = Default::default();
+        Ok(Some(
+            routes
+                .add_service(builder().build_v1()?)
+                .add_service(builder().build_v1alpha()?),
+        ))
     }
 
     /// The health reporter, for a service to set its status.
@@ -121,6 +175,15 @@ impl GrpcServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        let reflection = self.reflection_routes()?;
+        let mut routes = self.routes;
+        if let Some(reflection) = reflection {
+            routes = Routes::from(
+                routes
+                    .into_axum_router()
+                    .merge(reflection.into_axum_router()),
+            );
+        }
         let mut builder = Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -151,7 +214,7 @@ impl GrpcServer {
         // accepted socket: with Nagle on, small frames wait for a delayed ACK (~40 ms).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         builder
-            .serve_with_incoming_shutdown(self.routes, incoming, signal)
+            .serve_with_incoming_shutdown(routes, incoming, signal)
             .await?;
         Ok(())
     }

@@ -48,6 +48,8 @@ pub struct ServeOptions {
     /// Tokens by role (`--token-file`); when set, `Process` and `GetCapabilities` need a
     /// `process` token (see [`HOST_ACCESS`]). `None` serves every caller.
     pub tokens: Option<Tokens>,
+    /// Serve reflection (`--reflection`), listing the host service, health and reflection.
+    pub reflection: bool,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +60,7 @@ impl Default for ServeOptions {
             registration: None,
             grace_period: Duration::from_secs(10),
             tokens: None,
+            reflection: true,
         }
     }
 }
@@ -88,6 +91,7 @@ pub async fn serve(
                 .tokens
                 .map(|tokens| Policy::new(tokens, HOST_ACCESS)),
         )
+        .with_reflection(options.reflection, &[SERVICE_NAME])
         .with_routes(Routes::new(host.service()));
     crate::stats::describe();
     flowplane_grpc::server::set_serving(&server.health(), SERVICE_NAME).await;

@@ -103,6 +103,7 @@ impl Pki {
             tls_key: Some(leaf.key.clone()),
             tls_client_ca: Some(self.ca_pem.clone()),
             token_file: None,
+            reflection: true,
         };
         serve
             .server_tls()

@@ -169,6 +169,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// TLS identity; `None` serves plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Serve reflection (`--reflection`), listing this service, health and reflection.
+    pub reflection: bool,
 }
 
 impl Default for Config {
@@ -180,6 +182,7 @@ impl Default for Config {
             max_components: DEFAULT_MAX_COMPONENTS,
             watch_buffer: registry::DEFAULT_WATCH_BUFFER,
             tls: None,
+            reflection: true,
         }
     }
 }
@@ -222,7 +225,14 @@ pub async fn run(
 ) -> Result<()> {
     config.validate()?;
     let control_plane = ControlPlane::new(&config);
-    serve(control_plane, config.tls, listener, shutdown).await
+    serve_with(
+        control_plane,
+        config.tls,
+        config.reflection,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 /// Like [`run`], for a [`ControlPlane`] built by the caller (another registry backend,
@@ -230,6 +240,16 @@ pub async fn run(
 pub async fn serve(
     control_plane: ControlPlane,
     tls: Option<ServerTlsConfig>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    serve_with(control_plane, tls, true, listener, shutdown).await
+}
+
+async fn serve_with(
+    control_plane: ControlPlane,
+    tls: Option<ServerTlsConfig>,
+    reflection: bool,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -242,6 +262,7 @@ pub async fn serve(
     let server = GrpcServer::new()?
         .with_routes(Routes::new(control_plane.clone().into_server()))
         .with_auth(control_plane.auth().cloned())
+        .with_reflection(reflection, &[SERVICE_NAME])
         .with_tls(tls);
     let health = server.health();
     set_serving(&health, SERVICE_NAME).await;

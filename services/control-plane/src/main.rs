@@ -58,6 +58,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         max_components: args.max_components,
         watch_buffer: args.watch_buffer,
         tls: args.serve.server_tls()?,
+        reflection: args.serve.reflection,
     };
     config.validate()?;
     Ok(config)

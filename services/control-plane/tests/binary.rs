@@ -81,6 +81,8 @@ fn help_lists_the_settings_and_their_environment_variables() {
             "FLOWPLANE_TLS_CLIENT_CA",
             "--token-file",
             "FLOWPLANE_TOKEN_FILE",
+            "--reflection",
+            "FLOWPLANE_REFLECTION",
             "--tls-cert",
         ],
     );

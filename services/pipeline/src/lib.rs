@@ -82,6 +82,8 @@ pub struct Config {
     pub tokens: Option<Tokens>,
     /// TLS identity; `None` serves plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Serve reflection (`--reflection`), listing this service, health and reflection.
+    pub reflection: bool,
     /// Session and service limits.
     pub limits: ServiceLimits,
     /// How long open sessions may run on after shutdown starts.
@@ -120,6 +122,7 @@ impl Config {
             auth_token: None,
             tokens: None,
             tls: None,
+            reflection: true,
             limits: ServiceLimits::default(),
             grace_period: Duration::from_secs(10),
             probe: ServiceProbe::default(),
@@ -143,6 +146,7 @@ pub async fn run(
     let _ = config.probe.service.set(service.clone());
     let server = GrpcServer::new()?
         .with_tls(config.tls.clone())
+        .with_reflection(config.reflection, &[SERVICE_NAME])
         .with_auth(auth_policy(
             config.tokens.as_ref(),
             config.auth_token.as_deref(),

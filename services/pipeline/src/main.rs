@@ -86,6 +86,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         auth_token: cli.auth_token.clone().filter(|t| !t.is_empty()),
         tokens: cli.serve.tokens().context("--token-file")?,
         tls: cli.serve.server_tls()?,
+        reflection: cli.serve.reflection,
         limits: ServiceLimits {
             max_sessions: cli.max_sessions as usize,
             init_timeout: Duration::from_secs(cli.init_timeout_secs),

@@ -119,6 +119,8 @@ fn help_lists_the_settings_and_their_environment_variables() {
             "FLOWPLANE_TLS_CLIENT_KEY",
             "--token-file",
             "FLOWPLANE_TOKEN_FILE",
+            "--reflection",
+            "FLOWPLANE_REFLECTION",
             "--client-token-file",
             "FLOWPLANE_CLIENT_TOKEN_FILE",
             "FLOWPLANE_LISTEN",

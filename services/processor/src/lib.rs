@@ -69,6 +69,8 @@ pub struct Config {
     /// Tokens by role (`--token-file`); when set, `Process` and `GetCapabilities` need a
     /// `process` token. `None` serves every caller.
     pub tokens: Option<Tokens>,
+    /// Serve reflection (`--reflection`), listing the host service, health and reflection.
+    pub reflection: bool,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             max_streams: 1024,
             max_concurrent_calls: 64,
             tokens: None,
+            reflection: true,
         }
     }
 }
@@ -170,6 +173,7 @@ pub async fn run(
         registration,
         grace_period: config.grace_period,
         tokens: config.tokens,
+        reflection: config.reflection,
     };
     flowplane_sdk::serve(host, options, listener, shutdown).await?;
     Ok(())

