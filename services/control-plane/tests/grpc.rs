@@ -688,3 +688,55 @@ async fn health_serves_and_shutdown_ends_watches_cleanly() {
     assert!(end.is_none(), "the watch ends cleanly, got {end:?}");
     server.task.await.unwrap().unwrap();
 }
+
+/// Lease tokens are secrets of their holders: no listing, lookup or watch event carries
+/// one, in any field (the encoded answers are searched for the token's bytes).
+#[tokio::test]
+async fn lease_tokens_never_appear_in_list_get_or_watch_output() {
+    use prost::Message;
+
+    let server = Server::start_default().await;
+    let mut client = server.client().await;
+    let mut watch = client
+        .watch_components(pb::WatchComponentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = client
+        .register_processor(processor("secretive", &["echo"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease_token;
+    assert!(!lease.is_empty());
+    let contains = |bytes: &[u8]| bytes.windows(lease.len()).any(|w| w == lease.as_bytes());
+    let listed = client
+        .list_components(pb::ListComponentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&listed.components), ["secretive"]);
+    assert!(
+        !contains(&listed.encode_to_vec()),
+        "the listing carries the lease token"
+    );
+    let got = client
+        .get_component(pb::GetComponentRequest {
+            component_id: "secretive".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !contains(&got.encode_to_vec()),
+        "the lookup carries the lease token"
+    );
+    // The snapshot, then the registration.
+    for _ in 0..2 {
+        let event = watch.next().await.expect("watch open").expect("event");
+        assert!(
+            !contains(&event.encode_to_vec()),
+            "a watch event carries the lease token"
+        );
+    }
+}
