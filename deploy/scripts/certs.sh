@@ -46,9 +46,15 @@ leaf() {
 }
 
 # Every service is a server and a client of another (registration, watch, Process).
-leaf control-plane serverAuth,clientAuth control-plane
-leaf processor serverAuth,clientAuth processor processor-1 processor-2
-leaf pipeline serverAuth,clientAuth pipeline
+# Besides the compose names, the Kubernetes names of deploy/k8s in namespace
+# CERTS_K8S_NAMESPACE (default flowplane): the Services, and one wildcard for the
+# processor pods' stable names under their headless Service.
+ns=${CERTS_K8S_NAMESPACE:-flowplane}
+leaf control-plane serverAuth,clientAuth control-plane \
+  flowplane-control-plane "flowplane-control-plane.$ns.svc"
+leaf processor serverAuth,clientAuth processor processor-1 processor-2 \
+  "*.flowplane-processor.$ns.svc"
+leaf pipeline serverAuth,clientAuth pipeline flowplane-pipeline "flowplane-pipeline.$ns.svc"
 leaf client clientAuth
 
 for name in control-plane processor pipeline client; do
