@@ -296,14 +296,10 @@ async fn the_certificates_from_make_certs_carry_mutual_tls() {
     assert!(made.status.success(), "{made:?}");
     let file = |name: &str| Some(dir.path().join(name));
     let serve = flowplane_grpc::config::ServeArgs {
-        listen: None,
-        metrics_listen: None,
-        advertise: None,
         tls_cert: file("control-plane.pem"),
         tls_key: file("control-plane.key"),
         tls_client_ca: file("ca.pem"),
-        token_file: None,
-        reflection: true,
+        ..Default::default()
     };
     let control_plane = control_plane_with(flowplane_control_plane::Config {
         tls: serve.server_tls().unwrap(),

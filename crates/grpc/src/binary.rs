@@ -2,13 +2,16 @@
 //! invalid settings exit with EX_USAGE before any port is bound, naming the flag; then
 //! telemetry first, signal handling, the /metrics endpoint, bind, run, flush on the way
 //! out. A binary's `main` parses its flags, builds its config and calls [`serve_main`].
+//! The orchestrator settings (`--health-listen`, `--max-connection-age`) reach the
+//! service's server through [`crate::server::scope_serving_options`], so every binary has
+//! them without its service knowing.
 
 use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::config::ServeArgs;
+use crate::{config::ServeArgs, server::ServingOptions};
 
 /// Exit code for invalid settings (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -56,10 +59,31 @@ where
             let listener = TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen} (--listen): {e}"))?;
-            tracing::info!(listen = %listener.local_addr().map_err(|e| e.to_string())?, "{name} starting");
-            run(config, listener, shutdown.cancelled_owned())
-                .await
-                .map_err(|e| e.to_string())
+            let health_listener = match serve.health_listen {
+                Some(addr) => Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| format!("cannot listen on {addr} (--health-listen): {e}"))?,
+                ),
+                None => None,
+            };
+            tracing::info!(
+                listen = %listener.local_addr().map_err(|e| e.to_string())?,
+                health_listen = ?serve.health_listen,
+                max_connection_age = ?serve.max_connection_age,
+                "{name} starting"
+            );
+            let options = ServingOptions {
+                health_listener,
+                max_connection_age: serve.max_connection_age,
+                max_connection_age_grace: serve.max_connection_age_grace,
+            };
+            crate::server::scope_serving_options(
+                options,
+                run(config, listener, shutdown.cancelled_owned()),
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
         .await;
         if let Err(error) = &served {

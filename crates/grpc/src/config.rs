@@ -61,6 +61,46 @@ pub struct ServeArgs {
         action = clap::ArgAction::Set
     )]
     pub reflection: bool,
+
+    /// Plaintext listen address, HOST:PORT, serving only grpc.health.v1.Health with the
+    /// main server's statuses: for kubelet's gRPC probes, which speak no TLS. Unset: none.
+    #[arg(long, env = "FLOWPLANE_HEALTH_LISTEN", value_name = "HOST:PORT")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Age after which a connection is sent GOAWAY: its calls go on, new ones reconnect,
+    /// so clients behind a Service spread over new pods. 5m, 30s or plain seconds; unset: no limit.
+    #[arg(long, env = "FLOWPLANE_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// How long calls may outlive --max-connection-age before their connection is closed;
+    /// unset waits for them to end. Needs --max-connection-age.
+    #[arg(
+        long,
+        env = "FLOWPLANE_MAX_CONNECTION_AGE_GRACE",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "max_connection_age"
+    )]
+    pub max_connection_age_grace: Option<Duration>,
+}
+
+impl Default for ServeArgs {
+    /// What an empty command line gives (reflection on, everything else unset).
+    fn default() -> Self {
+        Self {
+            listen: None,
+            metrics_listen: None,
+            advertise: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            token_file: None,
+            reflection: true,
+            health_listen: None,
+            max_connection_age: None,
+            max_connection_age_grace: None,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -321,16 +361,51 @@ mod tests {
     }
 
     #[test]
+    fn orchestrator_settings_parse_and_the_grace_needs_an_age() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+                .map(|cli| cli.serve)
+        };
+        let none = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                none.health_listen,
+                none.max_connection_age,
+                none.max_connection_age_grace
+            ),
+            (None, None, None)
+        );
+        let set = parse(&[
+            "--health-listen",
+            "127.0.0.1:8086",
+            "--max-connection-age",
+            "5m",
+            "--max-connection-age-grace",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(set.health_listen, Some("127.0.0.1:8086".parse().unwrap()));
+        assert_eq!(set.max_connection_age, Some(Duration::from_secs(300)));
+        assert_eq!(set.max_connection_age_grace, Some(Duration::from_secs(30)));
+        let error = parse(&["--max-connection-age-grace", "30s"])
+            .expect_err("a grace without an age is refused")
+            .to_string();
+        assert!(error.contains("--max-connection-age"), "{error}");
+        assert!(parse(&["--max-connection-age", "soon"]).is_err());
+        assert!(parse(&["--health-listen", "localhost"]).is_err());
+    }
+
+    #[test]
     fn a_client_ca_without_a_server_identity_is_refused_naming_the_flags() {
         let serve = ServeArgs {
-            listen: None,
-            metrics_listen: None,
-            advertise: None,
-            tls_cert: None,
-            tls_key: None,
             tls_client_ca: Some("ca.pem".into()),
-            token_file: None,
-            reflection: true,
+            ..ServeArgs::default()
         };
         let message = serve.server_tls().unwrap_err().to_string();
         assert!(message.contains("--tls-client-ca"), "{message}");

@@ -1,17 +1,22 @@
 //! The server stack: every flowplane server gets grpc.health.v1, reflection (v1 and
 //! v1alpha, so grpcurl works; it lists only the services the server serves, or is off),
 //! message limits, keepalives, TLS when configured, trace propagation and RPC metrics
-//! (the flowplane_telemetry layers) and graceful shutdown.
+//! (the flowplane_telemetry layers) and graceful shutdown; for orchestrators, a plaintext
+//! health-only port and a maximum connection age (see [`ServingOptions`]).
 //! A service hands over its routes; it never builds a server itself.
 
-use std::{future::Future, time::Duration};
+use std::{cell::Cell, future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::{
     service::Routes,
     transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 
 use crate::{
     Result,
@@ -55,6 +60,11 @@ pub const MAX_CONCURRENT_STREAMS: Option<u32> = None;
 /// header entry until h2 drops it, so the guard still bounds the work a peer can cause.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
 
+/// The service name a liveness probe asks about: SERVING from the start of
+/// [`GrpcServer::serve`] to the end of the process, drain included. Readiness asks about
+/// the whole server (the empty name), which goes NOT_SERVING when the drain starts.
+pub const LIVENESS_SERVICE: &str = "grpc.health.v1.Health";
+
 /// Services every server serves besides its own, as reflection lists them.
 const STACK_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
@@ -72,6 +82,38 @@ enum Reflection {
     Only(Vec<String>),
 }
 
+/// How a server meets an orchestrator such as Kubernetes: a plaintext port for its
+/// probes, and an age after which each connection is asked to go away. The default has
+/// neither, which is how tests and embedded servers run.
+#[derive(Debug, Default)]
+pub struct ServingOptions {
+    /// A second, plaintext listener serving only `grpc.health.v1.Health`, with the very
+    /// statuses of the main server. kubelet's gRPC probes speak no TLS, so with TLS on the
+    /// main port this is what they call (`--health-listen`).
+    pub health_listener: Option<TcpListener>,
+    /// After this long a connection gets a GOAWAY: its open calls go on, new ones go over
+    /// a fresh connection, which a load balancer may place on another (newer) pod.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may outlive [`ServingOptions::max_connection_age`] before the
+    /// connection is closed under them; `None` waits for them to end on their own.
+    pub max_connection_age_grace: Option<Duration>,
+}
+
+tokio::task_local! {
+    /// The options a binary's `main` gives the one server its `run` builds. A task-local
+    /// rather than a field of every service's config keeps the services' `run(config,
+    /// listener, shutdown)` as they are; it only reaches servers built inside the scope.
+    static PROCESS_OPTIONS: Cell<Option<ServingOptions>>;
+}
+
+/// Runs `future` (a service's `run`) so that the first [`GrpcServer`] it builds takes
+/// `options`; what [`crate::binary::serve_main`] does with the `ServeArgs` settings.
+pub async fn scope_serving_options<F: Future>(options: ServingOptions, future: F) -> F::Output {
+    PROCESS_OPTIONS
+        .scope(Cell::new(Some(options)), future)
+        .await
+}
+
 /// Health, reflection and transport settings shared by every server.
 pub struct GrpcServer {
     health: HealthReporter,
@@ -79,11 +121,13 @@ pub struct GrpcServer {
     tls: Option<ServerTlsConfig>,
     auth: Option<Policy>,
     reflection: Reflection,
+    options: ServingOptions,
 }
 
 impl GrpcServer {
     /// A server with health, and reflection over the flowplane and health packages; a
-    /// service names what it serves with [`GrpcServer::with_reflection`].
+    /// service names what it serves with [`GrpcServer::with_reflection`]. Inside
+    /// [`scope_serving_options`] it takes the scope's options (once).
     pub fn new() -> Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
         // Start from a router without tonic's UNIMPLEMENTED fallback: axum refuses to
@@ -97,7 +141,18 @@ impl GrpcServer {
             tls: None,
             auth: None,
             reflection: Reflection::All,
+            options: PROCESS_OPTIONS
+                .try_with(Cell::take)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
         })
+    }
+
+    /// Serves with these orchestrator settings instead of the scope's.
+    pub fn with_serving_options(mut self, options: ServingOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Reflection lists exactly `services` (fully qualified names), health and
@@ -195,6 +250,12 @@ impl GrpcServer {
             .initial_stream_window_size(STREAM_WINDOW)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
+        if let Some(age) = self.options.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        if let Some(grace) = self.options.max_connection_age_grace {
+            builder = builder.max_connection_age_grace(grace);
+        }
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
@@ -205,6 +266,13 @@ impl GrpcServer {
             .layer(flowplane_telemetry::metrics::server_layer())
             .layer(AuthLayer::new(self.auth))
             .layer(crate::decode::DecodeErrorsLayer);
+        // Liveness, unlike readiness (the whole server, ""), must not fail while the
+        // server drains, or the orchestrator kills it mid-drain: the health service's own
+        // name is SERVING for as long as the process answers, and nothing changes it.
+        self.health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        let health_service = HealthService::from_health_reporter(self.health.clone());
         let health = self.health;
         let signal = async move {
             shutdown.await;
@@ -213,11 +281,41 @@ impl GrpcServer {
         // Serving a pre-bound listener ignores the builder's tcp_nodelay, so set it per
         // accepted socket: with Nagle on, small frames wait for a delayed ACK (~40 ms).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        builder
-            .serve_with_incoming_shutdown(routes, incoming, signal)
-            .await?;
+        let main = builder.serve_with_incoming_shutdown(routes, incoming, signal);
+        let Some(health_listener) = self.options.health_listener else {
+            main.await?;
+            return Ok(());
+        };
+        // The health port lives exactly as long as the main server, so probes see the
+        // drain (NOT_SERVING) until the main server has closed.
+        let closed = tokio_util::sync::CancellationToken::new();
+        let health_only = serve_health_only(health_service, health_listener, closed.clone());
+        let main = async {
+            let served = main.await;
+            closed.cancel();
+            served
+        };
+        let (main, health_only) = tokio::join!(main, health_only);
+        main?;
+        health_only?;
         Ok(())
     }
+}
+
+/// Serves `grpc.health.v1.Health` alone, in plaintext, until `closed`. No auth, tracing
+/// or metrics layers: a probe every few seconds is not traffic worth a span, and health
+/// is open on the main port too.
+async fn serve_health_only(
+    health: HealthService,
+    listener: TcpListener,
+    closed: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(HealthServer::new(health))
+        .serve_with_incoming_shutdown(incoming, closed.cancelled_owned())
+        .await?;
+    Ok(())
 }
 
 /// Marks the whole server (the empty service name) NOT_SERVING.

@@ -768,6 +768,10 @@ struct StreamState {
     errors: metrics::Counter,
     latency: metrics::Histogram,
     active: metrics::Gauge,
+    /// The host's chunks read and not yet answered, and how many of them are this
+    /// stream's, so a stream that ends with chunks unanswered takes them off the gauge.
+    in_flight: metrics::Gauge,
+    in_flight_here: u64,
 }
 
 /// A chunk that passed the host's checks, waiting for its processor call.
@@ -819,6 +823,8 @@ impl StreamState {
             errors: metrics::counter!(stats::ERRORS_TOTAL, "processor" => name.clone()),
             latency: metrics::histogram!(stats::LATENCY_SECONDS, "processor" => name),
             active,
+            in_flight: metrics::gauge!(stats::IN_FLIGHT_CHUNKS),
+            in_flight_here: 0,
             entry,
             processor: Some(processor),
             node_id,
@@ -836,6 +842,9 @@ impl StreamState {
         started: Instant,
         outcome: Result<Vec<ProcessOutput>, ProcessError>,
     ) -> ProcessResponse {
+        // Every chunk `prepare` counted is answered here exactly once, refused or not.
+        self.in_flight_here = self.in_flight_here.saturating_sub(1);
+        self.in_flight.decrement(1.0);
         let result = match outcome {
             Ok(outputs) => {
                 self.stats.chunks_out(outputs.len() as u64);
@@ -905,6 +914,8 @@ impl StreamState {
         } = chunk;
         self.stats.chunk_in();
         self.chunks_in.increment(1);
+        self.in_flight_here += 1;
+        self.in_flight.increment(1.0);
         let checked = self.check_chunk(sequence, &input, buffer);
         match checked {
             Ok((port, payload, buffer_metadata)) => Prepared::Job(Job {
@@ -1205,5 +1216,8 @@ impl Drop for StreamState {
     fn drop(&mut self) {
         self.stats.stream_closed();
         self.active.decrement(1.0);
+        // Chunks never answered: the stream failed, was cut by the grace period or its
+        // client went away.
+        self.in_flight.decrement(self.in_flight_here as f64);
     }
 }

@@ -12,8 +12,12 @@ pub const ERRORS_TOTAL: &str = "flowplane_processor_errors_total";
 pub const LATENCY_SECONDS: &str = "flowplane_processor_latency_seconds";
 /// Open Process streams, by processor.
 pub const ACTIVE_STREAMS: &str = "flowplane_processor_active_streams";
+/// Chunks the host has read and not yet answered, over all its streams: the per-pod load
+/// signal for an autoscaler. No labels, so one series per host, present at 0 from start.
+pub const IN_FLIGHT_CHUNKS: &str = "flowplane_processor_in_flight_chunks";
 
-/// Describes the metrics above to the installed recorder (a no-op without one).
+/// Describes the metrics above to the installed recorder (a no-op without one) and
+/// registers the in-flight gauge.
 pub fn describe() {
     metrics::describe_counter!(
         CHUNKS_TOTAL,
@@ -29,6 +33,13 @@ pub fn describe() {
         "Time from a chunk's arrival at the host to its result"
     );
     metrics::describe_gauge!(ACTIVE_STREAMS, "Open Process streams");
+    metrics::describe_gauge!(
+        IN_FLIGHT_CHUNKS,
+        "Chunks this host has read and not yet answered, over all its streams (autoscaling signal)"
+    );
+    // Registered now (adding nothing: another host in this process may be busy), so a
+    // scrape before the first chunk reads 0 rather than nothing.
+    metrics::gauge!(IN_FLIGHT_CHUNKS).increment(0.0);
 }
 
 /// Sub-buckets per power of two: about 19% resolution, plenty for p50/p99 in heartbeats.

@@ -96,14 +96,10 @@ impl Pki {
     /// same code: `leaf` as identity, clients must present a certificate from the CA.
     pub fn server(&self, leaf: &Leaf) -> ServerTlsConfig {
         let serve = ServeArgs {
-            listen: None,
-            metrics_listen: None,
-            advertise: None,
             tls_cert: Some(leaf.cert.clone()),
             tls_key: Some(leaf.key.clone()),
             tls_client_ca: Some(self.ca_pem.clone()),
-            token_file: None,
-            reflection: true,
+            ..ServeArgs::default()
         };
         serve
             .server_tls()
