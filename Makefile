@@ -149,6 +149,6 @@ k8s-render: k8s-tools ## print the rendered manifests of overlay OVERLAY (dev or
 .PHONY: k8s-check
 k8s-check: k8s-tools ## render every overlay, validate it (oldest and newest Kubernetes), yamllint, flags/env/ports against --help, and prove the check bites
 	$(CARGO) build --bins -p flowplane-control-plane -p flowplane-processor -p flowplane-pipeline
-	$(VENV)/bin/python deploy/k8s/check.py --bin-dir $${CARGO_TARGET_DIR:-target}/debug
 	$(VENV)/bin/python deploy/k8s/check.py --bin-dir $${CARGO_TARGET_DIR:-target}/debug --self-test
+	$(VENV)/bin/python deploy/k8s/check.py --bin-dir $${CARGO_TARGET_DIR:-target}/debug
 # ---- end k8s ----------------------------------------------------------------------------------
