@@ -46,6 +46,8 @@ LISTEN_PORTS = {
 }
 # Settings whose value names other services: comma-separated URL or HOST:PORT lists.
 PEER_SETTINGS = ("FLOWPLANE_CONTROL_PLANE", "FLOWPLANE_REGISTRY")
+# The health service name that stays SERVING through a drain (flowplane_grpc::server::LIVENESS_SERVICE).
+LIVENESS_SERVICE = "grpc.health.v1.Health"
 # Seconds a flowplane server takes past its grace period to close (the SDK host's AFTER_ABORT).
 CLOSE_SLACK = 5
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -249,6 +251,10 @@ class Check:
                 continue
             if tls and probe["grpc"]["port"] != ports.get("health"):
                 self.problem(where, f"{kind} calls port {probe['grpc']['port']} with TLS on; kubelet speaks plaintext: use the health port ({ports.get('health')})")
+            # Liveness must not fail a draining server; readiness must (the whole server).
+            wanted = LIVENESS_SERVICE if kind == "livenessProbe" else ""
+            if probe["grpc"].get("service", "") != wanted:
+                self.problem(where, f"{kind} asks about service {probe['grpc'].get('service', '')!r}; it must ask about {wanted!r}")
         # The pod must outlive its drain: preStop, the grace period, the time to close.
         grace = 0
         if "FLOWPLANE_GRACE_PERIOD" in values:
@@ -404,6 +410,7 @@ BREAKS = [
     ("base/settings.yaml", "  FLOWPLANE_CONTROL_PLANE: https://flowplane-control-plane:50051\n  FLOWPLANE_TLS_CERT: /etc/flowplane/certs/processor.pem", "  FLOWPLANE_CONTROL_PLANE: https://flowplane-control-plane:50052\n  FLOWPLANE_TLS_CERT: /etc/flowplane/certs/processor.pem", "dials flowplane-control-plane:50052"),
     ("base/processor.yaml", "      terminationGracePeriodSeconds: 30\n", "      terminationGracePeriodSeconds: 12\n", "terminationGracePeriodSeconds 12"),
     ("base/network-policy.yaml", "        - { protocol: TCP, port: 50061 }\n  egress:", "        - { protocol: TCP, port: 50062 }\n  egress:", "opens port 50062"),
+    ("base/pipeline.yaml", "              service: grpc.health.v1.Health\n", "", "livenessProbe asks about service ''"),
     ("base/namespace.yaml", "  name: flowplane\n", "  name: flowplane   \n", "trailing-spaces"),
 ]
 
