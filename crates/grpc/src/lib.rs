@@ -40,14 +40,19 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("token file {path} line {line}: {reason}")]
+    #[error("{what} {path} line {line}: {reason}")]
     TokenFile {
+        what: &'static str,
         path: std::path::PathBuf,
         line: usize,
         reason: String,
     },
-    #[error("token file {path} lists no tokens: add lines of `TOKEN ROLE[,ROLE...]`")]
-    NoTokens { path: std::path::PathBuf },
+    #[error("{what} {path} lists nothing: add lines of `{key} ROLE[,ROLE...]`")]
+    NoTokens {
+        what: &'static str,
+        key: &'static str,
+        path: std::path::PathBuf,
+    },
     #[error("client token file {path} (--client-token-file): {reason}")]
     ClientToken {
         path: std::path::PathBuf,
