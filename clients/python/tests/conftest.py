@@ -105,13 +105,16 @@ class Stack:
     def aio_client(self, **overrides: object) -> flowplane.aio.Client:
         return flowplane.aio.Client(self.pipeline, **{**self.client_options, **overrides})  # type: ignore[arg-type]
 
-    def metric(self, name: str) -> float:
-        """The sum of every sample of `name` on the pipeline's Prometheus endpoint."""
+    def metric(self, name: str, label: str = "") -> float:
+        """The sum of the samples of `name` (those whose labels hold `label`, e.g.
+        'code="CANCELLED"') on the pipeline's Prometheus endpoint; 0 when there are none."""
         with urllib.request.urlopen(f"http://{self.pipeline_metrics}/metrics", timeout=5) as r:
             text = r.read().decode()
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+            if not line.startswith(name) or line[len(name) : len(name) + 1] not in (" ", "{"):
+                continue
+            if label in line.rsplit(" ", 1)[0]:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 

@@ -61,7 +61,9 @@ def same(actual: Any, wanted: Any, where: str) -> None:
     if isinstance(wanted, float) and isinstance(actual, float):
         assert abs(actual - wanted) <= math.ulp(wanted), f"{where}: {actual!r} != {wanted!r}"
     elif isinstance(wanted, dict) and isinstance(actual, dict):
-        assert sorted(actual) == sorted(wanted), f"{where}: keys {sorted(actual)} != {sorted(wanted)}"
+        assert sorted(actual) == sorted(wanted), (
+            f"{where}: keys {sorted(actual)} != {sorted(wanted)}"
+        )
         for key in wanted:
             same(actual[key], wanted[key], f"{where}.{key}")
     elif isinstance(wanted, list) and isinstance(actual, list):
@@ -69,7 +71,9 @@ def same(actual: Any, wanted: Any, where: str) -> None:
         for i, (a, w) in enumerate(zip(actual, wanted, strict=True)):
             same(a, w, f"{where}[{i}]")
     else:
-        assert type(actual) is type(wanted) and actual == wanted, f"{where}: {actual!r} != {wanted!r}"
+        assert type(actual) is type(wanted) and actual == wanted, (
+            f"{where}: {actual!r} != {wanted!r}"
+        )
 
 
 def assert_lines(actual: str, name: str) -> None:

@@ -109,6 +109,7 @@ class Problem:
 class Command(enum.IntEnum):
     FLUSH = streaming_pb2.CONTROL_COMMAND_FLUSH
     CLOSE = streaming_pb2.CONTROL_COMMAND_CLOSE
+    CANCEL = streaming_pb2.CONTROL_COMMAND_CANCEL
 
 
 def init_request(
@@ -198,6 +199,11 @@ class SessionState:
             reason="UNKNOWN_RESPONSE",
             field="response",
         )
+
+
+# How long leaving a session early waits for the pipeline to take its CANCEL before the
+# stream is reset anyway: long enough for a live server, short enough for Ctrl-C.
+CANCEL_GRACE_SECONDS = 1.0
 
 
 def not_closed() -> FlowplaneError:

@@ -182,7 +182,19 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         if not self._ended:
-            self.cancel()
+            await self._abort()
+
+    async def _abort(self) -> None:
+        """Leaving early: CANCEL first, so the pipeline ends the session as CANCELLED, then
+        the reset, whatever the pipeline did within the grace time."""
+        if self._writing and not self._call.done():
+            self._writing = False
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(proto.CANCEL_GRACE_SECONDS):
+                    await self._call.write(proto.control_request(Command.CANCEL))
+                    await self._call.done_writing()
+                    await self._call.code()
+        self.cancel()
 
     async def _read(self) -> streaming_pb2.StreamPipelineResponse | None:
         try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -211,16 +212,24 @@ class Session:
             raise from_rpc_error(error) from None
 
     def _put(self, item: object, what: str) -> None:
+        # The lock orders writers; the wait for room happens in short steps so a cancel
+        # from another thread is seen at once rather than after send_timeout.
         with self._lock:
             if not self._writing:
                 raise proto.session_over(what)
             if not self._call.is_active():
                 self._writing = False
                 raise self._failure(what)
-            try:
-                self._requests.put(item, timeout=self._client.send_timeout)
-            except queue.Full:
-                raise proto.send_blocked(self._client.send_timeout) from None
+            deadline = time.monotonic() + self._client.send_timeout
+            while True:
+                try:
+                    self._requests.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    if not self._writing:
+                        raise proto.session_over(what) from None
+                    if time.monotonic() >= deadline:
+                        raise proto.send_blocked(self._client.send_timeout) from None
             if item is _END:
                 self._writing = False
 
@@ -278,9 +287,18 @@ class Session:
         self._put(_END, "finish")
 
     def cancel(self) -> None:
-        """Ends the session at once; the pipeline releases it. Safe to call again."""
-        with self._lock:
-            self._writing = False
+        """Ends the session: sends CANCEL so the pipeline ends it as CANCELLED, waits for
+        that at most a second, then resets the stream whatever happened. The pipeline
+        releases the session either way. Safe to call again, from any thread."""
+        self._writing = False
+        if self._call.is_active():
+            try:
+                self._requests.put_nowait(proto.control_request(Command.CANCEL))
+                self._requests.put_nowait(_END)
+                future = cast(grpc.Future, self._call)
+                future.exception(timeout=proto.CANCEL_GRACE_SECONDS)
+            except (queue.Full, grpc.FutureTimeoutError):
+                pass  # no room or no answer in time: the reset below ends it
         self._call.cancel()
         # Wake grpc's request thread if it waits on the queue, so it never lingers.
         while True:
