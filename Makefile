@@ -121,8 +121,8 @@ python-client: $(PY_CLIENT_STAMP) ## build and install the typed Python client (
 .PHONY: python-lint
 python-lint: python-client ## Python client: mypy --strict, ruff check, ruff format --check
 	cd $(PY_CLIENT) && ../../$(VENV)/bin/mypy --strict src tests ../../examples/python
-	$(VENV)/bin/ruff check $(PY_CLIENT) examples/python
-	$(VENV)/bin/ruff format --check $(PY_CLIENT) examples/python
+	$(VENV)/bin/ruff check --config $(PY_CLIENT)/pyproject.toml $(PY_CLIENT) examples/python
+	$(VENV)/bin/ruff format --config $(PY_CLIENT)/pyproject.toml --check $(PY_CLIENT) examples/python
 
 .PHONY: test-python
 test-python: python-client ## Python client tests against the real binaries in FLOWPLANE_BIN_DIR (default target/debug)

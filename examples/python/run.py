@@ -40,7 +40,11 @@ def main() -> int:
             if isinstance(item, flowplane.ChunkError):
                 print(error_line(item) if args.json else f"#{item.sequence} error {item}")
             else:
-                print(result_line(item) if args.json else f"#{item.sequence} {item.output} {item.value}")
+                print(
+                    result_line(item)
+                    if args.json
+                    else f"#{item.sequence} {item.output} {item.value}"
+                )
     return 0
 
 

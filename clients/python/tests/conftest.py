@@ -6,6 +6,7 @@ and stopped with SIGTERM at the end. Every wait has a deadline.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import signal
@@ -98,12 +99,23 @@ class Stack:
     processes: list[Process] = field(default_factory=list)
     client_options: dict[str, object] = field(default_factory=dict)
     logs: pathlib.Path = field(default_factory=pathlib.Path)
+    scheme: str = "http"
+
+    @property
+    def pipeline_url(self) -> str:
+        return f"{self.scheme}://{self.pipeline}"
+
+    @property
+    def control_plane_url(self) -> str:
+        return f"{self.scheme}://{self.control_plane}"
 
     def client(self, **overrides: object) -> flowplane.Client:
-        return flowplane.Client(self.pipeline, **{**self.client_options, **overrides})  # type: ignore[arg-type]
+        options = {**self.client_options, **overrides}
+        return flowplane.Client(self.pipeline_url, **options)  # type: ignore[arg-type]
 
     def aio_client(self, **overrides: object) -> flowplane.aio.Client:
-        return flowplane.aio.Client(self.pipeline, **{**self.client_options, **overrides})  # type: ignore[arg-type]
+        options = {**self.client_options, **overrides}
+        return flowplane.aio.Client(self.pipeline_url, **options)  # type: ignore[arg-type]
 
     def metric(self, name: str, label: str = "") -> float:
         """The sum of the samples of `name` (those whose labels hold `label`, e.g.
@@ -131,12 +143,20 @@ def start_stack(
     processor_client_args: Sequence[str] = (),
     pipeline_client_args: Sequence[str] = (),
     scheme: str = "http",
-    reader: Callable[[str], flowplane.ControlPlane] | None = None,
+    client_options: dict[str, object] | None = None,
+    reader_options: dict[str, object] | None = None,
 ) -> Stack:
+    """Starts a platform; `client_options`/`reader_options` are what a pipeline client and
+    a registry reader need to reach it (TLS files, tokens)."""
     cp_port, pipe_port, metrics_port = free_port(), free_port(), free_port()
     cp = f"{scheme}://127.0.0.1:{cp_port}"
     stack = Stack(
-        f"127.0.0.1:{cp_port}", f"127.0.0.1:{pipe_port}", f"127.0.0.1:{metrics_port}", logs=logs
+        f"127.0.0.1:{cp_port}",
+        f"127.0.0.1:{pipe_port}",
+        f"127.0.0.1:{metrics_port}",
+        client_options=dict(client_options or {}),
+        logs=logs,
+        scheme=scheme,
     )
     try:
         stack.processes.append(
@@ -187,15 +207,16 @@ def start_stack(
                 logs,
             )
         )
-        open_reader = reader or (lambda target: flowplane.ControlPlane(target))
-        with open_reader(stack.control_plane if scheme == "http" else cp) as registry:
+        with flowplane.ControlPlane(cp, **(reader_options or {})) as registry:  # type: ignore[arg-type]
             wait_until(
                 f"{processors} healthy processors",
                 lambda: len(registry.components(kind="processor", status="healthy")) == processors,
             )
         with stack.client() as client:
             for manifest in sorted((EXAMPLES / "pipelines").glob("*.yaml")):
-                wait_until(f"{manifest.name} runnable", lambda m=manifest: client.validate(m) == [])
+                wait_until(
+                    f"{manifest.name} runnable", functools.partial(runnable, client, manifest)
+                )
     except BaseException:
         for p in stack.processes:
             if p.popen.poll() is not None:
@@ -203,6 +224,10 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def runnable(client: flowplane.Client, manifest: pathlib.Path) -> bool:
+    return client.validate(manifest) == []
 
 
 @pytest.fixture(scope="session")

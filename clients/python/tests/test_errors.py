@@ -9,10 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import EXAMPLES, Stack, free_port
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 import flowplane
+from conftest import EXAMPLES, Stack, free_port
 from flowplane.errors import from_rpc_error
 
 CALCULATOR = EXAMPLES / "pipelines" / "calculator.yaml"

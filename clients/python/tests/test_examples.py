@@ -18,9 +18,9 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, Stack
 
 import flowplane
+from conftest import EXAMPLES, Stack
 from flowplane.files import read_file
 from flowplane.summary import error_line, result_line
 

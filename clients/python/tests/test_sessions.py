@@ -9,9 +9,9 @@ import contextlib
 import threading
 
 import pytest
-from conftest import EXAMPLES, Stack, wait_until
 
 import flowplane
+from conftest import EXAMPLES, Stack, wait_until
 
 CALCULATOR = EXAMPLES / "pipelines" / "calculator.yaml"
 UPPER = {

@@ -295,7 +295,7 @@ class Session:
             try:
                 self._requests.put_nowait(proto.control_request(Command.CANCEL))
                 self._requests.put_nowait(_END)
-                future = cast(grpc.Future, self._call)
+                future = cast("grpc.Future[Any]", self._call)
                 future.exception(timeout=proto.CANCEL_GRACE_SECONDS)
             except (queue.Full, grpc.FutureTimeoutError):
                 pass  # no room or no answer in time: the reset below ends it
