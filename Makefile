@@ -103,8 +103,9 @@ PY_CLIENT_TOOLS := grpcio-status==1.76.0 mypy-protobuf==5.1.0 mypy==2.4.1 ruff==
                    types-protobuf==7.35.1.20260906 types-pyyaml==6.0.12.20261113 types-grpcio==1.85.0.20261028 \
                    types-grpcio-status==1.0.0.20260408
 PY_CLIENT_STAMP := $(VENV)/.python-client-installed
-PY_CLIENT_SRC   := $(shell find $(PY_CLIENT)/src $(PY_CLIENT)/*.py $(PY_CLIENT)/pyproject.toml proto/flowplane -type f \
-                     -not -path '*/flowplane/*/v1/*' -not -name '*.pyc' 2>/dev/null)
+# Hand-written sources only: the generated modules live one level down (flowplane/<domain>/).
+PY_CLIENT_SRC   := $(wildcard $(PY_CLIENT)/src/flowplane/*.py $(PY_CLIENT)/src/flowplane/py.typed \
+                     $(PY_CLIENT)/*.py $(PY_CLIENT)/pyproject.toml) $(shell find proto/flowplane -name '*.proto')
 # The binaries the Python tests start; `make test` builds them first (test-rust).
 FLOWPLANE_BIN_DIR ?= $(CURDIR)/target/debug
 
