@@ -11,7 +11,7 @@ import sys
 from setuptools import setup
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import build_proto  # noqa: E402
+import build_proto
 
 setup(
     packages=["flowplane", *build_proto.generate()],

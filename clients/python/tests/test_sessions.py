@@ -172,3 +172,27 @@ def test_options_are_checked_before_connecting() -> None:
         flowplane.Client("http://127.0.0.1:1", tls_ca="ca.pem")
     with pytest.raises(ValueError, match="scheme"):
         flowplane.Client("grpc://127.0.0.1:1")
+
+
+BIG = flowplane.Text("a" * (1 << 20))  # 1 MiB in, 1 MiB out: windows fill after a few dozen
+
+
+def test_a_send_nobody_makes_room_for_times_out_instead_of_buffering(stack: Stack) -> None:
+    sent = 0
+    with stack.client(send_timeout=1) as client, client.session(UPPER, queue_size=4) as s:
+        with pytest.raises(flowplane.FlowplaneError) as raised:
+            for sent in range(300):  # noqa: B007 (read after the loop)
+                s.send(BIG, input="text")
+        assert raised.value.reason == "SEND_TIMEOUT"
+    # The pipeline's window (32 MiB) and the HTTP/2 windows bound what was taken.
+    assert 8 < sent < 150, sent
+
+
+async def test_an_async_send_nobody_makes_room_for_times_out(stack: Stack) -> None:
+    sent = 0
+    async with stack.aio_client(send_timeout=1) as client, client.session(UPPER) as s:
+        with pytest.raises(flowplane.FlowplaneError) as raised:
+            for sent in range(300):  # noqa: B007 (read after the loop)
+                await s.send(BIG, input="text")
+        assert raised.value.reason == "SEND_TIMEOUT"
+    assert 8 < sent < 150, sent
