@@ -100,20 +100,20 @@ async def test_async_watch_sees_a_host_join_and_leave(stack: Stack) -> None:
         registry.watch(capability="json.calculator") as watch,
     ):
         assert len(await registry.components(kind="processor")) == 2
+        # The host starts only once the snapshot is in, so its registration is an event.
+        first = await anext(watch)
+        assert first.kind == "snapshot" and name not in [c.id for c in first.components]
+        kinds: list[str] = ["snapshot"]
         host = extra_host(stack, name)
-        kinds: list[str] = []
         removed: flowplane.WatchEvent | None = None
         try:
             async with asyncio.timeout(30):
                 async for event in watch:
-                    if event.kind == "snapshot":
-                        kinds.append("snapshot")
-                        continue
                     if not any(c.id == name for c in event.components):
                         continue
                     kinds.append(event.kind)
                     if event.kind == "added":
-                        host.stop()
+                        host.popen.terminate()  # SIGTERM: it deregisters; no blocking wait here
                     if event.kind == "removed":
                         removed = event
                         break

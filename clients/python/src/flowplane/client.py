@@ -290,8 +290,8 @@ class Session:
         """Ends the session: sends CANCEL so the pipeline ends it as CANCELLED, waits for
         that at most a second, then resets the stream whatever happened. The pipeline
         releases the session either way. Safe to call again, from any thread."""
-        self._writing = False
-        if self._call.is_active():
+        was_writing, self._writing = self._writing, False
+        if was_writing and self._call.is_active():
             try:
                 self._requests.put_nowait(proto.control_request(Command.CANCEL))
                 self._requests.put_nowait(_END)
