@@ -111,6 +111,18 @@ impl ServiceProbe {
     pub fn budget_used(&self) -> usize {
         self.service.get().map_or(0, PipelineService::budget_used)
     }
+
+    /// Sessions that have queued `closed` and wait for the client's stream to take it.
+    pub fn sessions_awaiting_delivery(&self) -> usize {
+        self.service
+            .get()
+            .map_or(0, PipelineService::sessions_awaiting_delivery)
+    }
+
+    /// Sessions ended with `code` so far (what `flowplane_pipeline_sessions_total` counts).
+    pub fn sessions_ended(&self, code: tonic::Code) -> usize {
+        self.service.get().map_or(0, |s| s.sessions_ended(code))
+    }
 }
 
 impl Config {
