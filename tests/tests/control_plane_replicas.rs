@@ -2,9 +2,17 @@
 //! killed, a processor host heartbeats on through B under the same lease (one shared
 //! registry) or registers again on B (separate registries); the pipeline's directory
 //! moves its watch to B and follows changes there while an open session keeps
-//! streaming. Replicas run on their own runtimes, so a kill drops every connection.
+//! streaming; a replica that accepts connections and never answers is passed over at the
+//! heartbeat deadline. Replicas run on their own runtimes, so a kill drops every
+//! connection.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use flowplane_control_plane::{
     MemoryRegistry, Registry,
@@ -158,6 +166,68 @@ async fn heartbeats_move_to_the_other_replica_under_the_same_lease() {
     task.await.unwrap();
     let gone = component(&b_url, "proc-ha").await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+}
+
+/// A TCP listener on 127.0.0.1 that accepts connections and never answers: a replica
+/// that hangs; counts the connections it took. Dropped with the test's runtime.
+async fn silent_replica() -> (String, Arc<AtomicUsize>) {
+    let listener = flowplane_test_support::local_listener().await;
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: the few connections one client opens, held until the test ends.
+        while held.len() < 16 {
+            match listener.accept().await {
+                Ok((socket, _)) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    held.push(socket);
+                }
+                Err(_) => break,
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    (url, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_is_passed_over_at_the_heartbeat_deadline() {
+    let registry = shared_registry();
+    let (through_a, through_b) = (
+        Observed::new(registry.clone()),
+        Observed::new(registry.clone()),
+    );
+    let a = Replica::over(through_a.clone());
+    let b = Replica::over(through_b.clone());
+    let (silent, accepted) = silent_replica().await;
+    let stop = CancellationToken::new();
+    let registration = register(format!("{},{silent},{}", a.url(), b.url()), "proc-hung");
+    let task = tokio::spawn(registration.run(stop.clone()));
+    wait_until("a heartbeat through A", || async {
+        through_a.seen(|s| !s.heartbeats.is_empty())
+    })
+    .await;
+
+    a.kill();
+    // Next in the list is the silent one: its heartbeat runs out at the deadline
+    // (DEADLINE_EXCEEDED) and the same heartbeat goes to B.
+    wait_until("two heartbeats through B", || async {
+        through_b.seen(|s| s.heartbeats.len() >= 2)
+    })
+    .await;
+    let registrations = through_a.seen(|s| s.registrations) + through_b.seen(|s| s.registrations);
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 1,
+        "the silent replica was tried"
+    );
+    assert_eq!(registrations, 1, "the lease outlived the detour");
+    let token = through_a.seen(|s| s.heartbeats[0].0.clone());
+    assert!(through_b.seen(|s| s.heartbeats.iter().all(|(t, _)| *t == token)));
+    assert!(healthy_on(&b.url(), "proc-hung").await);
+    stop.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
