@@ -328,3 +328,39 @@ async fn the_pipeline_watch_moves_to_the_other_replica_and_sessions_stream_on() 
     outcome.status = rest.status;
     assert_complete_in_order(&outcome, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_over_mutual_tls_after_a_closed_port_registers() {
+    let pki = flowplane_test_support::pki::Pki::new();
+    let server = pki.leaf("control-plane");
+    let client = pki.leaf("processor");
+    let cp = flowplane_tests::control_plane_with(flowplane_control_plane::Config {
+        lease_ttl: TTL,
+        tls: Some(pki.server(&server)),
+        ..Default::default()
+    })
+    .await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    // The name is resolved at connect time; TLS verifies the name, not the address.
+    let list = format!("http://{closed},https://localhost:{}", cp.addr.port());
+    let host = flowplane_processor::Config::default().host().unwrap();
+    let mut config = RegistrationConfig::new(list);
+    config.processor_id = Some("proc-tls".into());
+    config.client = pki.client(Some(&client));
+    let registration = Registration::new(config, "127.0.0.1:9".into(), host).unwrap();
+    let mut state = registration.watch();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(registration.run(stop.clone()));
+    tokio::time::timeout(
+        flowplane_test_support::DEFAULT_WAIT,
+        state.wait_for(|s| matches!(s, RegistrationState::Registered { .. })),
+    )
+    .await
+    .expect("registered through https://localhost within the wait")
+    .unwrap();
+    stop.cancel();
+    task.await.unwrap();
+}
