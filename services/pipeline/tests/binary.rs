@@ -42,6 +42,7 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
 fn help_lists_the_settings_and_their_environment_variables() {
     let own = [
         "--control-plane",
+        "a comma-separated list names replicas",
         "FLOWPLANE_CONTROL_PLANE",
         "--auth-token",
         "FLOWPLANE_AUTH_TOKEN",

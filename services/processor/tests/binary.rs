@@ -64,6 +64,7 @@ fn help_lists_the_settings_and_their_environment_variables() {
     let own = [
         "--advertise",
         "--control-plane",
+        "a comma-separated list names replicas",
         "FLOWPLANE_CONTROL_PLANE",
         "--id",
         "FLOWPLANE_ID",
