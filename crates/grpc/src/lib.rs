@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod decode;
 pub mod lifecycle;
+pub mod replicas;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
@@ -36,6 +37,13 @@ pub enum Error {
     TlsFlags(&'static str),
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// A bad entry in a list of replica URLs; names the flag and the entry.
+    #[error("{flag}: invalid entry {entry:?}: {reason}")]
+    InvalidReplica {
+        flag: &'static str,
+        entry: String,
+        reason: String,
+    },
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -73,7 +81,9 @@ impl Error {
         match self {
             Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Error::RoleRequired(_) => (Code::PermissionDenied, "ROLE_REQUIRED"),
-            Error::InvalidEndpoint { .. } => (Code::InvalidArgument, "INVALID_ENDPOINT"),
+            Error::InvalidEndpoint { .. } | Error::InvalidReplica { .. } => {
+                (Code::InvalidArgument, "INVALID_ENDPOINT")
+            }
             Error::Transport(_) => (Code::Unavailable, "TRANSPORT"),
             Error::ReadFile { .. }
             | Error::TlsFlags(_)

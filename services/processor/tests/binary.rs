@@ -41,6 +41,17 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
         Case::flags(&["--max-streams", "0"], "--max-streams"),
         Case::flags(&["--max-concurrent-calls", "0"], "--max-concurrent-calls"),
         Case::flags(&["--control-plane", "not a uri"], "--control-plane"),
+        Case::flags(
+            &["--control-plane", "http://127.0.0.1:1,,http://127.0.0.1:2"],
+            "--control-plane: invalid entry \"\": empty entry",
+        ),
+        Case::env(
+            &[(
+                "FLOWPLANE_CONTROL_PLANE",
+                "http://127.0.0.1:1,ftp://127.0.0.1:2",
+            )],
+            "invalid entry \"ftp://127.0.0.1:2\"",
+        ),
         Case::flags(&["--label", "novalue"], "--label"),
         Case::flags(&["--join-token", "has space"], "--join-token"),
         Case::flags(&["--id", ""], "--id"),
@@ -53,6 +64,7 @@ fn help_lists_the_settings_and_their_environment_variables() {
     let own = [
         "--advertise",
         "--control-plane",
+        "a comma-separated list names replicas",
         "FLOWPLANE_CONTROL_PLANE",
         "--id",
         "FLOWPLANE_ID",
