@@ -73,7 +73,7 @@ test-rust: ## every Rust unit and integration test (binaries first: some tests s
 	$(CARGO) test --workspace
 
 .PHONY: test
-test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust k8s-check compose-config compose-test ## everything CI runs
+test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust python-lint test-python k8s-check compose-config compose-test ## everything CI runs
 
 .PHONY: demo
 demo: ## the main job: start the platform on localhost and stream every example pipeline
@@ -93,6 +93,43 @@ clean: ## remove build output, generated code and the tool venv
 .PHONY: certs
 certs: ## dev CA and mTLS certificates for every service and a client into deploy/certs/ (git-ignored)
 	bash deploy/scripts/certs.sh
+
+# ---- python client: clients/python (the `flowplane` package) ---------------------------------
+# The package's build hook generates its _pb2/_pb2_grpc modules and their typed stubs from
+# proto/ (grpc_tools.protoc + mypy-protobuf); nothing generated is committed.
+PY_CLIENT       := clients/python
+PY_CLIENT_TOOLS := grpcio-status==1.76.0 mypy-protobuf==5.1.0 mypy==2.4.1 ruff==0.17.5 \
+                   pytest==9.2.0 pytest-asyncio==1.5.0 pyyaml==6.0.3 numpy==2.4.6 \
+                   types-protobuf==7.35.1.20260906 types-pyyaml==6.0.12.20261113 types-grpcio==1.85.0.20261028 \
+                   types-grpcio-status==1.0.0.20260408
+PY_CLIENT_STAMP := $(VENV)/.python-client-installed
+# Hand-written sources only: the generated modules live one level down (flowplane/<domain>/).
+PY_CLIENT_SRC   := $(wildcard $(PY_CLIENT)/src/flowplane/*.py $(PY_CLIENT)/src/flowplane/py.typed \
+                     $(PY_CLIENT)/*.py $(PY_CLIENT)/pyproject.toml) $(shell find proto/flowplane -name '*.proto')
+# The binaries the Python tests start; `make test` builds them first (test-rust).
+FLOWPLANE_BIN_DIR ?= $(CURDIR)/target/debug
+
+$(PY_CLIENT_STAMP): $(VENV_STAMP) $(PY_CLIENT_SRC)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_CLIENT_TOOLS)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "./$(PY_CLIENT)"
+	# The same generator in place, for mypy and ruff on the source tree (git-ignored output).
+	$(VENV)/bin/python $(PY_CLIENT)/build_proto.py
+	touch $@
+
+.PHONY: python-client
+python-client: $(PY_CLIENT_STAMP) ## build and install the typed Python client (clients/python) into .venv
+
+.PHONY: python-lint
+python-lint: python-client ## Python client: mypy --strict, ruff check, ruff format --check
+	cd $(PY_CLIENT) && ../../$(VENV)/bin/mypy --strict src tests ../../examples/python
+	$(VENV)/bin/ruff check --config $(PY_CLIENT)/pyproject.toml $(PY_CLIENT) examples/python
+	$(VENV)/bin/ruff format --config $(PY_CLIENT)/pyproject.toml --check $(PY_CLIENT) examples/python
+
+.PHONY: test-python
+test-python: python-client ## Python client tests against the real binaries in FLOWPLANE_BIN_DIR (default target/debug)
+	@for b in flowplane-control-plane flowplane-processor flowplane-pipeline; do \
+	  test -x "$(FLOWPLANE_BIN_DIR)/$$b" || { echo "$(FLOWPLANE_BIN_DIR)/$$b is missing: run \`cargo build --workspace --bins\` (make test-rust does)" >&2; exit 1; }; done
+	FLOWPLANE_BIN_DIR="$(FLOWPLANE_BIN_DIR)" $(VENV)/bin/pytest -q $(PY_CLIENT)/tests
 
 # ---- bench: flowplane next to raw tonic (crates/bench, docs/benchmarks.md) ------------------
 BENCH      := ./target/release/flowplane-bench

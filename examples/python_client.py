@@ -6,6 +6,8 @@ Usage: python_client.py HOST:PORT
 Validates the calculator example, streams three requests through it (one of them a
 division by zero) and checks every answer; exits non-zero on any difference. It shows
 that the contract works from another language: field names, oneofs, the error detail.
+It stays on the raw stubs on purpose; applications use the typed client in clients/python
+(examples/python has the same calls on it).
 """
 import json
 import pathlib

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Development certificates for mutual TLS: one CA and a certificate per service and for
-# a client, each with SANs for 127.0.0.1, localhost and its compose service names.
+# a client, each with SANs for 127.0.0.1, localhost and its compose service names; and the
+# role tokens (a server token file and one client token file per caller).
 # Written to deploy/certs/ (git-ignored). Keys made here are for a laptop, never production.
 # The CA key is 0600; the leaf keys are 0640 (directory 0750) so that the compose containers,
 # uid 65532 with this group added, can read them. Safe to run again: the CA is kept.
@@ -61,3 +62,25 @@ for name in control-plane processor pipeline client; do
   openssl verify -CAfile ca.pem "$name.pem" >/dev/null
 done
 echo "certs: CA and certificates for control-plane, processor, pipeline, client in $OUT"
+
+# Role tokens, kept across runs like the CA (a running stack keeps working): every server
+# reads `tokens`; each caller presents its own file with --client-token-file.
+#   register.token  register        processors joining the control plane
+#   pipeline.token  read,process    the pipeline watching the registry and calling hosts
+#   client.token    read,data       the CLI or an application: components, validate, run
+token_file() { # NAME ROLES
+  if [ ! -s "$1.token" ]; then
+    (umask 137 && openssl rand -hex 32 >"$1.token")
+  fi
+  chmod 640 "$1.token"
+  printf '%s %s\n' "$(tr -d '[:space:]' <"$1.token")" "$2"
+}
+{
+  echo "# flowplane role tokens (deploy/scripts/certs.sh): TOKEN ROLE[,ROLE...]"
+  token_file register register
+  token_file pipeline read,process
+  token_file client read,data
+} >tokens.new
+chmod 640 tokens.new
+mv tokens.new tokens
+echo "certs: role tokens register.token, pipeline.token, client.token and the server file tokens in $OUT"

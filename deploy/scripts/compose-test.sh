@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make compose-test`: the platform deployed the way users deploy it, tested for real.
-#   1 build the image, make the dev certificates, start the compose stack (project flowplane-ci)
-#     with mutual TLS, wait for health; a client without a certificate, or in plaintext, is refused
+#   1 build the image, make the dev certificates and role tokens, start the compose stack (project
+#     flowplane-ci) with mutual TLS and role tokens, wait for health; a client without a
+#     certificate, or in plaintext, is refused; without a token UNAUTHENTICATED, with another
+#     role's token PERMISSION_DENIED
 #   2 stream every example pipeline through the containers with the CLI from the host, exact outputs
 #   3 docker kill the processor serving a long session mid-stream: the session completes on the
 #     other replica, every result exactly once and in order, and the pipeline counts a failover
@@ -24,7 +26,6 @@ REREGISTER_SLACK_MS="${REREGISTER_SLACK_MS:-500}"
 
 # A short lease makes a killed processor expire, and heartbeats come, within seconds.
 export FLOWPLANE_LEASE_TTL="${COMPOSE_TEST_LEASE_TTL:-3s}"
-export FLOWPLANE_JOIN_TOKEN="compose-test-$$-$RANDOM"
 # Host ports of their own, so a `make up` stack (55xxx) or `make demo` (500xx) can keep running.
 export FLOWPLANE_PORT_CONTROL_PLANE="${CI_PORT_CONTROL_PLANE:-57051}"
 export FLOWPLANE_PORT_PROCESSOR_1="${CI_PORT_PROCESSOR_1:-57061}"
@@ -42,6 +43,8 @@ export FLOWPLANE_CONTROL_PLANE="https://127.0.0.1:$FLOWPLANE_PORT_CONTROL_PLANE"
 export FLOWPLANE_TLS_CA="$CERTS_DIR/ca.pem"
 export FLOWPLANE_TLS_CLIENT_CERT="$CERTS_DIR/client.pem"
 export FLOWPLANE_TLS_CLIENT_KEY="$CERTS_DIR/client.key"
+# ... presenting the client's role token (read, data) from the same `make certs` output.
+export FLOWPLANE_CLIENT_TOKEN_FILE="$CERTS_DIR/client.token"
 
 CLI="${FLOWPLANE_CLI:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/flowplane}"
 PROCESSORS=(processor-1 processor-2)
@@ -233,6 +236,16 @@ step_up() {
         ! "$CLI" health --timeout 3 "http://127.0.0.1:$port" >/dev/null 2>&1 ||
             { echo "127.0.0.1:$port answers plaintext"; return 1; }
     done
+    # Role tokens are really on: no token, or a token without the role, is refused by name.
+    local out
+    out="$(env -u FLOWPLANE_CLIENT_TOKEN_FILE "$CLI" components list 2>&1)" &&
+        { echo "the control plane lists components for a client without a token"; return 1; }
+    grep -qi unauthenticated <<<"$out" ||
+        { echo "no token: expected UNAUTHENTICATED, got: $(tail -n 1 <<<"$out")"; return 1; }
+    out="$(FLOWPLANE_CLIENT_TOKEN_FILE="$CERTS_DIR/register.token" "$CLI" components list 2>&1)" &&
+        { echo "the control plane lists components for a register-only token"; return 1; }
+    grep -qi "permission" <<<"$out" && grep -q "read" <<<"$out" ||
+        { echo "register token: expected PERMISSION_DENIED naming role read, got: $(tail -n 1 <<<"$out")"; return 1; }
     wait_registered 10000 || { echo "the control plane does not list both processors"; return 1; }
     # The pipeline learns about processors through the control plane: wait until it can plan.
     local deadline=$((SECONDS + 20))
@@ -240,7 +253,7 @@ step_up() {
         ((SECONDS < deadline)) || { echo "the pipeline does not see the processors: $("$CLI" validate "$DEPLOY_DIR/compose-test/failover.yaml" 2>&1 | tail -n 1)"; return 1; }
         sleep 0.1
     done
-    echo "image $IMAGE_MB built in $((image_ms / 1000))s; stack healthy over mTLS in $((health_ms / 1000))s; no-cert and plaintext clients refused"
+    echo "image $IMAGE_MB built in $((image_ms / 1000))s; stack healthy over mTLS in $((health_ms / 1000))s; no-cert, plaintext, no-token and wrong-role clients refused"
 }
 
 # The example pipelines as `make demo` runs them (examples/run-all.sh with a results directory

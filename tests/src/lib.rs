@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod process;
+pub mod replicas;
 pub mod session;
 pub mod trace;
 

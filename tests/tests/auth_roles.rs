@@ -1,7 +1,8 @@
 //! Tokens by role on a secured stack (control plane, processor host and pipeline, each
-//! given the same token file): every RPC of every service meets no credential, a wrong
-//! token, a valid token of another role and the right token, and each cell gets its own
-//! code. Then the point of it all: an outsider can neither list the hosts nor run
+//! given the same token file and serving mutual TLS): every RPC of every service meets no
+//! credential, a wrong token, a valid token of another role, the right token, the right
+//! token without a client certificate and the right token with a certificate from another
+//! CA, and each cell gets its own code. Then the point of it all: an outsider can neither list the hosts nor run
 //! `Process` on one directly, while the pipeline still runs a session through it.
 
 use std::path::Path;
@@ -20,7 +21,10 @@ use flowplane_proto::{
         streaming_pipeline_service_client::StreamingPipelineServiceClient,
     },
 };
-use flowplane_test_support::{wait_for, wait_until};
+use flowplane_test_support::{
+    pki::{Leaf, Pki},
+    wait_for, wait_until,
+};
 use flowplane_tests::{
     Running, control_plane_with, data::*, pipeline_with, processor_with, session::Session,
 };
@@ -55,43 +59,65 @@ fn tokens() -> Tokens {
 
 /// A control plane, one processor host and a pipeline, all secured with [`TOKEN_FILE`].
 struct SecuredStack {
+    pki: Pki,
+    client: Leaf,
     control_plane: Running,
     processor: Running,
     pipeline: Running,
 }
 
+/// The client certificate a test caller presents.
+#[derive(Clone, Copy, Debug)]
+enum Presented {
+    RightCa,
+    Nothing,
+    OtherCa,
+}
+
 impl SecuredStack {
     async fn start() -> Self {
+        let pki = Pki::new();
+        let (cp_leaf, host_leaf, pipeline_leaf) = (
+            pki.leaf("control-plane"),
+            pki.leaf("processor"),
+            pki.leaf("pipeline"),
+        );
         let control_plane = control_plane_with(flowplane_control_plane::Config {
             tokens: Some(tokens()),
+            tls: Some(pki.server(&cp_leaf)),
             ..Default::default()
         })
         .await;
         let processor = processor_with(flowplane_processor::Config {
-            control_plane: Some(control_plane.url()),
+            control_plane: Some(https(&control_plane)),
+            client: pki.client(Some(&host_leaf)),
             id: Some("secured-host".into()),
             join_token: Some(REGISTER.into()),
             tokens: Some(tokens()),
+            tls: Some(pki.server(&host_leaf)),
             grace_period: std::time::Duration::from_secs(2),
             ..Default::default()
         })
         .await;
-        let mut config = flowplane_pipeline::Config::new(control_plane.url());
+        let mut config = flowplane_pipeline::Config::new(https(&control_plane));
         config.tokens = Some(tokens());
+        config.tls = Some(pki.server(&pipeline_leaf));
         config.client = ClientArgs {
             token: Some(PIPELINE.into()),
-            ..ClientArgs::default()
+            ..pki.client(Some(&pipeline_leaf))
         };
         let pipeline = pipeline_with(config).await;
 
         let stack = Self {
+            client: pki.leaf("client"),
+            pki,
             control_plane,
             processor,
             pipeline,
         };
         // The host registers with its register token (its heartbeats carry the same one)
         // and is HEALTHY, so the pipeline can place nodes on it.
-        let reader = control_plane_client(&stack.control_plane, Some(READ)).await;
+        let reader = stack.control_plane_client(Some(READ)).await;
         wait_until("the secured host to be healthy", || {
             let mut reader = reader.clone();
             async move {
@@ -118,10 +144,8 @@ impl SecuredStack {
     }
 }
 
-async fn channel(server: &Running) -> Channel {
-    flowplane_grpc::client::connect(&server.url(), &ClientArgs::default())
-        .await
-        .expect("server reachable")
+fn https(server: &Running) -> String {
+    format!("https://{}", server.addr)
 }
 
 fn bearer(token: Option<&str>) -> AttachBearer {
@@ -130,25 +154,45 @@ fn bearer(token: Option<&str>) -> AttachBearer {
 
 type Intercepted = tonic::service::interceptor::InterceptedService<Channel, AttachBearer>;
 
-async fn control_plane_client(
-    server: &Running,
-    token: Option<&str>,
-) -> ControlPlaneServiceClient<Intercepted> {
-    ControlPlaneServiceClient::with_interceptor(channel(server).await, bearer(token))
-}
+impl SecuredStack {
+    /// A channel to `server` presenting `presented`; a refused handshake is UNAVAILABLE.
+    async fn channel(&self, server: &Running, presented: Presented) -> Result<Channel, Status> {
+        let args = match presented {
+            Presented::RightCa => self.pki.client(Some(&self.client)),
+            Presented::Nothing => self.pki.client(None),
+            Presented::OtherCa => self.pki.client(Some(&self.pki.stranger)),
+        };
+        flowplane_grpc::client::connect(&https(server), &args)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
 
-async fn pipeline_client(
-    server: &Running,
-    token: Option<&str>,
-) -> StreamingPipelineServiceClient<Intercepted> {
-    StreamingPipelineServiceClient::with_interceptor(channel(server).await, bearer(token))
-}
+    async fn connected(&self, server: &Running) -> Channel {
+        self.channel(server, Presented::RightCa)
+            .await
+            .expect("server reachable over mtls")
+    }
 
-async fn processor_client(
-    server: &Running,
-    token: Option<&str>,
-) -> ProcessorServiceClient<Intercepted> {
-    ProcessorServiceClient::with_interceptor(channel(server).await, bearer(token))
+    async fn control_plane_client(
+        &self,
+        token: Option<&str>,
+    ) -> ControlPlaneServiceClient<Intercepted> {
+        let channel = self.connected(&self.control_plane).await;
+        ControlPlaneServiceClient::with_interceptor(channel, bearer(token))
+    }
+
+    async fn pipeline_client(
+        &self,
+        token: Option<&str>,
+    ) -> StreamingPipelineServiceClient<Intercepted> {
+        let channel = self.connected(&self.pipeline).await;
+        StreamingPipelineServiceClient::with_interceptor(channel, bearer(token))
+    }
+
+    async fn processor_client(&self, token: Option<&str>) -> ProcessorServiceClient<Intercepted> {
+        let channel = self.connected(&self.processor).await;
+        ProcessorServiceClient::with_interceptor(channel, bearer(token))
+    }
 }
 
 /// The code a call ends with; for a streaming call, the code of its first message (so an
@@ -196,13 +240,25 @@ enum Rpc {
 
 /// Calls `rpc` once on the stack with `token`, with a request that is as empty as the
 /// RPC allows: past auth, the handler's own answer to it is the last column's code.
-async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>) -> Status {
+async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>, presented: Presented) -> Status {
     use Rpc::*;
+    // A channel whose handshake is refused answers every call with its status.
+    macro_rules! client {
+        ($make:path, $server:expr) => {
+            match stack.channel($server, presented).await {
+                Ok(channel) => $make(channel, bearer(token)),
+                Err(status) => return status,
+            }
+        };
+    }
     match rpc {
         RegisterProcessor | ProcessorHeartbeat | RegisterSource | SourceHeartbeat
         | RegisterConsumer | ConsumerHeartbeat | Deregister | GetComponent | ListComponents
         | WatchComponents => {
-            let mut c = control_plane_client(&stack.control_plane, token).await;
+            let mut c = client!(
+                ControlPlaneServiceClient::with_interceptor,
+                &stack.control_plane
+            );
             match rpc {
                 RegisterProcessor => unary(
                     c.register_processor(cp::RegisterProcessorRequest::default())
@@ -244,7 +300,10 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>) -> Status {
             }
         }
         StreamPipeline | ExecutePipeline | ValidatePipeline => {
-            let mut c = pipeline_client(&stack.pipeline, token).await;
+            let mut c = client!(
+                StreamingPipelineServiceClient::with_interceptor,
+                &stack.pipeline
+            );
             match rpc {
                 StreamPipeline => {
                     let none = tokio_stream::empty::<StreamPipelineRequest>();
@@ -260,7 +319,7 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>) -> Status {
             }
         }
         Process | GetCapabilities => {
-            let mut c = processor_client(&stack.processor, token).await;
+            let mut c = client!(ProcessorServiceClient::with_interceptor, &stack.processor);
             match rpc {
                 Process => first(c.process(tokio_stream::empty::<ProcessRequest>()).await).await,
                 _ => unary(c.get_capabilities(GetCapabilitiesRequest::default()).await),
@@ -272,7 +331,7 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>) -> Status {
                 Server::Pipeline => &stack.pipeline,
                 Server::Processor => &stack.processor,
             };
-            let mut c = HealthClient::with_interceptor(channel(running).await, bearer(token));
+            let mut c = client!(HealthClient::with_interceptor, running);
             unary(c.check(HealthCheckRequest::default()).await)
         }
     }
@@ -369,12 +428,34 @@ async fn every_rpc_of_every_service_answers_each_credential_with_its_own_code() 
                 (Some(REGISTER), row.handler, None),
             ],
         };
-        for (token, code, reason) in expected {
+        let token_cells =
+            expected.map(|(token, code, reason)| (token, Presented::RightCa, code, reason));
+        // The right token cannot make up for a missing or foreign client certificate: the
+        // server refuses the handshake before any RPC, so the call fails in the transport
+        // (UNAVAILABLE, or UNKNOWN/CANCELLED when TLS 1.3 lets the client send first) and
+        // carries no detail from an auth layer or a handler.
+        let right = row.needs.map(right_token).or(Some(REGISTER));
+        let certificate_cells = [Presented::Nothing, Presented::OtherCa]
+            .map(|presented| (right, presented, Code::Unavailable, None));
+        for (token, presented, code, reason) in token_cells.into_iter().chain(certificate_cells) {
             cells += 1;
-            let status = call(&stack, row.rpc, token).await;
+            let status = call(&stack, row.rpc, token, presented).await;
             let detail = flowplane_grpc::status::error_detail(&status);
             let mut problems = Vec::new();
-            if status.code() != code {
+            let refused_by_tls = !matches!(presented, Presented::RightCa);
+            if refused_by_tls {
+                if !matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) || detail.is_some()
+                {
+                    problems.push(format!(
+                        "expected a refused handshake, got {:?} {:?} with detail {detail:?}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            } else if status.code() != code {
                 problems.push(format!("code {:?}, expected {code:?}", status.code()));
             }
             if let Some(reason) = reason
@@ -401,14 +482,14 @@ async fn every_rpc_of_every_service_answers_each_credential_with_its_own_code() 
             }
             if !problems.is_empty() {
                 wrong.push(format!(
-                    "{:?} with {token:?}: {}",
+                    "{:?} with {token:?} and {presented:?}: {}",
                     row.rpc,
                     problems.join("; ")
                 ));
             }
         }
     }
-    assert_eq!(cells, table.len() * 4);
+    assert_eq!(cells, table.len() * 6);
     assert!(wrong.is_empty(), "cells that differ:\n{}", wrong.join("\n"));
     stack.stop().await;
 }
@@ -418,13 +499,13 @@ async fn an_outsider_cannot_run_process_while_the_secured_pipeline_runs_a_sessio
     let stack = SecuredStack::start().await;
 
     // Without a token nobody learns the hosts, and knowing the address is not enough.
-    let mut anonymous = control_plane_client(&stack.control_plane, None).await;
+    let mut anonymous = stack.control_plane_client(None).await;
     let refused = anonymous
         .list_components(cp::ListComponentsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let mut outsider = processor_client(&stack.processor, None).await;
+    let mut outsider = stack.processor_client(None).await;
     let opening = ProcessRequest {
         request: Some(
             flowplane_proto::processor::v1::process_request::Request::Init(
@@ -444,7 +525,7 @@ async fn an_outsider_cannot_run_process_while_the_secured_pipeline_runs_a_sessio
     .await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     // A reader may list the hosts, yet may not run them either.
-    let mut reader = processor_client(&stack.processor, Some(READ)).await;
+    let mut reader = stack.processor_client(Some(READ)).await;
     let status = first(reader.process(tokio_stream::iter([opening.clone()])).await).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert_eq!(
@@ -452,13 +533,13 @@ async fn an_outsider_cannot_run_process_while_the_secured_pipeline_runs_a_sessio
         "this call needs a token with role process"
     );
     // The process token opens the stream: the host answers the init with ready.
-    let mut caller = processor_client(&stack.processor, Some(PROCESS)).await;
+    let mut caller = stack.processor_client(Some(PROCESS)).await;
     let status = first(caller.process(tokio_stream::iter([opening])).await).await;
     assert_eq!(status.code(), Code::Ok, "{status:?}");
 
     // The pipeline, presenting read+process, discovers the host and runs a session.
     let m = manifest(UPPER);
-    let client = pipeline_client(&stack.pipeline, Some(DATA)).await;
+    let client = stack.pipeline_client(Some(DATA)).await;
     let mut session = wait_for("the secured pipeline to run a session", || {
         let mut client = client.clone();
         let m = m.clone();
@@ -478,21 +559,15 @@ async fn an_outsider_cannot_run_process_while_the_secured_pipeline_runs_a_sessio
     assert_eq!(outcome.texts(), ["ROLE", "TOKENS"]);
 
     // A client of the pipeline without the data role is refused, with or without token.
-    let refused = Session::open(
-        &mut pipeline_client(&stack.pipeline, None).await,
-        init(m.clone()),
-    )
-    .await
-    .err()
-    .unwrap();
+    let refused = Session::open(&mut stack.pipeline_client(None).await, init(m.clone()))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    let refused = Session::open(
-        &mut pipeline_client(&stack.pipeline, Some(PIPELINE)).await,
-        init(m),
-    )
-    .await
-    .err()
-    .unwrap();
+    let refused = Session::open(&mut stack.pipeline_client(Some(PIPELINE)).await, init(m))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused.code(), Code::PermissionDenied);
     stack.stop().await;
 }

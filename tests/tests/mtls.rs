@@ -14,6 +14,7 @@ use flowplane_grpc::{
 use flowplane_proto::{
     common::v1::HealthStatus,
     controlplane::v1::{self as cp, control_plane_service_client::ControlPlaneServiceClient},
+    processor::v1::{ProcessRequest, processor_service_client::ProcessorServiceClient},
     streaming::v1::{
         ControlCommand, streaming_pipeline_service_client::StreamingPipelineServiceClient,
     },
@@ -95,6 +96,12 @@ struct MtlsStack {
 
 impl MtlsStack {
     async fn start() -> Self {
+        Self::start_with(tokens(), "pipeline-token").await
+    }
+
+    /// The stack with `host_tokens` on the processor host and `pipeline_token` as what the
+    /// pipeline presents on its client links.
+    async fn start_with(host_tokens: Tokens, pipeline_token: &str) -> Self {
         let certs = Certs::new();
         let control_plane = control_plane_with(flowplane_control_plane::Config {
             tls: Some(certs.server(&certs.control_plane)),
@@ -108,13 +115,13 @@ impl MtlsStack {
             id: Some("mtls-host".into()),
             join_token: Some("register-token".into()),
             tls: Some(certs.server(&certs.processor)),
-            tokens: Some(tokens()),
+            tokens: Some(host_tokens),
             grace_period: Duration::from_secs(2),
             ..Default::default()
         })
         .await;
         let mut config = flowplane_pipeline::Config::new(https(&control_plane));
-        config.client = certs.client(Some(&certs.pipeline), Some("pipeline-token"));
+        config.client = certs.client(Some(&certs.pipeline), Some(pipeline_token));
         config.tls = Some(certs.server(&certs.pipeline));
         config.tokens = Some(tokens());
         let pipeline = pipeline_with(config).await;
@@ -124,6 +131,40 @@ impl MtlsStack {
             processor,
             pipeline,
         }
+    }
+
+    /// Runs the one-node text session through the pipeline as a client with the data
+    /// role, and checks every result came back.
+    async fn run_upper_session(&self, m: &flowplane_proto::streaming::v1::PipelineManifest) {
+        let certs = &self.certs;
+        let pipeline_channel = channel(
+            &https(&self.pipeline),
+            &certs.client(Some(&certs.client), None),
+        )
+        .await
+        .unwrap();
+        let client = StreamingPipelineServiceClient::with_interceptor(
+            pipeline_channel,
+            AttachBearer::new(Some("data-token")).unwrap(),
+        )
+        .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+        let mut session = wait_for("the mtls pipeline to run a session", || {
+            let mut client = client.clone();
+            let m = m.clone();
+            async move { Session::open(&mut client, init(m)).await.ok() }
+        })
+        .await;
+        for (i, word) in ["mutual", "tls"].into_iter().enumerate() {
+            session
+                .send(send(chunk(i as u64, "text", text(word))))
+                .await;
+        }
+        session.send(control(ControlCommand::Close)).await;
+        session.finish_sending();
+        let outcome = session.read_to_end().await;
+        assert!(outcome.status.is_none(), "{:?}", outcome.status);
+        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+        assert_eq!(outcome.texts(), ["MUTUAL", "TLS"]);
     }
 
     async fn stop(self) {
@@ -240,33 +281,8 @@ async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
 
     // The pipeline watches the registry over mTLS, learns the host's `host:port` and
     // dials it over mTLS (it carries TLS settings), presenting read+process.
-    let pipeline_channel = channel(
-        &https(&stack.pipeline),
-        &certs.client(Some(&certs.client), None),
-    )
-    .await
-    .unwrap();
-    let client =
-        StreamingPipelineServiceClient::with_interceptor(pipeline_channel, bearer("data-token"))
-            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
     let m = manifest(UPPER);
-    let mut session = wait_for("the mtls pipeline to run a session", || {
-        let mut client = client.clone();
-        let m = m.clone();
-        async move { Session::open(&mut client, init(m)).await.ok() }
-    })
-    .await;
-    for (i, word) in ["mutual", "tls"].into_iter().enumerate() {
-        session
-            .send(send(chunk(i as u64, "text", text(word))))
-            .await;
-    }
-    session.send(control(ControlCommand::Close)).await;
-    session.finish_sending();
-    let outcome = session.read_to_end().await;
-    assert!(outcome.status.is_none(), "{:?}", outcome.status);
-    assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
-    assert_eq!(outcome.texts(), ["MUTUAL", "TLS"]);
+    stack.run_upper_session(&m).await;
 
     // The certificate opens the link, not the calls: without the data role, refused.
     let pipeline_channel = channel(
@@ -279,6 +295,47 @@ async fn a_session_runs_end_to_end_with_mtls_and_role_tokens_on_every_link() {
         StreamingPipelineServiceClient::with_interceptor(pipeline_channel, bearer("read-token"));
     let refused = Session::open(&mut reader, init(m)).await.err().unwrap();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    stack.stop().await;
+}
+
+/// `--tls-client-roles` in place of the `process` token: the host gives `process` to the
+/// pipeline's certificate, the pipeline presents a token with `read` only, and a session
+/// runs; another certificate from the same CA, without a token or with a read token,
+/// cannot open `Process` on the host.
+#[tokio::test]
+async fn a_client_certificate_identity_can_stand_in_for_the_process_token() {
+    let mut host_tokens = tokens();
+    host_tokens
+        .parse_identities("pipeline process\n", Path::new("mtls.client-roles"))
+        .unwrap();
+    let stack = MtlsStack::start_with(host_tokens, "read-token").await;
+    stack.run_upper_session(&manifest(UPPER)).await;
+
+    let certs = &stack.certs;
+    let host = channel(
+        &https(&stack.processor),
+        &certs.client(Some(&certs.client), None),
+    )
+    .await
+    .unwrap();
+    let open_process = |token: Option<&'static str>| {
+        let host = host.clone();
+        async move {
+            let mut c =
+                ProcessorServiceClient::with_interceptor(host, AttachBearer::new(token).unwrap());
+            c.process(tokio_stream::empty::<ProcessRequest>())
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        }
+    };
+    assert_eq!(open_process(None).await, Err(tonic::Code::Unauthenticated));
+    assert_eq!(
+        open_process(Some("read-token")).await,
+        Err(tonic::Code::PermissionDenied)
+    );
+    // The token route still works beside it.
+    assert_eq!(open_process(Some("pipeline-token")).await, Ok(()));
     stack.stop().await;
 }
 

@@ -121,6 +121,38 @@ async fn a_client_that_cancels_releases_its_session_within_a_second() {
     .expect("a cancelled session is released within a second");
 }
 
+/// `closed` in the response queue is not delivered: a client that resets its stream
+/// while `closed` still waits behind HTTP/2 flow control ends CANCELLED, never OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resets_before_taking_closed_ends_cancelled_not_ok() {
+    let probe = flowplane_pipeline::ServiceProbe::default();
+    let platform = Platform::start_with(1, |mut c| {
+        c.probe = probe.clone();
+        c
+    })
+    .await;
+    let m = manifest(UPPER);
+    platform.wait_until_runnable(&m).await;
+    let mut client = platform.pipeline_client().await;
+    let mut session = Session::open(&mut client, init(m)).await.unwrap();
+    // 40 results of 64 KiB: more than the 1 MiB stream window and the transport's
+    // buffer take, fewer than the response queue holds, so `closed` gets queued.
+    let big = "x".repeat(64 * 1024);
+    for s in 0..40 {
+        session.send(send(chunk(s, "text", text(&big)))).await;
+    }
+    session.send(control(ControlCommand::Close)).await;
+    session.finish_sending();
+    wait_until("the session to queue closed", || async {
+        probe.sessions_awaiting_delivery() == 1
+    })
+    .await;
+    drop(session);
+    sessions_drop_to_zero(&platform, &probe).await;
+    assert_eq!(probe.sessions_ended(tonic::Code::Ok), 0);
+    assert_eq!(probe.sessions_ended(tonic::Code::Cancelled), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_ended_after_the_idle_timeout() {
     let probe = flowplane_pipeline::ServiceProbe::default();

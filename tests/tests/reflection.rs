@@ -25,10 +25,12 @@ fn grpcurl() -> PathBuf {
     path
 }
 
-/// `grpcurl -plaintext ADDR list`: the listed services, or grpcurl's error output.
-async fn list(server: &Running) -> Result<BTreeSet<String>, String> {
+/// `grpcurl -plaintext ADDR ARGS...`: its output lines, or its error output.
+async fn grpcurl_at(server: &Running, args: &[&str]) -> Result<Vec<String>, String> {
     let output = tokio::process::Command::new(grpcurl())
-        .args(["-plaintext", &server.addr.to_string(), "list"])
+        .arg("-plaintext")
+        .arg(server.addr.to_string())
+        .args(args)
         .kill_on_drop(true)
         .output()
         .await
@@ -42,6 +44,11 @@ async fn list(server: &Running) -> Result<BTreeSet<String>, String> {
     } else {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
+}
+
+/// `grpcurl -plaintext ADDR list`: the listed services, or grpcurl's error output.
+async fn list(server: &Running) -> Result<BTreeSet<String>, String> {
+    Ok(grpcurl_at(server, &["list"]).await?.into_iter().collect())
 }
 
 fn own_and_stack(own: &str) -> BTreeSet<String> {
@@ -81,6 +88,34 @@ async fn each_server_lists_exactly_its_own_service_health_and_reflection() {
             own_and_stack(own),
             "services listed by the {own} server"
         );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_a_server_does_not_serve_cannot_be_described_by_name() {
+    let all = [
+        flowplane_control_plane::SERVICE_NAME,
+        PROCESSOR,
+        flowplane_pipeline::SERVICE_NAME,
+    ];
+    for (own, server) in servers(true).await {
+        let described = grpcurl_at(&server, &["describe", own])
+            .await
+            .unwrap_or_else(|e| panic!("{own} server describing itself: {e}"));
+        assert!(
+            described.iter().any(|l| l.contains("service ")),
+            "{own}: {described:?}"
+        );
+        for other in all.iter().filter(|s| **s != own) {
+            let error = grpcurl_at(&server, &["describe", other])
+                .await
+                .expect_err("an unserved service was described");
+            assert!(
+                error.contains("not found"),
+                "{own} server describing {other}: {error}"
+            );
+        }
         server.stop().await;
     }
 }

@@ -146,22 +146,26 @@ pub fn list_request(args: &ListArgs) -> pb::ListComponentsRequest {
 }
 
 async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let mut client = crate::control_plane(cli).await?;
-    let mut request = list_request(args);
-    let mut components: Vec<Component> = Vec::new();
-    loop {
-        let page = client
-            .list_components(request.clone())
-            .await
-            .map_err(rpc("ListComponents"))?
-            .into_inner();
-        components.extend(page.components);
-        let token = page.page.unwrap_or_default().next_page_token;
-        if token.is_empty() {
-            break;
-        }
-        request.page.get_or_insert_default().page_token = token;
-    }
+    let control_plane = crate::control_plane(cli)?;
+    // All pages from one replica: a page token means something only to the replica that
+    // handed it out, so a replica failing mid-way starts the listing again on the next.
+    let components = control_plane
+        .call("ListComponents", |mut client| {
+            let mut request = list_request(args);
+            async move {
+                let mut components: Vec<Component> = Vec::new();
+                loop {
+                    let page = client.list_components(request.clone()).await?.into_inner();
+                    components.extend(page.components);
+                    let token = page.page.unwrap_or_default().next_page_token;
+                    if token.is_empty() {
+                        return Ok(components);
+                    }
+                    request.page.get_or_insert_default().page_token = token;
+                }
+            }
+        })
+        .await?;
     match args.output {
         Output::Table => write!(out, "{}", render::table(&components, SystemTime::now()))?,
         Output::Json => {
@@ -173,13 +177,15 @@ async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Resul
 }
 
 async fn get(cli: &Cli, args: &GetArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let mut client = crate::control_plane(cli).await?;
-    let component = client
-        .get_component(pb::GetComponentRequest {
-            component_id: args.id.clone(),
+    let control_plane = crate::control_plane(cli)?;
+    let component = control_plane
+        .call("GetComponent", |mut client| {
+            let request = pb::GetComponentRequest {
+                component_id: args.id.clone(),
+            };
+            async move { client.get_component(request).await }
         })
-        .await
-        .map_err(rpc("GetComponent"))?
+        .await?
         .into_inner()
         .component
         .unwrap_or_default();
@@ -195,14 +201,18 @@ async fn get(cli: &Cli, args: &GetArgs, out: &mut (dyn Write + Send)) -> Result<
 }
 
 async fn watch(cli: &Cli, args: &WatchArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let mut client = crate::control_plane(cli).await?;
-    let mut stream = client
-        .watch_components(pb::WatchComponentsRequest {
-            kind: args.kind.map_or(ComponentKind::Unspecified, Into::into) as i32,
-            capability: args.capability.clone().unwrap_or_default(),
+    let control_plane = crate::control_plane(cli)?;
+    // Opening moves over replicas that are down; a stream that breaks later ends the
+    // command with the error, as a person watching expects to see it.
+    let mut stream = control_plane
+        .call("WatchComponents", |mut client| {
+            let request = pb::WatchComponentsRequest {
+                kind: args.kind.map_or(ComponentKind::Unspecified, Into::into) as i32,
+                capability: args.capability.clone().unwrap_or_default(),
+            };
+            async move { client.watch_components(request).await }
         })
-        .await
-        .map_err(rpc("WatchComponents"))?
+        .await?
         .into_inner();
     if args.output == Output::Table {
         write!(out, "{}", render::event_heading())?;

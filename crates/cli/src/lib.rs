@@ -12,7 +12,7 @@ pub mod render;
 use std::io::Write;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flowplane_grpc::{auth::AttachBearer, config::ClientArgs};
+use flowplane_grpc::{auth::AttachBearer, config::ClientArgs, replicas::Replicas};
 use flowplane_proto::controlplane::v1::control_plane_service_client::ControlPlaneServiceClient;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
@@ -23,8 +23,9 @@ pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:50051";
 #[derive(Debug, Parser)]
 #[command(name = "flowplane", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Control plane address: a URL (http:// or https://) or HOST:PORT.
-    #[arg(long, global = true, env = "FLOWPLANE_CONTROL_PLANE", value_name = "URL", default_value = DEFAULT_CONTROL_PLANE)]
+    /// Control plane address: a URL (http:// or https://) or HOST:PORT, or a
+    /// comma-separated list of replicas; a command that finds one unavailable asks the next.
+    #[arg(long, global = true, env = "FLOWPLANE_CONTROL_PLANE", value_name = "URL[,URL...]", default_value = DEFAULT_CONTROL_PLANE)]
     pub control_plane: String,
 
     #[command(flatten)]
@@ -67,6 +68,9 @@ pub enum Error {
         address: String,
         source: flowplane_grpc::Error,
     },
+    /// No control-plane replica in the list answered.
+    #[error("cannot reach {address}: {message}")]
+    Unreachable { address: String, message: String },
     /// An RPC failed.
     #[error("{rpc} failed: {} (code {:?})", .status.message(), .status.code())]
     Rpc {
@@ -118,19 +122,59 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A control-plane client with flowplane's message limits and the bearer token attached.
 pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Channel, AttachBearer>>;
 
-/// Connects to the control plane named on the command line.
-pub async fn control_plane(cli: &Cli) -> Result<ControlPlaneClient> {
-    let channel = flowplane_grpc::client::connect(&cli.control_plane, &cli.client)
-        .await
-        .map_err(|source| Error::Connect {
-            address: cli.control_plane.clone(),
-            source,
-        })?;
+/// The control-plane replicas named on the command line, and a client for any of them.
+/// Each command runs its calls through [`ControlPlane::call`], so a replica that is down
+/// or unreachable is passed over for the next in the list.
+pub struct ControlPlane {
+    /// The replicas, in the order given.
+    pub replicas: Replicas,
+    auth: AttachBearer,
+    address: String,
+}
+
+impl ControlPlane {
+    /// A client with flowplane's message limits and the bearer token, over `channel`.
+    pub fn client(&self, channel: Channel) -> ControlPlaneClient {
+        ControlPlaneServiceClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+    }
+
+    /// Runs `attempt` on the first replica that answers (one round over the list).
+    /// None answering is [`Error::Unreachable`]; any other failure is `rpc`'s.
+    pub async fn call<T, F, Fut>(&self, rpc: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(ControlPlaneClient) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.replicas
+            .call(|channel| attempt(self.client(channel)))
+            .await
+            .map_err(|status| {
+                if flowplane_grpc::retry::moves_replica(&status) {
+                    Error::Unreachable {
+                        address: self.address.clone(),
+                        message: status.message().to_string(),
+                    }
+                } else {
+                    Error::Rpc { rpc, status }
+                }
+            })
+    }
+}
+
+/// The control plane named on the command line; fails naming `--control-plane` and the
+/// bad entry, or the TLS flag whose file cannot be read. Connects nothing yet.
+pub fn control_plane(cli: &Cli) -> Result<ControlPlane> {
+    let replicas = Replicas::new(&cli.control_plane, "--control-plane", &cli.client)
+        .map_err(Error::ClientSettings)?;
     let auth = AttachBearer::new(cli.client.token.as_deref())
         .map_err(|s| Error::Token(s.message().to_string()))?;
-    Ok(ControlPlaneServiceClient::with_interceptor(channel, auth)
-        .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES))
+    Ok(ControlPlane {
+        replicas,
+        auth,
+        address: cli.control_plane.clone(),
+    })
 }
 
 /// Runs the command, writing results to `out` (errors are returned, not printed).

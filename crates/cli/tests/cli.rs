@@ -484,3 +484,80 @@ async fn the_binary_presents_its_client_certificate_to_a_mutual_tls_control_plan
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A port on 127.0.0.1 nothing listens on: bound, then released.
+fn closed_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+#[tokio::test]
+async fn commands_move_past_control_plane_replicas_that_are_down() {
+    // Separate registries, so the listing shows which replica answered.
+    let mut a = platform().await;
+    let mut b = platform().await;
+    a.register("on-a", &["echo"], HealthStatus::Healthy).await;
+    b.register("on-b", &["echo"], HealthStatus::Healthy).await;
+    let both = format!("{},{}", a.url, b.url);
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+
+    let listed = flowplane(&["components", "list"], &both).await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(stdout(&listed).contains("on-a"), "A, first and up, answers");
+
+    let a_url = a.url.clone();
+    a.stop().await;
+    let listed = flowplane(&["components", "list", "--control-plane", &both], "").await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(stdout(&listed).contains("on-b"), "{listed:?}");
+    let got = flowplane(&["components", "get", "on-b"], &both).await;
+    assert!(got.status.success(), "{got:?}");
+
+    // A closed port first, then a live replica.
+    let closed_first = format!("{},{}", closed_url(), b.url);
+    let listed = flowplane(&["components", "list"], &closed_first).await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(stdout(&listed).contains("on-b"), "{listed:?}");
+
+    // None up: one round, then a failure naming the list.
+    let none = format!("{a_url},{}", closed_url());
+    let down = flowplane(&["components", "list"], &none).await;
+    assert!(!down.status.success(), "{down:?}");
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert!(stderr.contains(&a_url), "{stderr}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_control_plane_list_is_refused_naming_the_entry() {
+    for (list, named) in [
+        (
+            "http://127.0.0.1:1,,http://127.0.0.1:2",
+            "invalid entry \"\"",
+        ),
+        (
+            "http://127.0.0.1:1,ftp://127.0.0.1:2",
+            "invalid entry \"ftp://127.0.0.1:2\"",
+        ),
+        (
+            "http://127.0.0.1:1, not a url",
+            "invalid entry \"not a url\"",
+        ),
+    ] {
+        let refused = flowplane(&["components", "list", "--control-plane", list], "").await;
+        assert!(!refused.status.success(), "{list}: {refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("--control-plane"), "{list}: {stderr}");
+        assert!(stderr.contains(named), "{list}: {stderr}");
+    }
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowplane"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("comma-separated list of replicas"), "{help}");
+}

@@ -14,7 +14,15 @@ use std::{
 
 use futures::future::Either;
 use sha2::{Digest, Sha256};
-use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
+use tonic::{
+    Request, Status,
+    metadata::MetadataMap,
+    service::Interceptor,
+    transport::{
+        CertificateDer,
+        server::{TcpConnectInfo, TlsConnectInfo},
+    },
+};
 use tower::{Layer, Service};
 
 use crate::{Error, Result};
@@ -28,6 +36,8 @@ const MISSING: &str = "missing authorization metadata: send `authorization: Bear
 const NOT_BEARER: &str =
     "authorization metadata is not a bearer token: send `authorization: Bearer <token>`";
 const NOT_VALID: &str = "authorization token is not valid";
+const NOT_LISTED: &str = "no authorization token, and no dns name of the client certificate is in \
+     the client roles file: send `authorization: Bearer <token>` or use a listed certificate";
 
 /// What a token may be used for. A server's table names the role each RPC needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,18 +118,111 @@ impl From<Role> for Roles {
 /// `TOKEN ROLE[,ROLE...]`, separated by spaces or tabs; blank lines and lines whose
 /// first non-blank character is `#` are ignored. Tokens are printable ASCII without
 /// spaces; each token appears once. Roles: `register`, `read`, `data`, `process`.
+///
+/// Beside tokens, a server with mutual TLS may give roles to client certificate
+/// identities (`--tls-client-roles`, lines of `DNS-NAME ROLE[,ROLE...]`): a call that
+/// presents a verified client certificate gets the roles of the DNS names in its
+/// subjectAltName, added to those of the token it sends, if any.
 #[derive(Clone, Default)]
 pub struct Tokens {
     entries: Vec<([u8; 32], Roles)>,
+    identities: Vec<(String, Roles)>,
 }
 
 impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokens")
             .field("count", &self.entries.len())
+            .field("identities", &self.identities)
             .finish_non_exhaustive()
     }
 }
+
+/// One meaningful line of a roles file: its number, its key and the roles after it.
+struct RoleLine<'a> {
+    number: usize,
+    key: &'a str,
+    roles: Roles,
+}
+
+/// Parses lines of `KEY ROLE[,ROLE...]` (blank and `#` lines skipped). Errors name the
+/// file, the line and what is wrong, never the key: it may be a secret.
+fn role_lines<'a>(text: &'a str, path: &Path, what: &'static str) -> Result<Vec<RoleLine<'a>>> {
+    let bad = |line: usize, reason: String| Error::TokenFile {
+        what,
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let mut lines = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [key, roles] = fields[..] else {
+            let found = match fields.len() {
+                1 => format!("a {} without roles", what_key(what).to_lowercase()),
+                n => format!("{n} fields"),
+            };
+            return Err(bad(
+                number,
+                format!(
+                    "expected `{} ROLE[,ROLE...]`, found {found}",
+                    what_key(what)
+                ),
+            ));
+        };
+        if !key.is_ascii() {
+            return Err(bad(
+                number,
+                format!(
+                    "the {} is not printable ascii",
+                    what_key(what).to_lowercase()
+                ),
+            ));
+        }
+        let mut set = Roles::default();
+        for name in roles.split(',') {
+            let role = Role::parse(name).ok_or_else(|| {
+                bad(
+                    number,
+                    format!(
+                        "unknown role {name:?}: roles are {}",
+                        Role::ALL.map(Role::as_str).join(", ")
+                    ),
+                )
+            })?;
+            set = set.with(role);
+        }
+        lines.push(RoleLine {
+            number,
+            key,
+            roles: set,
+        });
+    }
+    if lines.is_empty() {
+        return Err(Error::NoTokens {
+            what,
+            key: what_key(what),
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(lines)
+}
+
+fn what_key(what: &str) -> &'static str {
+    if what == TOKEN_FILE {
+        "TOKEN"
+    } else {
+        "DNS-NAME"
+    }
+}
+
+const TOKEN_FILE: &str = "token file";
+const IDENTITY_FILE: &str = "client roles file";
 
 fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
@@ -144,62 +247,59 @@ impl Tokens {
     /// Parses token file `text`; `path` names the file in errors. An error names the
     /// line and what is wrong with it, never the token on it.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let bad = |line: usize, reason: String| Error::TokenFile {
-            path: path.to_path_buf(),
-            line,
-            reason,
-        };
         let mut tokens = Tokens::default();
         let mut first_seen: Vec<([u8; 32], usize)> = Vec::new();
-        for (index, raw) in text.lines().enumerate() {
-            let number = index + 1;
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [token, roles] = fields[..] else {
-                let found = match fields.len() {
-                    1 => "a token without roles".to_string(),
-                    n => format!("{n} fields"),
-                };
-                return Err(bad(
-                    number,
-                    format!("expected `TOKEN ROLE[,ROLE...]`, found {found}"),
-                ));
-            };
-            if !token.is_ascii() {
-                return Err(bad(number, "the token is not printable ascii".into()));
-            }
-            let mut set = Roles::default();
-            for name in roles.split(',') {
-                let role = Role::parse(name).ok_or_else(|| {
-                    bad(
-                        number,
-                        format!(
-                            "unknown role {name:?}: roles are {}",
-                            Role::ALL.map(Role::as_str).join(", ")
-                        ),
-                    )
-                })?;
-                set = set.with(role);
-            }
-            let hash = digest(token.as_bytes());
+        for line in role_lines(text, path, TOKEN_FILE)? {
+            let hash = digest(line.key.as_bytes());
             if let Some((_, earlier)) = first_seen.iter().find(|(h, _)| *h == hash) {
-                return Err(bad(
-                    number,
-                    format!("the same token as line {earlier}: list its roles on one line"),
-                ));
+                return Err(Error::TokenFile {
+                    what: TOKEN_FILE,
+                    path: path.to_path_buf(),
+                    line: line.number,
+                    reason: format!("the same token as line {earlier}: list its roles on one line"),
+                });
             }
-            first_seen.push((hash, number));
-            tokens.entries.push((hash, set));
-        }
-        if tokens.entries.is_empty() {
-            return Err(Error::NoTokens {
-                path: path.to_path_buf(),
-            });
+            first_seen.push((hash, line.number));
+            tokens.entries.push((hash, line.roles));
         }
         Ok(tokens)
+    }
+
+    /// Reads the client roles file at `path` (`DNS-NAME ROLE[,ROLE...]`) and adds its
+    /// certificate identities. A name listed twice gets the roles of both lines.
+    pub fn load_identities(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+            what: "client roles file (--tls-client-roles)",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.parse_identities(&text, path)
+    }
+
+    /// Adds the identities of client roles file `text`; `path` names it in errors.
+    pub fn parse_identities(&mut self, text: &str, path: &Path) -> Result<()> {
+        for line in role_lines(text, path, IDENTITY_FILE)? {
+            let name = line.key.to_ascii_lowercase();
+            match self.identities.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, roles)) => roles.0 |= line.roles.0,
+                None => self.identities.push((name, line.roles)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The roles a client certificate with these DNS names carries, if any is listed.
+    /// DNS names compare without regard to ASCII case.
+    fn roles_of_names<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<Roles> {
+        let mut found = None::<Roles>;
+        for name in names {
+            for (listed, roles) in &self.identities {
+                if listed.eq_ignore_ascii_case(name) {
+                    found = Some(Roles(found.map_or(0, |r| r.0) | roles.0));
+                }
+            }
+        }
+        found
     }
 
     /// Adds `token` with `role` (a `--join-token` or `--auth-token` given beside a token
@@ -290,6 +390,18 @@ impl Policy {
 
     /// Whether a call to `path` with these request headers may go on.
     pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<()> {
+        self.check_with_peer(path, headers, None)
+    }
+
+    /// As [`Policy::check`], for a caller that may have presented `certificate` (the
+    /// leaf of a client chain the TLS handshake verified): without a token, the roles of
+    /// its DNS names in the client roles file decide.
+    pub fn check_with_peer(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        certificate: Option<&CertificateDer<'_>>,
+    ) -> Result<()> {
         if OPEN_PREFIXES.iter().any(|open| path.starts_with(open)) {
             return Ok(());
         }
@@ -301,14 +413,37 @@ impl Policy {
         if access == Some(Access::Open) {
             return Ok(());
         }
-        let roles = self
-            .tokens
-            .roles_of(presented_token(headers)?)
-            .ok_or(Error::Unauthenticated(NOT_VALID))?;
+        // A verified certificate's listed names and a presented token both carry roles;
+        // a call has the union. A token that is sent must be valid.
+        let from_certificate = certificate.and_then(|leaf| self.certificate_roles(leaf));
+        let roles = match (headers.contains_key(AUTHORIZATION), from_certificate) {
+            (false, Some(roles)) => roles,
+            (false, None) if certificate.is_some() && !self.tokens.identities.is_empty() => {
+                return Err(Error::Unauthenticated(NOT_LISTED));
+            }
+            (_, from_certificate) => {
+                let from_token = self
+                    .tokens
+                    .roles_of(presented_token(headers)?)
+                    .ok_or(Error::Unauthenticated(NOT_VALID))?;
+                Roles(from_token.0 | from_certificate.map_or(0, |r| r.0))
+            }
+        };
         match access {
             Some(Access::Needs(role)) if !roles.contains(role) => Err(Error::RoleRequired(role)),
             _ => Ok(()),
         }
+    }
+}
+
+impl Policy {
+    /// The roles the DNS names of a verified client certificate carry, if any is listed.
+    fn certificate_roles(&self, leaf: &CertificateDer<'_>) -> Option<Roles> {
+        if self.tokens.identities.is_empty() {
+            return None;
+        }
+        let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+        self.tokens.roles_of_names(cert.valid_dns_names())
     }
 }
 
@@ -386,7 +521,11 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         if let Some(policy) = &self.policy
-            && let Err(error) = policy.check(request.uri().path(), request.headers())
+            && let Err(error) = policy.check_with_peer(
+                request.uri().path(),
+                request.headers(),
+                peer_leaf(request.extensions()).as_ref(),
+            )
         {
             // The path and the reason only: never the authorization value.
             tracing::debug!(path = request.uri().path(), %error, "call refused");
@@ -394,6 +533,15 @@ where
         }
         Either::Right(self.inner.call(request))
     }
+}
+
+/// The leaf certificate the client presented in the TLS handshake (verified against
+/// `--tls-client-ca` by then), if the connection is TLS and the client sent one.
+fn peer_leaf(extensions: &http::Extensions) -> Option<CertificateDer<'static>> {
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .and_then(|chain| chain.first().cloned())
 }
 
 /// Checks that `metadata` carries `authorization: Bearer <expected>`, scheme in any case.
@@ -550,7 +698,7 @@ mod tests {
         }
         for empty in ["", "# nothing yet\n\n"] {
             let message = file(empty).unwrap_err().to_string();
-            assert!(message.contains("lists no tokens"), "{message}");
+            assert!(message.contains("lists nothing"), "{message}");
         }
     }
 
@@ -617,6 +765,91 @@ mod tests {
             Code::Unauthenticated
         );
         assert!(check("/svc.v1.S/New", Some("Bearer p")).is_ok());
+    }
+
+    /// A self-signed leaf naming `names`: the handshake, not the policy, verifies chains.
+    fn leaf(names: &[&str]) -> CertificateDer<'static> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        cert.der().clone()
+    }
+
+    #[test]
+    fn a_client_certificate_carries_the_roles_of_its_listed_dns_names() {
+        const TABLE: &AccessTable = &[
+            ("/svc.v1.S/Process", Access::Needs(Role::Process)),
+            ("/svc.v1.S/Read", Access::Needs(Role::Read)),
+        ];
+        let mut tokens = file("r read\n").unwrap();
+        tokens
+            .parse_identities(
+                "# the pipeline calls hosts\nPipeline.Flowplane process\n",
+                Path::new("/etc/flowplane/client-roles"),
+            )
+            .unwrap();
+        let policy = Policy::new(tokens, TABLE);
+        let check = |path: &str, auth: Option<&str>, cert: Option<&CertificateDer<'_>>| {
+            policy
+                .check_with_peer(path, &headers(auth), cert)
+                .map_err(Status::from)
+        };
+        let pipeline = leaf(&["pipeline.flowplane", "localhost"]);
+        let stranger = leaf(&["stranger.flowplane"]);
+
+        // Listed name (case aside), no token: its roles and only those.
+        assert!(check("/svc.v1.S/Process", None, Some(&pipeline)).is_ok());
+        let denied = check("/svc.v1.S/Read", None, Some(&pipeline)).unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        // With a token too: the union; an invalid token is refused whatever the certificate.
+        assert!(check("/svc.v1.S/Read", Some("Bearer r"), Some(&pipeline)).is_ok());
+        assert!(check("/svc.v1.S/Process", Some("Bearer r"), Some(&pipeline)).is_ok());
+        assert_eq!(
+            check("/svc.v1.S/Process", Some("Bearer x"), Some(&pipeline))
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+        // An unlisted certificate is no credential; its token alone decides.
+        let unlisted = check("/svc.v1.S/Process", None, Some(&stranger)).unwrap_err();
+        assert_eq!(unlisted.code(), Code::Unauthenticated);
+        assert!(
+            unlisted.message().contains("client roles file"),
+            "{unlisted:?}"
+        );
+        assert_eq!(
+            check("/svc.v1.S/Process", Some("Bearer r"), Some(&stranger))
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            check("/svc.v1.S/Process", None, None).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn malformed_client_roles_lines_are_rejected_naming_the_file_and_line() {
+        let path = Path::new("/etc/flowplane/client-roles");
+        for (text, reason) in [
+            ("pipeline\n", "a dns-name without roles"),
+            ("pipeline admin\n", "unknown role \"admin\""),
+            ("", "lists nothing"),
+        ] {
+            let message = Tokens::default()
+                .parse_identities(text, path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("client roles file /etc/flowplane/client-roles"),
+                "{message}"
+            );
+            assert!(message.contains(reason), "{text:?}: {message}");
+        }
     }
 
     #[test]

@@ -23,11 +23,20 @@ pub fn endpoint(address: &str, args: &ClientArgs) -> Result<Endpoint> {
     } else {
         format!("http://{address}")
     };
+    let mut endpoint = plain_endpoint(uri.clone(), address)?;
+    if uri.starts_with("https://") {
+        endpoint = endpoint.tls_config(args.tls()?)?;
+    }
+    Ok(endpoint)
+}
+
+/// `uri` with flowplane's client settings and no TLS yet; errors name `address`.
+pub(crate) fn plain_endpoint(uri: String, address: &str) -> Result<Endpoint> {
     let invalid = |reason: String| Error::InvalidEndpoint {
         endpoint: address.to_string(),
         reason,
     };
-    let mut endpoint = Endpoint::from_shared(uri.clone())
+    Ok(Endpoint::from_shared(uri)
         .map_err(|e| invalid(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -39,11 +48,7 @@ pub fn endpoint(address: &str, args: &ClientArgs) -> Result<Endpoint> {
         // channel reading responses of 1,000 sessions would exhaust.
         .http2_adaptive_window(false)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW);
-    if uri.starts_with("https://") {
-        endpoint = endpoint.tls_config(args.tls()?)?;
-    }
-    Ok(endpoint)
+        .initial_stream_window_size(STREAM_WINDOW))
 }
 
 /// The address to dial for an endpoint a peer advertised in the registry (`host:port`,

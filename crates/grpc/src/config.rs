@@ -51,6 +51,13 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOWPLANE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Roles for client certificates (mutual TLS, needs --tls-client-ca): lines of
+    /// `DNS-NAME ROLE[,ROLE...]`; a call gets the roles of the DNS names in its verified
+    /// client certificate, added to its token's if it sends one (e.g. the pipeline's
+    /// certificate gets `process` on processor hosts).
+    #[arg(long, env = "FLOWPLANE_TLS_CLIENT_ROLES", value_name = "FILE")]
+    pub tls_client_roles: Option<PathBuf>,
+
     /// Serve gRPC reflection (v1 and v1alpha), listing only this server's own services,
     /// health and reflection; --reflection=false serves none.
     #[arg(
@@ -85,7 +92,7 @@ pub struct ServeArgs {
 }
 
 impl Default for ServeArgs {
-    /// What an empty command line gives (reflection on, everything else unset).
+    /// What the flags give when none is set.
     fn default() -> Self {
         Self {
             listen: None,
@@ -95,6 +102,7 @@ impl Default for ServeArgs {
             tls_key: None,
             tls_client_ca: None,
             token_file: None,
+            tls_client_roles: None,
             reflection: true,
             health_listen: None,
             max_connection_age: None,
@@ -140,8 +148,20 @@ impl ServeArgs {
 
     /// Reads and checks the token file when one is configured; a malformed line fails
     /// naming the file and the line, so the binary exits before it binds.
+    /// Client certificate roles (`--tls-client-roles`) join the same credentials.
     pub fn tokens(&self) -> Result<Option<Tokens>> {
-        self.token_file.as_deref().map(Tokens::load).transpose()
+        let tokens = self.token_file.as_deref().map(Tokens::load).transpose()?;
+        let Some(roles) = &self.tls_client_roles else {
+            return Ok(tokens);
+        };
+        if self.tls_client_ca.is_none() {
+            return Err(Error::TlsFlags(
+                "--tls-client-roles needs --tls-client-ca: only a verified client certificate has an identity",
+            ));
+        }
+        let mut tokens = tokens.unwrap_or_default();
+        tokens.load_identities(roles)?;
+        Ok(Some(tokens))
     }
 }
 
@@ -420,6 +440,33 @@ mod tests {
         };
         let message = unreadable.server_tls().unwrap_err().to_string();
         assert!(message.contains("--tls-client-ca"), "{message}");
+    }
+
+    #[test]
+    fn client_roles_need_mutual_tls_and_a_readable_file() {
+        let roles = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(roles.path(), "pipeline process\n").unwrap();
+        let without_ca = ServeArgs {
+            tls_client_roles: Some(roles.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let message = without_ca.tokens().unwrap_err().to_string();
+        assert!(
+            message.contains("--tls-client-roles needs --tls-client-ca"),
+            "{message}"
+        );
+
+        let with_ca = ServeArgs {
+            tls_client_ca: Some("ca.pem".into()),
+            ..without_ca
+        };
+        assert!(with_ca.tokens().unwrap().is_some());
+        let missing = ServeArgs {
+            tls_client_roles: Some("/nonexistent/client-roles".into()),
+            ..with_ca
+        };
+        let message = missing.tokens().unwrap_err().to_string();
+        assert!(message.contains("--tls-client-roles"), "{message}");
     }
 
     #[test]

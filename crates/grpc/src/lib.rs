@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod decode;
 pub mod lifecycle;
+pub mod replicas;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
@@ -36,18 +37,30 @@ pub enum Error {
     TlsFlags(&'static str),
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// A bad entry in a list of replica URLs; names the flag and the entry.
+    #[error("{flag}: invalid entry {entry:?}: {reason}")]
+    InvalidReplica {
+        flag: &'static str,
+        entry: String,
+        reason: String,
+    },
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("token file {path} line {line}: {reason}")]
+    #[error("{what} {path} line {line}: {reason}")]
     TokenFile {
+        what: &'static str,
         path: std::path::PathBuf,
         line: usize,
         reason: String,
     },
-    #[error("token file {path} lists no tokens: add lines of `TOKEN ROLE[,ROLE...]`")]
-    NoTokens { path: std::path::PathBuf },
+    #[error("{what} {path} lists nothing: add lines of `{key} ROLE[,ROLE...]`")]
+    NoTokens {
+        what: &'static str,
+        key: &'static str,
+        path: std::path::PathBuf,
+    },
     #[error("client token file {path} (--client-token-file): {reason}")]
     ClientToken {
         path: std::path::PathBuf,
@@ -68,7 +81,9 @@ impl Error {
         match self {
             Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Error::RoleRequired(_) => (Code::PermissionDenied, "ROLE_REQUIRED"),
-            Error::InvalidEndpoint { .. } => (Code::InvalidArgument, "INVALID_ENDPOINT"),
+            Error::InvalidEndpoint { .. } | Error::InvalidReplica { .. } => {
+                (Code::InvalidArgument, "INVALID_ENDPOINT")
+            }
             Error::Transport(_) => (Code::Unavailable, "TRANSPORT"),
             Error::ReadFile { .. }
             | Error::TlsFlags(_)

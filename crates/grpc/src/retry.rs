@@ -88,6 +88,33 @@ pub fn classify(status: &Status) -> Retry {
     }
 }
 
+/// Whether a failed call says its replica is gone (down, unreachable, refusing while cut
+/// off from its store, or silent past the caller's deadline), so the same call should go
+/// to another replica of the service now. Every other answer is about the request, and
+/// another replica over the same registry would give it too: NOT_FOUND for a lease that
+/// is gone sends a host to register again, not elsewhere.
+/// A call written into a connection the peer has just dropped fails on this side with
+/// UNKNOWN ("transport error", a broken pipe): that too is the replica gone, told apart
+/// from a server's own UNKNOWN by the transport error this client attached as source.
+pub fn moves_replica(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        Code::Unknown => failed_in_transport(status),
+        _ => false,
+    }
+}
+
+fn failed_in_transport(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +199,30 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_gone_or_silent_replica_moves_the_call() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded] {
+            assert!(moves_replica(&Status::new(code, "x")), "{code:?}");
+        }
+        for code in [
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unknown,
+            Code::Cancelled,
+        ] {
+            assert!(!moves_replica(&Status::new(code, "x")), "{code:?}");
+        }
+        // UNKNOWN raised by this side's transport (a write into a dropped connection).
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let mut status = Status::unknown("transport error");
+        status.set_source(std::sync::Arc::new(broken));
+        assert!(moves_replica(&status));
     }
 }

@@ -178,9 +178,15 @@ impl GrpcServer {
                     .collect(),
             ),
         };
+        // Describe only what is listed: a service left out of the listing must not be
+        // fetchable by its exact name either.
+        let own = match &names {
+            Some(names) => served_descriptors(flowplane_proto::FILE_DESCRIPTOR_SET, names)?,
+            None => flowplane_proto::FILE_DESCRIPTOR_SET.to_vec(),
+        };
         let builder = || {
             let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(flowplane_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(&own)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
             for name in names.iter().flatten() {
                 builder = builder.with_service_name(*name);
@@ -339,4 +345,51 @@ pub async fn set_not_serving(health: &HealthReporter, service: &str) {
         .set_service_status(service, ServingStatus::NotServing)
         .await;
     set_all_not_serving(health).await;
+}
+
+/// The part of an encoded descriptor set that describes `services`: the files defining
+/// them and everything those files import, in dependency order, without the services
+/// that are not in `services`.
+fn served_descriptors(encoded: &[u8], services: &[&str]) -> Result<Vec<u8>> {
+    use prost::Message as _;
+    use prost_types::{FileDescriptorProto, FileDescriptorSet};
+
+    let set =
+        FileDescriptorSet::decode(encoded).map_err(tonic_reflection::server::Error::DecodeError)?;
+    let by_name: std::collections::HashMap<&str, &FileDescriptorProto> =
+        set.file.iter().map(|f| (f.name(), f)).collect();
+    let defines = |file: &FileDescriptorProto, service: &str| {
+        file.service
+            .iter()
+            .any(|s| format!("{}.{}", file.package(), s.name()) == service)
+    };
+    let mut wanted: Vec<&str> = set
+        .file
+        .iter()
+        .filter(|f| services.iter().any(|s| defines(f, s)))
+        .map(|f| f.name())
+        .collect();
+    let mut keep = std::collections::HashSet::new();
+    while let Some(name) = wanted.pop() {
+        if keep.insert(name)
+            && let Some(file) = by_name.get(name)
+        {
+            wanted.extend(file.dependency.iter().map(String::as_str));
+        }
+    }
+    // The set is in dependency order already (each file after its imports); keep it. An
+    // imported file keeps its messages but not services of its own that are not served.
+    let file = set
+        .file
+        .iter()
+        .filter(|f| keep.contains(f.name()))
+        .map(|f| {
+            let mut f = f.clone();
+            let package = f.package().to_string();
+            f.service
+                .retain(|s| services.contains(&format!("{package}.{}", s.name()).as_str()));
+            f
+        })
+        .collect();
+    Ok(FileDescriptorSet { file }.encode_to_vec())
 }

@@ -7,7 +7,10 @@
 //! error level naming the setting, then retried only every `max_backoff`, since an
 //! operator may fix either side's configuration without restarting this host. It must
 //! never touch open streams: a control plane that is down only means nobody new can find
-//! this host.
+//! this host. With several control-plane replicas (a comma-separated list), every call
+//! goes to the replica in use and, when that one is gone, to the next at once
+//! (`flowplane_grpc::replicas`): heartbeats carry on under the same lease token, and only
+//! a replica that does not know the lease (NOT_FOUND) makes the host register again.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -15,6 +18,7 @@ use flowplane_grpc::{
     auth::AttachBearer,
     client::TracedChannel,
     config::ClientArgs,
+    replicas::Replicas,
     retry::{Backoff, Retry, classify},
 };
 use flowplane_proto::{
@@ -26,7 +30,7 @@ use flowplane_proto::{
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, service::interceptor::InterceptedService};
+use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{Error, ProcessorHost, Result};
 
@@ -40,7 +44,8 @@ const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 /// How to reach the control plane and what to register as.
 #[derive(Clone, Debug)]
 pub struct RegistrationConfig {
-    /// Control plane address, `host:port` or a URI (`https://` uses TLS).
+    /// Control plane address, `host:port` or a URI (`https://` uses TLS), or a
+    /// comma-separated list of them: replicas tried in order when one fails.
     pub control_plane: String,
     /// TLS trust for `https://` control planes.
     pub client: ClientArgs,
@@ -110,7 +115,8 @@ struct Lease {
 
 /// Registers a host and keeps it registered until shut down.
 pub struct Registration {
-    client: Client,
+    replicas: Replicas,
+    auth: AttachBearer,
     config: RegistrationConfig,
     endpoint: String,
     host: ProcessorHost,
@@ -121,24 +127,31 @@ impl Registration {
     /// Prepares the lifecycle of `host`, advertised at `endpoint`. Connects lazily: the
     /// control plane need not be up. Fails on an address or token that cannot be used.
     pub fn new(config: RegistrationConfig, endpoint: String, host: ProcessorHost) -> Result<Self> {
-        let channel =
-            flowplane_grpc::client::lazy_traced_channel(&config.control_plane, &config.client)?;
+        let replicas = Replicas::new(&config.control_plane, "--control-plane", &config.client)?;
         let auth =
             AttachBearer::new(config.join_token.as_deref()).map_err(|e| Error::InvalidConfig {
                 setting: "join token",
                 message: e.message().to_string(),
             })?;
-        let client = ControlPlaneServiceClient::with_interceptor(channel, auth)
-            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
         let (state, _) = watch::channel(RegistrationState::Registering);
         Ok(Self {
-            client,
+            replicas,
+            auth,
             config,
             endpoint,
             host,
             state,
         })
+    }
+
+    /// A client over `channel`, the replica in use, with flowplane's limits and the token.
+    fn client(&self, channel: Channel) -> Client {
+        ControlPlaneServiceClient::with_interceptor(
+            flowplane_grpc::client::traced(channel),
+            self.auth.clone(),
+        )
+        .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
     }
 
     /// Follows the lifecycle's state.
@@ -249,8 +262,11 @@ impl Registration {
                 lease_token: lease_token.clone(),
                 version: self.host.version().to_string(),
             };
-            let mut client = self.client.clone();
-            let attempt = call(RPC_TIMEOUT, client.register_processor(request));
+            let attempt = self.replicas.call(|channel| {
+                let mut client = self.client(channel);
+                let request = request.clone();
+                async move { call(RPC_TIMEOUT, client.register_processor(request)).await }
+            });
             let outcome = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return None,
@@ -328,11 +344,19 @@ impl Registration {
             status: status as i32,
             lease_token: lease.lease_token.clone(),
         };
-        let mut client = self.client.clone();
+        // A replica silent for one interval counts as gone: the next replica then gets the
+        // same heartbeat before the lease notices anything.
         let timeout = lease
             .heartbeat_interval
             .clamp(MIN_HEARTBEAT_INTERVAL, RPC_TIMEOUT);
-        let response = call(timeout, client.processor_heartbeat(request)).await?;
+        let response = self
+            .replicas
+            .call(|channel| {
+                let mut client = self.client(channel);
+                let request = request.clone();
+                async move { call(timeout, client.processor_heartbeat(request)).await }
+            })
+            .await?;
         Ok(response.heartbeat_interval.and_then(duration_from))
     }
 
@@ -345,8 +369,15 @@ impl Registration {
             component_id: lease.processor_id.clone(),
             lease_token: lease.lease_token.clone(),
         };
-        let mut client = self.client.clone();
-        match call(RPC_TIMEOUT, client.deregister(request)).await {
+        let deregistered = self
+            .replicas
+            .call(|channel| {
+                let mut client = self.client(channel);
+                let request = request.clone();
+                async move { call(RPC_TIMEOUT, client.deregister(request)).await }
+            })
+            .await;
+        match deregistered {
             Ok(_) => {
                 tracing::info!(processor_id = %lease.processor_id, "deregistered from the control plane")
             }

@@ -33,12 +33,16 @@ impl Ca {
         Self { cert, key, name }
     }
 
-    /// A leaf for 127.0.0.1 and localhost, usable by a server and by a client.
+    /// A leaf for `common_name` (also a DNS name in it, its identity for
+    /// `--tls-client-roles`), 127.0.0.1 and localhost, usable by a server and by a client.
     fn leaf(&self, dir: &Path, common_name: &str) -> Leaf {
         let key = KeyPair::generate().expect("leaf key");
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .expect("leaf params");
+        let mut params = CertificateParams::new(vec![
+            common_name.to_string(),
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .expect("leaf params");
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

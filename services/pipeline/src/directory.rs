@@ -1,7 +1,10 @@
 //! The live view of processor instances, kept from the control plane's WatchComponents
 //! stream (never a poll per session). Sessions pick instances here; when the control
-//! plane is unreachable the last view stays in use, so new sessions still start. This
-//! module never blocks a session on the control plane.
+//! plane is unreachable the last view stays in use, so new sessions still start. With
+//! several control-plane replicas the watch follows the one in use; when it fails the
+//! watch opens on the next (`flowplane_grpc::replicas`), whose first message is a full
+//! snapshot that replaces the view. This module never blocks a session on the control
+//! plane.
 
 use std::{
     collections::HashMap,
@@ -16,6 +19,7 @@ use flowplane_grpc::{
     auth::AttachBearer,
     client::{TracedChannel, lazy_traced_channel},
     config::ClientArgs,
+    replicas::Replicas,
     retry::{self, Backoff, Retry},
 };
 use flowplane_manifest::Capabilities;
@@ -82,15 +86,16 @@ impl Directory {
         })
     }
 
-    /// Keeps the view in step with the control plane at `address` until `stop` fires,
-    /// reconnecting with capped backoff. The last view is kept while disconnected.
-    pub fn watch(self: &Arc<Self>, address: String, stop: CancellationToken) {
+    /// Keeps the view in step with the control plane at `replicas` until `stop` fires,
+    /// moving to the next replica when the one in use fails and backing off (capped)
+    /// after a round in which none answered. The last view is kept while disconnected.
+    pub fn watch(self: &Arc<Self>, replicas: Replicas, stop: CancellationToken) {
         let directory = self.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             let mut refused_with = None;
             loop {
-                let attempt = directory.watch_once(&address);
+                let attempt = directory.watch_once(&replicas);
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return,
                     outcome = attempt => outcome,
@@ -108,7 +113,7 @@ impl Directory {
                         Retry::Fatal => {
                             if refused_with.replace(status.code()) != Some(status.code()) {
                                 tracing::error!(
-                                    control_plane = %address,
+                                    control_plane = ?replicas,
                                     code = ?status.code(),
                                     error = %status.message(),
                                     "control plane refused the watch (check --token); keeping the last view"
@@ -118,7 +123,7 @@ impl Directory {
                         }
                         Retry::Transient => {
                             tracing::warn!(
-                                control_plane = %address,
+                                control_plane = ?replicas,
                                 code = ?status.code(),
                                 error = %status.message(),
                                 "control plane watch failed, keeping the last view"
@@ -135,22 +140,40 @@ impl Directory {
         });
     }
 
-    /// One watch stream; returns whether it delivered anything before ending.
-    async fn watch_once(&self, address: &str) -> Result<bool, tonic::Status> {
-        let channel = lazy_traced_channel(address, &self.client)
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    /// One watch stream, opened on the replica in use or the next ones; returns whether
+    /// it delivered anything before ending. A stream that breaks because its replica is
+    /// gone moves the next watch to the next replica.
+    async fn watch_once(&self, replicas: &Replicas) -> Result<bool, tonic::Status> {
         let auth = AttachBearer::new(self.client.token.as_deref())?;
-        let mut client = ControlPlaneServiceClient::with_interceptor(channel, auth)
-            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
-        let mut stream = client
-            .watch_components(WatchComponentsRequest {
-                kind: ComponentKind::Processor as i32,
-                capability: String::new(),
+        let (mut stream, pick) = replicas
+            .open(|channel| {
+                let mut client = ControlPlaneServiceClient::with_interceptor(
+                    flowplane_grpc::client::traced(channel),
+                    auth.clone(),
+                )
+                .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+                async move {
+                    client
+                        .watch_components(WatchComponentsRequest {
+                            kind: ComponentKind::Processor as i32,
+                            capability: String::new(),
+                        })
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
             })
-            .await?
-            .into_inner();
+            .await?;
+        tracing::debug!(control_plane = %pick.replica, "watching the control plane");
         let mut delivered = false;
-        while let Some(message) = stream.message().await? {
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    replicas.failed(&pick, &status).await;
+                    return Err(status);
+                }
+            };
             delivered = true;
             match message.event {
                 Some(Event::Snapshot(snapshot)) => self.replace(snapshot.components),

@@ -72,7 +72,7 @@ pub fn auth_policy(tokens: Option<&Tokens>, auth_token: Option<&str>) -> Option<
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Control plane address, `host:port` or URI.
+    /// Control plane address, `host:port` or URI, or a comma-separated list of replicas.
     pub control_plane: String,
     /// Token and TLS trust used towards the control plane and processors.
     pub client: ClientArgs,
@@ -111,6 +111,18 @@ impl ServiceProbe {
     pub fn budget_used(&self) -> usize {
         self.service.get().map_or(0, PipelineService::budget_used)
     }
+
+    /// Sessions that have queued `closed` and wait for the client's stream to take it.
+    pub fn sessions_awaiting_delivery(&self) -> usize {
+        self.service
+            .get()
+            .map_or(0, PipelineService::sessions_awaiting_delivery)
+    }
+
+    /// Sessions ended with `code` so far (what `flowplane_pipeline_sessions_total` counts).
+    pub fn sessions_ended(&self, code: tonic::Code) -> usize {
+        self.service.get().map_or(0, |s| s.sessions_ended(code))
+    }
 }
 
 impl Config {
@@ -138,9 +150,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let replicas = flowplane_grpc::replicas::Replicas::new(
+        &config.control_plane,
+        "--control-plane",
+        &config.client,
+    )?;
     let stop = CancellationToken::new();
     let directory = Directory::new(config.client.clone());
-    directory.watch(config.control_plane.clone(), stop.child_token());
+    directory.watch(replicas, stop.child_token());
     let lifecycle = Lifecycle::new();
     let service = PipelineService::new(directory, config.limits.clone(), lifecycle.clone());
     let _ = config.probe.service.set(service.clone());

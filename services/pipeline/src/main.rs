@@ -20,7 +20,8 @@ struct Cli {
     #[command(flatten)]
     telemetry: flowplane_telemetry::TelemetryArgs,
 
-    /// Control plane address where processors are discovered, HOST:PORT or URI.
+    /// Control plane where processors are discovered, HOST:PORT or URI; a comma-separated
+    /// list names replicas: the watch moves to the next when the one in use fails.
     #[arg(
         long,
         env = "FLOWPLANE_CONTROL_PLANE",
@@ -103,8 +104,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         grace_period: Duration::from_secs(cli.grace_period_secs),
         probe: Default::default(),
     };
-    flowplane_grpc::client::endpoint(&config.control_plane, &config.client)
-        .context("--control-plane")?;
+    flowplane_grpc::replicas::check(&config.control_plane, "--control-plane", &config.client)?;
     Ok(config)
 }
 

@@ -4,6 +4,7 @@
 //! ValidatePipeline on the same validation path. A session's response stream always
 //! ends with the session's real outcome: never OK for a session that did not deliver.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{
     future::Future as _,
     pin::Pin,
@@ -67,6 +68,10 @@ pub struct PipelineService {
     sessions: Arc<Semaphore>,
     budget: Arc<Budget>,
     lifecycle: Lifecycle,
+    /// Sessions ended so far, by gRPC code (the index), as `sessions_total` counts them.
+    ended: Arc<[AtomicUsize; 17]>,
+    /// Sessions whose `closed` is queued but not yet taken by their response stream.
+    awaiting_delivery: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for PipelineService {
@@ -88,7 +93,21 @@ impl PipelineService {
             directory,
             limits: Arc::new(limits),
             lifecycle,
+            ended: Arc::new(std::array::from_fn(|_| AtomicUsize::new(0))),
+            awaiting_delivery: Arc::default(),
         }
+    }
+
+    /// Sessions that have queued their `closed` and wait for the client to take it.
+    pub fn sessions_awaiting_delivery(&self) -> usize {
+        self.awaiting_delivery.load(Ordering::Relaxed)
+    }
+
+    /// Sessions that have ended with `code` since the service started.
+    pub fn sessions_ended(&self, code: tonic::Code) -> usize {
+        self.ended
+            .get(code as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Sessions open right now.
@@ -136,6 +155,7 @@ impl PipelineService {
             done: false,
         };
         let cx = SessionContext {
+            awaiting_delivery: self.awaiting_delivery.clone(),
             directory: self.directory.clone(),
             budget: self.budget.clone(),
             limits: self.limits.session.clone(),
@@ -152,6 +172,7 @@ impl PipelineService {
         .await
         .map_err(|_| Error::Cancelled)?;
         let abort = self.lifecycle.aborted();
+        let ended = self.ended.clone();
         metrics::gauge!("flowplane_pipeline_sessions_active").increment(1.0);
         tokio::spawn(
             async move {
@@ -183,6 +204,9 @@ impl PipelineService {
                 };
                 metrics::counter!("flowplane_pipeline_sessions_total", "code" => flowplane_telemetry::rpc::code_name(code))
                     .increment(1);
+                if let Some(n) = ended.get(code as usize) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
                 metrics::gauge!("flowplane_pipeline_sessions_active").decrement(1.0);
                 // Only now may the response stream end: its ending is already there.
                 drop(out);
@@ -263,7 +287,10 @@ impl SessionStream {
             .expect("response queue lock")
             .poll_recv(cx);
         match next {
-            Poll::Ready(Some(held)) => Poll::Ready(Some(Ok(held))),
+            Poll::Ready(Some(mut held)) => {
+                crate::session::mark_taken(&mut held.1);
+                Poll::Ready(Some(Ok(held)))
+            }
             Poll::Ready(None) => {
                 // The session's task sends its ending before it lets go of the last
                 // sender; an ending not yet seen is about to be.

@@ -82,6 +82,20 @@ pub enum Hold {
     Window(OwnedSemaphorePermit, OwnedSemaphorePermit),
     /// Bytes in the service's memory budget.
     Memory(Charge),
+    /// Told when the response stream takes the message that carries it; dropped unsent
+    /// when the stream goes away with the message still queued.
+    Delivered(Option<tokio::sync::oneshot::Sender<()>>),
+}
+
+/// Tells every [`Hold::Delivered`] among `holds` that its message was taken.
+pub fn mark_taken(holds: &mut [Hold]) {
+    for hold in holds {
+        if let Hold::Delivered(tx) = hold
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// What the client reader hands the session.
@@ -129,6 +143,8 @@ pub struct SessionContext {
     pub directory: Arc<Directory>,
     pub budget: Arc<Budget>,
     pub limits: SessionLimits,
+    /// Sessions that have queued `closed` and wait for the client's stream to take it.
+    pub awaiting_delivery: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One running session.
@@ -255,10 +271,30 @@ impl Session {
             failovers = metrics.failovers,
             "session closed"
         );
-        self.send(Response::Closed(StreamClosed {
-            metrics: Some(metrics),
-        }))
+        // The session is OK only once the client's stream has taken `closed`: queued is
+        // not delivered, and a client that resets now has not seen it.
+        let (delivered_tx, delivered) = tokio::sync::oneshot::channel();
+        self.send_held(
+            Response::Closed(StreamClosed {
+                metrics: Some(metrics),
+            }),
+            vec![Hold::Delivered(Some(delivered_tx))],
+        )
         .await?;
+        let awaiting = self.cx.awaiting_delivery.clone();
+        awaiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let taken = tokio::time::timeout(self.cx.limits.idle_timeout, delivered).await;
+        awaiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        match taken {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Error::Cancelled),
+            Err(_) => {
+                return Err(Error::ClientStalled(format!(
+                    "client did not read the session's last responses for {:?} (idle_timeout)",
+                    self.cx.limits.idle_timeout
+                )));
+            }
+        }
         if !self.client_open {
             return Ok(());
         }
@@ -486,12 +522,8 @@ impl Session {
         Ok(())
     }
 
-    /// Hands one response to the client; a client that reads nothing for the idle
-    /// timeout ends the session, and one that went away cancels it.
-    async fn send(&mut self, response: Response) -> Result<()> {
-        self.send_held(response, Vec::new()).await
-    }
-
+    /// Hands one response, with what it holds, to the client; a client that reads
+    /// nothing for the idle timeout ends the session, and one that went away cancels it.
     async fn send_held(&mut self, response: Response, holds: Vec<Hold>) -> Result<()> {
         if let Response::Error(e) = &response {
             let code = flowplane_telemetry::rpc::code_name(tonic::Code::from_i32(e.code));

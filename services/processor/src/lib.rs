@@ -118,8 +118,8 @@ impl Config {
             return Err(Error::Config("--id must not be empty".into()));
         }
         if let Some(control_plane) = &self.control_plane {
-            flowplane_grpc::client::endpoint(control_plane, &self.client)
-                .map_err(|e| Error::Config(format!("--control-plane: {e}")))?;
+            flowplane_grpc::replicas::check(control_plane, "--control-plane", &self.client)
+                .map_err(|e| Error::Config(e.to_string()))?;
         }
         if let Some(token) = &self.join_token
             && token.chars().any(|c| !c.is_ascii_graphic())
@@ -221,6 +221,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--control-plane")
+        );
+        let bad_entry = Config {
+            control_plane: Some("http://127.0.0.1:1,https://127.0.0.1:2/v1".into()),
+            ..Config::default()
+        };
+        let message = bad_entry.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("--control-plane: invalid entry \"https://127.0.0.1:2/v1\""),
+            "{message}"
         );
         let no_streams = Config {
             max_streams: 0,

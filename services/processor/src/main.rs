@@ -28,7 +28,8 @@ struct Args {
     #[command(flatten)]
     telemetry: flowplane_telemetry::TelemetryArgs,
 
-    /// Control plane to register with, HOST:PORT or URI; unset serves without registering.
+    /// Control plane to register with, HOST:PORT or URI; a comma-separated list names
+    /// replicas, tried in order when the one in use fails. Unset serves without registering.
     #[arg(long, env = "FLOWPLANE_CONTROL_PLANE", value_name = "URL")]
     control_plane: Option<String>,
 

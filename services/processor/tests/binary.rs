@@ -13,6 +13,11 @@ use flowplane_sdk::{
     proto::data::v1::{BinaryData, data_buffer::Payload},
 };
 
+use flowplane_test_support::binary::{
+    CLIENT_HELP, Case, SERVER_HELP, SharedSettings, assert_help_lists,
+    assert_rejects_before_binding,
+};
+
 const BINARY: &str = env!("CARGO_BIN_EXE_flowplane-processor");
 
 fn processor() -> Command {
@@ -23,129 +28,55 @@ fn processor() -> Command {
 
 #[test]
 fn invalid_settings_exit_non_zero_naming_the_flag() {
-    let bad_tokens = flowplane_test_support::binary::malformed_token_file();
-    let tokens = bad_tokens.path();
-    let line = flowplane_test_support::binary::MALFORMED_TOKEN_LINE;
-    // Read, never parsed, before the client CA: a bad client CA is what fails.
-    let pem = flowplane_test_support::binary::TempFile::new("pem");
-    let readable = pem.path();
-    flowplane_test_support::binary::assert_rejects_before_binding(
-        BINARY,
-        &[
-            (&["--processors", "audio.gian"], &[], "--processors"),
-            (
-                &[],
-                &[("FLOWPLANE_PROCESSORS", "passthrough,nope")],
-                "--processors",
-            ),
-            (&["--grace-period", "soon"], &[], "--grace-period"),
-            (&["--max-streams", "0"], &[], "--max-streams"),
-            (
-                &["--max-concurrent-calls", "0"],
-                &[],
-                "--max-concurrent-calls",
-            ),
-            (&["--control-plane", "not a uri"], &[], "--control-plane"),
-            (&["--label", "novalue"], &[], "--label"),
-            (&["--join-token", "has space"], &[], "--join-token"),
-            (&["--id", ""], &[], "--id"),
-            (&["--token-file", tokens], &[], line),
-            (&[], &[("FLOWPLANE_TOKEN_FILE", tokens)], line),
-            (
-                &["--token-file", "/nonexistent/tokens"],
-                &[],
-                "--token-file",
-            ),
-            (
-                &["--client-token-file", "/nonexistent/token"],
-                &[],
-                "--client-token-file",
-            ),
-            (
-                &["--token", "t", "--client-token-file", tokens],
-                &[],
-                "--client-token-file",
-            ),
-            (&["--tls-cert", "/nonexistent/cert.pem"], &[], "--tls-key"),
-            (
-                &["--tls-client-ca", "/nonexistent/ca.pem"],
-                &[],
-                "--tls-client-ca",
-            ),
-            (
-                &[],
-                &[("FLOWPLANE_TLS_CLIENT_CA", "/nonexistent/ca.pem")],
-                "--tls-client-ca",
-            ),
-            (
-                &[
-                    "--tls-cert",
-                    readable,
-                    "--tls-key",
-                    readable,
-                    "--tls-client-ca",
-                    "/nonexistent/ca.pem",
-                ],
-                &[],
-                "--tls-client-ca",
-            ),
-            (
-                &["--tls-client-cert", "/nonexistent/client.pem"],
-                &[],
-                "--tls-client-key",
-            ),
-            (
-                &[],
-                &[("FLOWPLANE_TLS_CLIENT_KEY", "/nonexistent/client.key")],
-                "--tls-client-cert",
-            ),
-            (
-                &[
-                    "--tls-client-cert",
-                    "/nonexistent/client.pem",
-                    "--tls-client-key",
-                    "/nonexistent/client.key",
-                ],
-                &[],
-                "--tls-client-cert",
-            ),
-            (&["--tls-ca", "/nonexistent/ca.pem"], &[], "--tls-ca"),
-        ],
-    );
+    let shared = SharedSettings::new();
+    let mut cases = shared.server();
+    cases.extend(shared.client());
+    cases.extend([
+        Case::flags(&["--processors", "audio.gian"], "--processors"),
+        Case::env(
+            &[("FLOWPLANE_PROCESSORS", "passthrough,nope")],
+            "--processors",
+        ),
+        Case::flags(&["--grace-period", "soon"], "--grace-period"),
+        Case::flags(&["--max-streams", "0"], "--max-streams"),
+        Case::flags(&["--max-concurrent-calls", "0"], "--max-concurrent-calls"),
+        Case::flags(&["--control-plane", "not a uri"], "--control-plane"),
+        Case::flags(
+            &["--control-plane", "http://127.0.0.1:1,,http://127.0.0.1:2"],
+            "--control-plane: invalid entry \"\": empty entry",
+        ),
+        Case::env(
+            &[(
+                "FLOWPLANE_CONTROL_PLANE",
+                "http://127.0.0.1:1,ftp://127.0.0.1:2",
+            )],
+            "invalid entry \"ftp://127.0.0.1:2\"",
+        ),
+        Case::flags(&["--label", "novalue"], "--label"),
+        Case::flags(&["--join-token", "has space"], "--join-token"),
+        Case::flags(&["--id", ""], "--id"),
+    ]);
+    assert_rejects_before_binding(BINARY, &cases);
 }
 
 #[test]
 fn help_lists_the_settings_and_their_environment_variables() {
-    flowplane_test_support::binary::assert_help_lists(
-        BINARY,
-        &[
-            "--listen",
-            "--tls-client-ca",
-            "FLOWPLANE_TLS_CLIENT_CA",
-            "--tls-client-cert",
-            "FLOWPLANE_TLS_CLIENT_CERT",
-            "--tls-client-key",
-            "FLOWPLANE_TLS_CLIENT_KEY",
-            "--token-file",
-            "FLOWPLANE_TOKEN_FILE",
-            "--reflection",
-            "FLOWPLANE_REFLECTION",
-            "--client-token-file",
-            "FLOWPLANE_CLIENT_TOKEN_FILE",
-            "--advertise",
-            "--control-plane",
-            "FLOWPLANE_CONTROL_PLANE",
-            "--id",
-            "FLOWPLANE_ID",
-            "--join-token",
-            "FLOWPLANE_JOIN_TOKEN",
-            "--processors",
-            "--grace-period",
-            "--max-streams",
-            "--max-concurrent-calls",
-            "FLOWPLANE_MAX_CONCURRENT_CALLS",
-        ],
-    );
+    let own = [
+        "--advertise",
+        "--control-plane",
+        "a comma-separated list names replicas",
+        "FLOWPLANE_CONTROL_PLANE",
+        "--id",
+        "FLOWPLANE_ID",
+        "--join-token",
+        "FLOWPLANE_JOIN_TOKEN",
+        "--processors",
+        "--grace-period",
+        "--max-streams",
+        "--max-concurrent-calls",
+        "FLOWPLANE_MAX_CONCURRENT_CALLS",
+    ];
+    assert_help_lists(BINARY, &[SERVER_HELP, CLIENT_HELP, &own].concat());
 }
 
 /// Kills the child if the test fails before it exits by itself.

@@ -1,0 +1,145 @@
+"""Every example pipeline through the Python client, sync and async, gives exactly the
+results in examples/expected/ (the CLI's JSON lines), from the inputs the demo uses.
+
+One allowance: a float inside a JSON result may differ from the expected file in its last
+unit (ulp). The files were written by the CLI, whose serde_json (without its
+`float_roundtrip` feature) parses some processor floats one ulp off before printing them;
+the Python client hands back the processor's own text (-15.020334665333493 where the file
+says ...491). Everything else, every other digit included, must match exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import flowplane
+from conftest import EXAMPLES, Stack
+from flowplane.files import read_file
+from flowplane.summary import error_line, result_line
+
+# The inputs examples/run-all.sh gives each pipeline, in its order.
+INPUTS = {
+    "audio-chain": [("audio", "tone.wav")],
+    "mixed": [("audio", "tone.wav"), ("control", "control.jsonl")],
+    "video-grayscale": [("video", "frames.ppm")],
+    "calculator": [("requests", "calc.jsonl")],
+    "tensor": [("tensor", "tensor.npy")],
+    "fan-out-fan-in": [("audio", "tone.wav"), ("control", "control.jsonl")],
+    "text-and-digest": [("text", "lines.txt"), ("data", "blob.bin")],
+}
+
+
+def test_every_example_pipeline_has_its_inputs_listed() -> None:
+    assert sorted(INPUTS) == sorted(p.stem for p in (EXAMPLES / "pipelines").glob("*.yaml"))
+
+
+def inputs_of(name: str, samples: pathlib.Path) -> dict[str, list[flowplane.Payload]]:
+    return {inp: read_file(samples / file) for inp, file in INPUTS[name]}
+
+
+def lines_of(outcome: flowplane.Outcome) -> str:
+    """Results and errors in arrival order by sequence, as the CLI prints them."""
+    items: list[tuple[int, int, str]] = [
+        (r.sequence, i, result_line(r)) for i, r in enumerate(outcome.results)
+    ]
+    items += [(e.sequence or 0, -1, error_line(e)) for e in outcome.errors]
+    return "".join(line + "\n" for _, _, line in sorted(items))
+
+
+def expected(name: str) -> str:
+    return (EXAMPLES / "expected" / f"{name}.jsonl").read_text()
+
+
+def same(actual: Any, wanted: Any, where: str) -> None:
+    if isinstance(wanted, float) and isinstance(actual, float):
+        assert abs(actual - wanted) <= math.ulp(wanted), f"{where}: {actual!r} != {wanted!r}"
+    elif isinstance(wanted, dict) and isinstance(actual, dict):
+        assert sorted(actual) == sorted(wanted), (
+            f"{where}: keys {sorted(actual)} != {sorted(wanted)}"
+        )
+        for key in wanted:
+            same(actual[key], wanted[key], f"{where}.{key}")
+    elif isinstance(wanted, list) and isinstance(actual, list):
+        assert len(actual) == len(wanted), f"{where}: {len(actual)} items, expected {len(wanted)}"
+        for i, (a, w) in enumerate(zip(actual, wanted, strict=True)):
+            same(a, w, f"{where}[{i}]")
+    else:
+        assert type(actual) is type(wanted) and actual == wanted, (
+            f"{where}: {actual!r} != {wanted!r}"
+        )
+
+
+def assert_lines(actual: str, name: str) -> None:
+    """Same lines in the same order; exact but for the last ulp of a float (see above)."""
+    got, want = actual.splitlines(), expected(name).splitlines()
+    assert len(got) == len(want), f"{name}: {len(got)} lines, expected {len(want)}:\n{actual}"
+    for number, (g, w) in enumerate(zip(got, want, strict=True), 1):
+        if g != w:
+            same(json.loads(g), json.loads(w), f"{name} line {number}")
+
+
+def test_the_comparison_bites() -> None:
+    line = expected("audio-chain").splitlines()[1]
+    value = json.loads(line)
+    value["value"]["rms_dbfs"] += 4 * math.ulp(value["value"]["rms_dbfs"])
+    try:
+        same(value, json.loads(line), "changed")
+    except AssertionError:
+        return
+    raise AssertionError("a float four ulps off passed the comparison")
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_example_sync(stack: Stack, samples: pathlib.Path, name: str) -> None:
+    with stack.client() as client:
+        outcome = client.run(
+            EXAMPLES / "pipelines" / f"{name}.yaml", inputs_of(name, samples), errors="collect"
+        )
+    assert_lines(lines_of(outcome), name)
+    assert [r.sequence for r in outcome.results] == sorted(r.sequence for r in outcome.results)
+    assert outcome.metrics is not None and outcome.metrics.results_out == len(outcome.results)
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+async def test_example_async(stack: Stack, samples: pathlib.Path, name: str) -> None:
+    async with stack.aio_client() as client:
+        outcome = await client.run(
+            EXAMPLES / "pipelines" / f"{name}.yaml", inputs_of(name, samples), errors="collect"
+        )
+    assert_lines(lines_of(outcome), name)
+
+
+def test_run_raises_the_first_chunk_error_by_default(stack: Stack, samples: pathlib.Path) -> None:
+    with stack.client() as client, pytest.raises(flowplane.ChunkError) as raised:
+        client.run(EXAMPLES / "pipelines" / "calculator.yaml", inputs_of("calculator", samples))
+    assert (raised.value.sequence, raised.value.reason) == (3, "DIVISION_BY_ZERO")
+
+
+@pytest.mark.parametrize("name", ["calculator", "text-and-digest"])
+def test_the_python_example_script_prints_what_the_cli_prints(
+    stack: Stack, samples: pathlib.Path, name: str
+) -> None:
+    args = [f"{inp}={samples / file}" for inp, file in INPUTS[name]]
+    script = EXAMPLES / "python" / "run.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(EXAMPLES / "pipelines" / f"{name}.yaml"),
+            *args,
+            "--json",
+        ],
+        env={"FLOWPLANE_PIPELINE": stack.pipeline, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert_lines(done.stdout, name)
