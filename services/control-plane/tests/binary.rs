@@ -63,6 +63,73 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
                 "--token-file",
             ),
             (&["--listen", "not-an-address"], &[], "--listen"),
+            (&["--registry", "redis://127.0.0.1:6379"], &[], "--registry"),
+            (&[], &[("FLOWPLANE_REGISTRY", "etcd://")], "--registry"),
+            (
+                &["--registry", "etcd://127.0.0.1:2379,nohost"],
+                &[],
+                "--registry",
+            ),
+            (
+                &[
+                    "--registry",
+                    "etcd://127.0.0.1:2379",
+                    "--etcd-prefix",
+                    "no-slash",
+                ],
+                &[],
+                "--etcd-prefix",
+            ),
+            (
+                &[
+                    "--registry",
+                    "etcd://127.0.0.1:2379",
+                    "--lease-ttl",
+                    "1500ms",
+                ],
+                &[],
+                "--lease-ttl",
+            ),
+            (&["--etcd-ca", readable], &[], "--etcd-ca"),
+            (
+                &[
+                    "--registry",
+                    "etcd://127.0.0.1:2379",
+                    "--etcd-cert",
+                    readable,
+                    "--etcd-key",
+                    readable,
+                ],
+                &[],
+                "--etcd-ca",
+            ),
+            (
+                &[
+                    "--registry",
+                    "etcd://127.0.0.1:2379",
+                    "--etcd-ca",
+                    "/nonexistent/ca.pem",
+                ],
+                &[],
+                "--etcd-ca",
+            ),
+            (
+                &["--registry", "etcd://127.0.0.1:2379", "--etcd-user", "root"],
+                &[],
+                "--etcd-password-file",
+            ),
+            (
+                &[
+                    "--registry",
+                    "etcd://127.0.0.1:2379",
+                    "--etcd-user",
+                    "root",
+                    "--etcd-password-file",
+                    "/nonexistent/password",
+                ],
+                &[],
+                "--etcd-password-file",
+            ),
         ],
     );
 }
@@ -74,6 +141,12 @@ fn help_lists_the_settings_and_their_environment_variables() {
         &[
             "--lease-ttl",
             "FLOWPLANE_LEASE_TTL",
+            "--registry",
+            "FLOWPLANE_REGISTRY",
+            "--etcd-prefix",
+            "FLOWPLANE_ETCD_PREFIX",
+            "--etcd-password-file",
+            "FLOWPLANE_ETCD_PASSWORD_FILE",
             "--join-token",
             "FLOWPLANE_JOIN_TOKEN",
             "--listen",
