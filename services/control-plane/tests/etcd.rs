@@ -400,7 +400,7 @@ async fn an_etcd_outage_longer_than_the_ttl_is_not_serving_then_components_come_
     let (a, b) = replicas(&cluster).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     let interval = TTL / 3;
-    let (task, _registrations) = component(ca.clone(), "proc-steady", interval);
+    let (task, registrations) = component(ca.clone(), "proc-steady", interval);
     wait_until("proc-steady HEALTHY on both replicas", || {
         let (mut ca, mut cb) = (ca.clone(), cb.clone());
         async move {
@@ -420,6 +420,10 @@ async fn an_etcd_outage_longer_than_the_ttl_is_not_serving_then_components_come_
         })
         .await;
     }
+    println!(
+        "both replicas NOT_SERVING {:?} after etcd died",
+        down.elapsed()
+    );
     let refused = cb
         .register_processor(processor("proc-late", &["echo"]))
         .await
@@ -451,6 +455,10 @@ async fn an_etcd_outage_longer_than_the_ttl_is_not_serving_then_components_come_
         })
         .await;
     }
+    println!(
+        "both replicas SERVING {:?} after etcd returned",
+        back.elapsed()
+    );
     let healthy = wait_for("proc-steady HEALTHY on both replicas again", || {
         let (mut ca, mut cb) = (ca.clone(), cb.clone());
         async move {
@@ -462,7 +470,10 @@ async fn an_etcd_outage_longer_than_the_ttl_is_not_serving_then_components_come_
     })
     .await;
     let took = healthy - back;
-    println!("back {took:?} after etcd returned (heartbeat interval {interval:?})");
+    let registered = *registrations.lock().unwrap();
+    println!(
+        "proc-steady HEALTHY on both replicas {took:?} after etcd returned (heartbeat interval {interval:?}); registrations: {registered}"
+    );
     assert!(
         took < TTL,
         "registered again within one lease, took {took:?}"
