@@ -70,16 +70,38 @@ impl Member {
     }
 }
 
+/// Certificates for a cluster that serves its clients over TLS only.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// The CA client certificates must come from (and that signed `cert`).
+    pub ca: PathBuf,
+    /// The members' certificate, for 127.0.0.1; etcdctl presents it as its client one too.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
 /// An etcd cluster of one or more members on loopback.
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    tls: Option<EtcdTlsFiles>,
     dir: TempDir,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until every one of them is healthy.
     pub async fn start(size: usize) -> Self {
+        Self::start_with(size, None).await
+    }
+
+    /// Starts `size` members that serve clients over TLS only and require a client
+    /// certificate from `tls.ca` (`--client-cert-auth`).
+    pub async fn start_tls(size: usize, tls: EtcdTlsFiles) -> Self {
+        Self::start_with(size, Some(tls)).await
+    }
+
+    async fn start_with(size: usize, tls: Option<EtcdTlsFiles>) -> Self {
         assert!(size >= 1, "an etcd cluster has at least one member");
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -97,6 +119,7 @@ impl EtcdCluster {
         let mut cluster = Self {
             members,
             initial_cluster,
+            tls,
             dir: tempfile::tempdir().expect("a temporary directory for etcd"),
         };
         for i in 0..size {
@@ -116,8 +139,20 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", member.name)))
             .expect("etcd log file");
-        let client_url = format!("http://{}", member.client());
-        let child = Command::new(etcd_binary())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://{}", member.client());
+        let mut command = Command::new(etcd_binary());
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -177,10 +212,11 @@ impl EtcdCluster {
 
     async fn wait_healthy(&self, i: usize) {
         let endpoint = self.members[i].client();
+        let tls = self.tls.as_ref();
         crate::wait_until(&format!("etcd member {endpoint} healthy"), || {
             let endpoint = endpoint.clone();
             async move {
-                etcdctl_at(&[endpoint], &["endpoint", "health"])
+                etcdctl_at(tls, &[endpoint], &["endpoint", "health"])
                     .await
                     .is_ok()
             }
@@ -196,7 +232,7 @@ impl EtcdCluster {
             .filter(|m| m.child.is_some())
             .map(Member::client)
             .collect();
-        etcdctl_at(&endpoints, args)
+        etcdctl_at(self.tls.as_ref(), &endpoints, args)
             .await
             .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
     }
@@ -208,7 +244,9 @@ impl EtcdCluster {
                 if m.child.is_none() {
                     continue;
                 }
-                let Ok(out) = etcdctl_at(&[m.client()], &["endpoint", "status"]).await else {
+                let Ok(out) =
+                    etcdctl_at(self.tls.as_ref(), &[m.client()], &["endpoint", "status"]).await
+                else {
                     continue;
                 };
                 // simple output: endpoint, id, version, db size, is leader, is learner, ...
@@ -233,8 +271,22 @@ impl EtcdCluster {
     }
 }
 
-async fn etcdctl_at(endpoints: &[String], args: &[&str]) -> Result<String, String> {
-    let output = tokio::process::Command::new(etcdctl_binary())
+async fn etcdctl_at(
+    tls: Option<&EtcdTlsFiles>,
+    endpoints: &[String],
+    args: &[&str],
+) -> Result<String, String> {
+    let mut command = tokio::process::Command::new(etcdctl_binary());
+    if let Some(tls) = tls {
+        command
+            .arg("--cacert")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key);
+    }
+    let output = command
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .args(["--dial-timeout=1s", "--command-timeout=2s"])
         .args(args)

@@ -12,12 +12,19 @@ use std::{
 };
 
 use common::{Client, Server, list_all, processor, processor_heartbeat};
-use flowplane_control_plane::{Backend, Config, EtcdSettings, SERVICE_NAME};
+use flowplane_control_plane::{
+    Backend, Config, EtcdSettings, SERVICE_NAME,
+    registry::etcd::{EtcdCredentials, EtcdTls},
+};
 use flowplane_proto::{
     common::v1::HealthStatus,
     controlplane::v1::{self as pb, RemovalReason, watch_components_response::Event},
 };
-use flowplane_test_support::{etcd::EtcdCluster, wait_for, wait_until};
+use flowplane_test_support::{
+    etcd::{EtcdCluster, EtcdTlsFiles},
+    pki::Pki,
+    wait_for, wait_until,
+};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -515,6 +522,102 @@ async fn losing_the_etcd_leader_loses_no_registration() {
         assert_eq!(seen, all);
     }
     register(&mut ca, "p-after").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn with_etcd_authentication_only_a_replica_with_the_password_serves() {
+    let cluster = EtcdCluster::start(1).await;
+    cluster
+        .etcdctl(&["user", "add", "root", "--new-user-password=s3cret"])
+        .await;
+    cluster.etcdctl(&["auth", "enable"]).await;
+    let mut with_password = config(&cluster);
+    if let Backend::Etcd(etcd) = &mut with_password.registry {
+        etcd.credentials = Some(EtcdCredentials {
+            user: "root".into(),
+            password: "s3cret".into(),
+        });
+    }
+    let a = Server::start(with_password).await;
+    wait_until("the replica with the password to serve", || {
+        health_is(&a, ServingStatus::Serving)
+    })
+    .await;
+    let mut ca = a.client().await;
+    let lease = register(&mut ca, "proc-auth").await;
+    beat(&mut ca, "proc-auth", &lease.lease_token)
+        .await
+        .unwrap();
+
+    let b = Server::start(config(&cluster)).await;
+    wait_until("the replica without it to answer NOT_SERVING", || {
+        health_is(&b, ServingStatus::NotServing)
+    })
+    .await;
+    let mut cb = b.client().await;
+    let refused = cb
+        .list_components(pb::ListComponentsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    let refused = cb
+        .register_processor(processor("proc-anon", &["echo"]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(health_is(&b, ServingStatus::NotServing).await);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn over_tls_a_replica_needs_the_ca_and_a_client_certificate() {
+    let pki = Pki::new();
+    let member = pki.leaf("etcd");
+    let cluster = EtcdCluster::start_tls(
+        1,
+        EtcdTlsFiles {
+            ca: pki.ca_pem.clone(),
+            cert: member.cert.clone(),
+            key: member.key.clone(),
+        },
+    )
+    .await;
+    let replica = pki.leaf("control-plane");
+    let read = |path: &std::path::Path| std::fs::read(path).unwrap();
+    let tls = |identity: bool| {
+        let mut config = config(&cluster);
+        if let Backend::Etcd(etcd) = &mut config.registry {
+            etcd.tls = Some(EtcdTls {
+                ca_pem: read(&pki.ca_pem),
+                identity: identity.then(|| (read(&replica.cert), read(&replica.key))),
+            });
+        }
+        config
+    };
+    let a = Server::start(tls(true)).await;
+    wait_until("the replica with a client certificate to serve", || {
+        health_is(&a, ServingStatus::Serving)
+    })
+    .await;
+    let mut ca = a.client().await;
+    let lease = register(&mut ca, "proc-tls").await;
+    beat(&mut ca, "proc-tls", &lease.lease_token).await.unwrap();
+
+    let b = Server::start(tls(false)).await;
+    wait_until("the replica without one to answer NOT_SERVING", || {
+        health_is(&b, ServingStatus::NotServing)
+    })
+    .await;
+    let refused = b
+        .client()
+        .await
+        .list_components(pb::ListComponentsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
     a.stop().await;
     b.stop().await;
 }
