@@ -501,6 +501,7 @@ async fn losing_the_etcd_leader_loses_no_registration() {
         let client = if i % 2 == 0 { &mut ca } else { &mut cb };
         tokens.insert(id.clone(), register(client, &id).await.lease_token);
     }
+    let views = [View::open(&mut ca).await, View::open(&mut cb).await];
     let leader = cluster.leader().await;
     cluster.kill(leader);
     // Heartbeats go on through the election: each one lands within a few retries.
@@ -522,6 +523,20 @@ async fn losing_the_etcd_leader_loses_no_registration() {
         assert_eq!(seen, all);
     }
     register(&mut ca, "p-after").await;
+    // Watches opened before the election follow it (a feed whose member died reloads
+    // and resyncs its watchers).
+    let fresh = listed(&mut cb).await;
+    assert_eq!(fresh.len(), 11);
+    wait_until("both watches to match a fresh listing", || async {
+        views.iter().all(|v| v.get() == fresh)
+    })
+    .await;
+    for view in &views {
+        assert!(
+            !view.task.is_finished(),
+            "watches stay open across the election"
+        );
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -1332,22 +1332,25 @@ async fn feed(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
 }
 
 /// Asks etcd for its revision on a steady beat, so health turns NOT_SERVING when etcd
-/// stops answering even while no watch event says so.
+/// stops answering even while no watch event says so. Two misses in a row are needed:
+/// a leader election (about a second) should not end every watch on every replica, and
+/// reads stay safe meanwhile because each one checks etcd's revision itself.
 async fn probe(shared: Arc<Shared>, client: Client, timeout: Duration, stop: CancellationToken) {
     let every = (shared.settings.heartbeat_interval / 2)
         .clamp(Duration::from_millis(200), Duration::from_secs(2));
     let key = shared.components_prefix();
+    let mut misses = 0u32;
     loop {
         let answered = call(&client, timeout, |mut c| {
             let key = key.clone();
             async move { c.get(key, Some(GetOptions::new().with_keys_only())).await }
         })
         .await;
-        let ok = answered.is_ok();
-        if !ok && shared.probe_ok.load(Ordering::SeqCst) {
-            tracing::warn!("etcd did not answer the health probe");
+        misses = if answered.is_ok() { 0 } else { misses + 1 };
+        if misses == 2 {
+            tracing::warn!("etcd did not answer two health probes in a row");
         }
-        shared.probe_ok.store(ok, Ordering::SeqCst);
+        shared.probe_ok.store(misses < 2, Ordering::SeqCst);
         shared.refresh_serving();
         tokio::select! {
             () = stop.cancelled() => return,
