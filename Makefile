@@ -75,6 +75,10 @@ test-rust: tools ## every Rust unit and integration test (binaries first: some t
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
+.PHONY: test-etcd
+test-etcd: tools ## the etcd registry tests alone: real etcd members from .venv on loopback (part of test-rust)
+	$(CARGO) test -p flowplane-control-plane --test etcd
+
 .PHONY: test
 test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust compose-config compose-test ## everything CI runs
 
