@@ -636,3 +636,82 @@ async fn over_tls_a_replica_needs_the_ca_and_a_client_certificate() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The smallest processor an SDK host can register with.
+struct Echo;
+
+impl flowplane_sdk::Processor for Echo {
+    fn capability() -> flowplane_sdk::Capability {
+        use flowplane_proto::data::v1::DataTypeHint;
+        flowplane_sdk::Capability::new("test.echo", "echoes text")
+            .input("text", [DataTypeHint::Text], "text")
+            .output("text", [DataTypeHint::Text], "the same text")
+            .stateless()
+    }
+    fn create(_: &flowplane_sdk::Params) -> Result<Self, flowplane_sdk::ParamError> {
+        Ok(Self)
+    }
+    fn process(
+        &mut self,
+        input: flowplane_sdk::Input<'_>,
+    ) -> Result<Vec<flowplane_sdk::Output>, flowplane_sdk::ProcessError> {
+        Ok(vec![flowplane_sdk::Output::new("text", input.payload)])
+    }
+}
+
+#[tokio::test]
+async fn an_sdk_host_whose_lease_ends_registers_again_on_its_next_heartbeat() {
+    let cluster = EtcdCluster::start(1).await;
+    let (a, b) = replicas(&cluster).await;
+    let host = flowplane_sdk::ProcessorHost::builder("etcd-test-host")
+        .processor::<Echo>()
+        .build()
+        .unwrap();
+    let mut registration = flowplane_sdk::RegistrationConfig::new(a.url());
+    registration.processor_id = Some("sdk-host".into());
+    let registration =
+        flowplane_sdk::Registration::new(registration, "127.0.0.1:7999".into(), host).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let lifecycle = tokio::spawn(registration.run(stop.clone()));
+    let cb = b.client().await;
+    let healthy = Some(HealthStatus::Healthy as i32);
+    wait_until("the SDK host HEALTHY through the other replica", || {
+        let mut cb = cb.clone();
+        async move { listed(&mut cb).await.get("sdk-host").copied() == healthy }
+    })
+    .await;
+    let first = cluster.etcdctl(&["lease", "list"]).await;
+    let lease = first.lines().nth(1).expect("one lease").trim().to_string();
+
+    // The lease ends under the live host (as if it had been cut off for a whole TTL).
+    cluster.etcdctl(&["lease", "revoke", &lease]).await;
+    let back = wait_for("the SDK host registered again under a new lease", || {
+        let mut cb = cb.clone();
+        let lease = lease.clone();
+        let cluster = &cluster;
+        async move {
+            let leases = cluster.etcdctl(&["lease", "list"]).await;
+            let renewed = leases.lines().nth(1).is_some_and(|l| l.trim() != lease);
+            (renewed && listed(&mut cb).await.get("sdk-host").copied() == healthy).then_some(leases)
+        }
+    })
+    .await;
+    assert!(
+        !back.contains(&lease),
+        "the revoked lease is never used again"
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), lifecycle).await;
+    // Stopping the host deregisters it, and both replicas see it go.
+    let ca = a.client().await;
+    wait_until("the host's deregistration to reach both replicas", || {
+        let (mut ca, mut cb) = (ca.clone(), cb.clone());
+        async move {
+            !listed(&mut ca).await.contains_key("sdk-host")
+                && !listed(&mut cb).await.contains_key("sdk-host")
+        }
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
