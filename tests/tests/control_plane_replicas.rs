@@ -158,6 +158,7 @@ async fn heartbeats_move_to_the_other_replica_under_the_same_lease() {
                 c.id
             ),
             Change::Added(_) => {}
+            Change::Resync => panic!("the shared memory registry lost track of its changes"),
         }
     }
 
