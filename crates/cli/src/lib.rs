@@ -6,6 +6,7 @@
 pub mod components;
 pub mod health;
 pub mod inputs;
+pub mod outputs;
 pub mod pipeline;
 pub mod render;
 
@@ -45,7 +46,8 @@ pub enum Command {
     Health(health::Args),
     /// Check a pipeline manifest: locally, then against the live processors.
     Validate(pipeline::ValidateArgs),
-    /// Stream input files through a pipeline and print each result as it arrives.
+    /// Stream input files through a pipeline and print each result as it arrives
+    /// (exit 3 when any chunk failed).
     Run(pipeline::RunArgs),
 }
 
@@ -108,12 +110,30 @@ pub enum Error {
     /// An input file cannot be turned into chunks.
     #[error("input {path}: {message}")]
     Input { path: String, message: String },
+    /// A result cannot be written to its output's file under --output-dir.
+    #[error("output {output:?}: {message}")]
+    Output { output: String, message: String },
+    /// The session completed but some chunks failed (each already printed).
+    #[error("{errors} of {chunks} {} failed", if *.chunks == 1 { "chunk" } else { "chunks" })]
+    ChunksFailed { errors: u64, chunks: u64 },
     /// The pipeline service found problems in a manifest (already printed).
     #[error("{path} is not a valid pipeline ({problems} problems)")]
     InvalidPipeline { path: String, problems: usize },
     /// A command line or protocol misuse the flags cannot express.
     #[error("{0}")]
     Usage(String),
+}
+
+impl Error {
+    /// The process exit code for this failure: [`pipeline::EXIT_CHUNKS_FAILED`] when a
+    /// run completed with failed chunks, 2 for usage errors (as clap's own), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ChunksFailed { .. } => pipeline::EXIT_CHUNKS_FAILED,
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Result alias for this crate.
@@ -184,6 +204,15 @@ pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Components(command) => components::run(&cli, command, out).await,
         Command::Health(args) => health::run(&cli, args, out).await,
         Command::Validate(args) => pipeline::validate(args, &cli.client, out).await,
-        Command::Run(args) => pipeline::run(args, &cli.client, out).await.map(|_| ()),
+        Command::Run(args) => {
+            let summary = pipeline::run(args, &cli.client, out).await?;
+            if summary.errors > 0 {
+                return Err(Error::ChunksFailed {
+                    errors: summary.errors,
+                    chunks: summary.chunks,
+                });
+            }
+            Ok(())
+        }
     }
 }

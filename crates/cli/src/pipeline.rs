@@ -24,7 +24,8 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
     Error, Result,
-    inputs::{ChunkOptions, read_chunks},
+    inputs::{ChunkOptions, InputType, STDIN, read_chunks},
+    outputs::OutputDir,
 };
 
 /// Default pipeline service address.
@@ -53,19 +54,39 @@ pub struct ValidateArgs {
     pub offline: bool,
 }
 
+/// Exit code of `flowplane run` when the session completed but at least one chunk failed.
+pub const EXIT_CHUNKS_FAILED: u8 = 3;
+
 /// `flowplane run`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
+#[command(after_help = "\
+Input types: by --input-type NAME=TYPE, else by the file's extension: .wav wav, .ppm ppm,
+.rgb rgb (needs --frame-size), .jsonl/.ndjson jsonl, .json json, .txt text, .npy npy;
+anything else, and stdin (FILE -), is binary.
+
+Exit status: 0 when every chunk gave its results; 3 when the session completed but at
+least one chunk failed (each failure is printed as it arrives); 2 for a usage error such as
+an input the manifest does not declare (nothing is sent); 1 for any other failure.")]
 pub struct RunArgs {
     /// Pipeline manifest, YAML or JSON.
     pub manifest: PathBuf,
-    /// An input file for a pipeline input, NAME=FILE; repeat for several inputs.
+    /// An input file for a pipeline input, NAME=FILE (FILE `-` is stdin); repeat for several inputs.
     #[arg(long = "input", value_name = "NAME=FILE", required = true)]
     pub inputs: Vec<String>,
+    /// How to cut one input into chunks, NAME=TYPE, overriding its file extension
+    /// (wav, ppm, rgb, jsonl, json, text, npy, binary).
+    #[arg(long = "input-type", value_name = "NAME=TYPE")]
+    pub input_types: Vec<String>,
+    /// Also write every pipeline output to a file in DIR named after it: NAME.wav for
+    /// audio, NAME.ppm/.pgm (NAME.raw for other pixel formats) for video, NAME.npy for
+    /// tensors, NAME.bin for binary, NAME.jsonl for json and text.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Pipeline service address, HOST:PORT or URI.
     #[arg(long, env = "FLOWPLANE_PIPELINE", default_value = DEFAULT_PIPELINE)]
     pub pipeline: String,
     /// Result format.
-    #[arg(long, value_enum, default_value_t = ResultFormat::Text)]
+    #[arg(short, long, value_enum, default_value_t = ResultFormat::Text)]
     pub output: ResultFormat,
     /// Audio chunk length in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -156,10 +177,74 @@ pub async fn validate(
 /// What a run produced.
 #[derive(Debug, Default)]
 pub struct RunSummary {
+    /// Chunks sent.
+    pub chunks: u64,
     /// Results received.
     pub results: u64,
     /// Per-chunk errors received.
     pub errors: u64,
+    /// The files written under `--output-dir`, in output-name order.
+    pub files: Vec<PathBuf>,
+}
+
+/// The `--input` pairs as (name, file), and each name's `--input-type`, checked against the
+/// manifest before anything is read or sent.
+fn plan_inputs(
+    args: &RunArgs,
+    manifest: &Manifest,
+) -> Result<Vec<(String, String, Option<InputType>)>> {
+    let declared: Vec<&str> = manifest.inputs.iter().map(|i| i.name.as_str()).collect();
+    let check = |flag: &str, name: &str| {
+        if declared.contains(&name) {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "{flag} {name:?}: {} has no input {name:?}; its inputs are: {}",
+                args.manifest.display(),
+                if declared.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            )))
+        }
+    };
+    let mut types = std::collections::HashMap::new();
+    for spec in &args.input_types {
+        let (name, kind) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input-type {spec:?} is not NAME=TYPE")))?;
+        check("--input-type", name)?;
+        let kind = <InputType as clap::ValueEnum>::from_str(kind, true).map_err(|_| {
+            Error::Usage(format!(
+                "--input-type {spec:?}: unknown type {kind:?}; one of wav, ppm, rgb, jsonl, json, text, npy, binary"
+            ))
+        })?;
+        types.insert(name.to_string(), kind);
+    }
+    let mut planned = Vec::new();
+    let mut stdin_used = false;
+    for spec in &args.inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input {spec:?} is not NAME=FILE")))?;
+        check("--input", name)?;
+        if file == STDIN {
+            if stdin_used {
+                return Err(Error::Usage(format!(
+                    "--input {spec:?}: stdin (-) can feed only one input"
+                )));
+            }
+            stdin_used = true;
+        }
+        planned.push((name.to_string(), file.to_string(), types.remove(name)));
+    }
+    if let Some(name) = types.keys().next() {
+        return Err(Error::Usage(format!(
+            "--input-type {name:?} names no --input"
+        )));
+    }
+    Ok(planned)
 }
 
 /// Streams the inputs through the pipeline and prints results as they arrive.
@@ -175,16 +260,15 @@ pub async fn run(
         ..ChunkOptions::default()
     };
     let mut per_input = Vec::new();
-    for spec in &args.inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("--input {spec:?} is not NAME=FILE")))?;
-        per_input.push((
-            name.to_string(),
-            read_chunks(file.as_ref(), &options)?.into_iter(),
-        ));
+    for (name, file, kind) in plan_inputs(args, &manifest)? {
+        per_input.push((name, read_chunks(&file, kind, &options)?.into_iter()));
     }
     let chunks = interleave(per_input);
+    let mut files = args
+        .output_dir
+        .as_deref()
+        .map(OutputDir::create)
+        .transpose()?;
     let mut client = client(&args.pipeline, client_args).await?;
     let init = StreamPipelineRequest {
         request: Some(Request::Init(StreamInit {
@@ -198,6 +282,7 @@ pub async fn run(
             command: ControlCommand::Close as i32,
         })),
     };
+    let chunks_len = chunks.len() as u64;
     let requests = std::iter::once(init)
         .chain(chunks.into_iter().map(|chunk| StreamPipelineRequest {
             request: Some(Request::Chunk(chunk)),
@@ -212,7 +297,10 @@ pub async fn run(
         .await
         .map_err(rpc_error)?
         .into_inner();
-    let mut summary = RunSummary::default();
+    let mut summary = RunSummary {
+        chunks: chunks_len,
+        ..RunSummary::default()
+    };
     while let Some(message) = stream.message().await.map_err(rpc_error)? {
         match message.response {
             Some(Response::Ready(ready)) => {
@@ -223,6 +311,9 @@ pub async fn run(
             Some(Response::Result(result)) => {
                 summary.results += 1;
                 let buffer = result.buffer.unwrap_or_default();
+                if let Some(files) = files.as_mut() {
+                    files.write(&result.output, result.input_sequence, &buffer)?;
+                }
                 writeln!(
                     out,
                     "{}",
@@ -241,6 +332,14 @@ pub async fn run(
                         "closed: {} chunks in, {} results, {} errors, {} failovers",
                         m.chunks_in, m.results_out, m.errors, m.failovers
                     )?;
+                }
+                if let Some(files) = files.take() {
+                    summary.files = files.finish()?;
+                    if args.output == ResultFormat::Text {
+                        for file in &summary.files {
+                            writeln!(out, "wrote {}", file.display())?;
+                        }
+                    }
                 }
                 return Ok(summary);
             }
