@@ -258,6 +258,16 @@ async fn a_failed_chunk_exits_3_and_stdin_feeds_an_input() {
         "{}",
         failed.stdout
     );
+    // The session's lifecycle goes to stderr, with its counts spelt right.
+    assert_eq!(failed.stdout.lines().count(), 3, "{}", failed.stdout);
+    assert!(
+        failed.stderr.contains(" ready\n")
+            && failed
+                .stderr
+                .contains(" closed: 3 chunks in, 2 results, 1 error, 0 failovers\n"),
+        "{}",
+        failed.stderr
+    );
 
     // All good: exit 0.
     let good = flowplane(
@@ -270,6 +280,64 @@ async fn a_failed_chunk_exits_3_and_stdin_feeds_an_input() {
         good.stdout,
         "{\"output\":\"results\",\"sequence\":0,\"type\":\"json\",\"value\":{\"result\":9}}\n"
     );
+    let events: Vec<serde_json::Value> = good
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{}", good.stderr);
+    assert_eq!(events[0]["event"], "ready");
+    assert_eq!(events[1]["event"], "closed");
+    assert_eq!(events[1]["session_id"], events[0]["session_id"]);
+    for (field, n) in [
+        ("chunks", 1),
+        ("results", 1),
+        ("errors", 0),
+        ("failovers", 0),
+    ] {
+        assert_eq!(events[1][field], n, "{field}: {}", good.stderr);
+    }
+
+    // validate and health speak JSON too.
+    let valid = flowplane(&["validate", path, "--pipeline", &url, "-o", "json"], b"").await;
+    assert_eq!(valid.code, Some(0), "{}", valid.stderr);
+    let value: serde_json::Value = serde_json::from_str(&valid.stdout).unwrap();
+    assert_eq!(
+        (value["valid"].as_bool(), value["nodes"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        CALCULATOR.replace("json.calculator", "json.calculater"),
+    )
+    .unwrap();
+    let invalid = flowplane(
+        &[
+            "validate",
+            broken.to_str().unwrap(),
+            "--pipeline",
+            &url,
+            "-o",
+            "json",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(invalid.code, Some(1), "{}", invalid.stderr);
+    let value: serde_json::Value = serde_json::from_str(&invalid.stdout).unwrap();
+    assert_eq!(value["valid"], false);
+    assert!(
+        value["problems"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("json.calculater")),
+        "{value}"
+    );
+    assert!(invalid.stderr.contains("(1 problem)"), "{}", invalid.stderr);
+    let health = flowplane(&["health", &url, "-o", "json"], b"").await;
+    assert_eq!(health.code, Some(0), "{}", health.stderr);
+    let value: serde_json::Value = serde_json::from_str(&health.stdout).unwrap();
+    assert_eq!(value["status"], "SERVING");
 
     // Without --input-type, stdin is binary: the calculator refuses every chunk.
     let binary = flowplane(&run(&[]), requests.as_bytes()).await;

@@ -24,6 +24,10 @@ pub struct Args {
     /// Give up after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub timeout: Duration,
+
+    /// Output format: `json` prints {"address", "service", "status"}, also when not SERVING.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: crate::Output,
 }
 
 fn positive_seconds(raw: &str) -> std::result::Result<Duration, String> {
@@ -68,8 +72,15 @@ pub async fn run(cli: &Cli, args: &Args, out: &mut (dyn Write + Send)) -> Result
             timeout,
         })??;
     let name = status.as_str_name();
+    if args.output == crate::Output::Json {
+        let value = serde_json::json!({"address": args.address, "service": args.service,
+            "status": name});
+        writeln!(out, "{value}")?;
+    }
     if status == ServingStatus::Serving {
-        writeln!(out, "{name}")?;
+        if args.output == crate::Output::Table {
+            writeln!(out, "{name}")?;
+        }
         Ok(())
     } else {
         Err(Error::NotServing {

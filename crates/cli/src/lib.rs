@@ -117,11 +117,14 @@ pub enum Error {
     #[error("{errors} of {chunks} {} failed", if *.chunks == 1 { "chunk" } else { "chunks" })]
     ChunksFailed { errors: u64, chunks: u64 },
     /// The pipeline service found problems in a manifest (already printed).
-    #[error("{path} is not a valid pipeline ({problems} problems)")]
+    #[error("{path} is not a valid pipeline ({problems} {})", if *.problems == 1 { "problem" } else { "problems" })]
     InvalidPipeline { path: String, problems: usize },
-    /// A command line or protocol misuse the flags cannot express.
+    /// A command line the flags cannot express (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// A server broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
 }
 
 impl Error {
@@ -205,7 +208,7 @@ pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Health(args) => health::run(&cli, args, out).await,
         Command::Validate(args) => pipeline::validate(args, &cli.client, out).await,
         Command::Run(args) => {
-            let summary = pipeline::run(args, &cli.client, out).await?;
+            let summary = pipeline::run(args, &cli.client, out, &mut std::io::stderr()).await?;
             if summary.errors > 0 {
                 return Err(Error::ChunksFailed {
                     errors: summary.errors,

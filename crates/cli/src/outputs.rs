@@ -156,7 +156,7 @@ impl OutputDir {
                         pixel_format_name(v.format)
                     )));
                 }
-                write_frame(file, *format, v).map_err(|e| fail(e.to_string()))
+                write_frame(file, *format, v).map_err(fail)
             }
             (
                 Sink::Tensor {
@@ -351,28 +351,29 @@ fn write_samples(
     written.map_err(|e| e.to_string())
 }
 
-fn write_frame(file: &mut BufWriter<File>, format: PixelFormat, v: &VideoFrame) -> Result<()> {
+fn write_frame(
+    file: &mut BufWriter<File>,
+    format: PixelFormat,
+    v: &VideoFrame,
+) -> Result<(), String> {
     let (magic, depth) = match format {
         PixelFormat::Rgb24 => ("P6", 3),
         PixelFormat::Gray8 => ("P5", 1),
-        _ => {
-            file.write_all(&v.pixels)?;
-            return Ok(());
-        }
+        _ => return file.write_all(&v.pixels).map_err(|e| e.to_string()),
     };
     let expected = v.width as usize * v.height as usize * depth;
     if v.pixels.len() != expected {
-        return Err(Error::Usage(format!(
+        return Err(format!(
             "a {}x{} {} frame has {} bytes, not {expected}",
             v.width,
             v.height,
             format.as_str_name(),
             v.pixels.len()
-        )));
+        ));
     }
-    write!(file, "{magic}\n{} {}\n255\n", v.width, v.height)?;
-    file.write_all(&v.pixels)?;
-    Ok(())
+    write!(file, "{magic}\n{} {}\n255\n", v.width, v.height)
+        .and_then(|()| file.write_all(&v.pixels))
+        .map_err(|e| e.to_string())
 }
 
 fn check_tensor_size(t: &TensorBuffer) -> Result<(), String> {

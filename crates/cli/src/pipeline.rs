@@ -52,6 +52,9 @@ pub struct ValidateArgs {
     /// Only check the file itself, without asking the service about live processors.
     #[arg(long)]
     pub offline: bool,
+    /// Output format: `json` prints one object with `valid` and every problem.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: crate::Output,
 }
 
 /// Exit code of `flowplane run` when the session completed but at least one chunk failed.
@@ -132,14 +135,21 @@ pub async fn validate(
     out: &mut (dyn Write + Send),
 ) -> Result<()> {
     let manifest = Manifest::from_file(&args.manifest)?;
+    let path = args.manifest.display().to_string();
+    let json = args.output == crate::Output::Json;
     if args.offline {
-        writeln!(
-            out,
-            "{}: parses ({} nodes, {} edges)",
-            args.manifest.display(),
-            manifest.nodes.len(),
-            manifest.edges.len()
-        )?;
+        if json {
+            let value = serde_json::json!({"manifest": path, "valid": true, "offline": true,
+                "nodes": manifest.nodes.len(), "edges": manifest.edges.len(), "problems": []});
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(
+                out,
+                "{path}: parses ({}, {})",
+                plural(manifest.nodes.len() as u64, "node", "nodes"),
+                plural(manifest.edges.len() as u64, "edge", "edges")
+            )?;
+        }
         return Ok(());
     }
     let mut client = client(&args.pipeline, client_args).await?;
@@ -154,22 +164,31 @@ pub async fn validate(
         })?
         .into_inner()
         .problems;
+    if json {
+        let value = serde_json::json!({"manifest": path, "valid": problems.is_empty(),
+            "offline": false, "nodes": manifest.nodes.len(), "edges": manifest.edges.len(),
+            "problems": problems.iter().map(|p| serde_json::json!({
+                "code": format!("{:?}", tonic::Code::from_i32(p.code)), "reason": p.reason,
+                "message": p.message, "field": p.field})).collect::<Vec<_>>()});
+        writeln!(out, "{value}")?;
+    } else if problems.is_empty() {
+        writeln!(out, "{path}: valid")?;
+    } else {
+        writeln!(
+            out,
+            "{path}: {}",
+            plural(problems.len() as u64, "problem", "problems")
+        )?;
+        for p in &problems {
+            let code = tonic::Code::from_i32(p.code);
+            writeln!(out, "  {:?} {} {} ({})", code, p.reason, p.message, p.field)?;
+        }
+    }
     if problems.is_empty() {
-        writeln!(out, "{}: valid", args.manifest.display())?;
         return Ok(());
     }
-    writeln!(
-        out,
-        "{}: {} problems",
-        args.manifest.display(),
-        problems.len()
-    )?;
-    for p in &problems {
-        let code = tonic::Code::from_i32(p.code);
-        writeln!(out, "  {:?} {} {} ({})", code, p.reason, p.message, p.field)?;
-    }
     Err(Error::InvalidPipeline {
-        path: args.manifest.display().to_string(),
+        path,
         problems: problems.len(),
     })
 }
@@ -247,11 +266,19 @@ fn plan_inputs(
     Ok(planned)
 }
 
-/// Streams the inputs through the pipeline and prints results as they arrive.
+/// `1 chunk`, `2 chunks`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Streams the inputs through the pipeline and prints results to `out` as they arrive;
+/// the session's lifecycle (ready, closed with its counts, files written) goes to
+/// `status`, so `out` holds results and per-chunk errors only.
 pub async fn run(
     args: &RunArgs,
     client_args: &ClientArgs,
     out: &mut (dyn Write + Send),
+    status: &mut (dyn Write + Send),
 ) -> Result<RunSummary> {
     let manifest = Manifest::from_file(&args.manifest)?;
     let options = ChunkOptions {
@@ -297,6 +324,7 @@ pub async fn run(
         .await
         .map_err(rpc_error)?
         .into_inner();
+    let mut session = String::new();
     let mut summary = RunSummary {
         chunks: chunks_len,
         ..RunSummary::default()
@@ -304,8 +332,14 @@ pub async fn run(
     while let Some(message) = stream.message().await.map_err(rpc_error)? {
         match message.response {
             Some(Response::Ready(ready)) => {
-                if args.output == ResultFormat::Text {
-                    writeln!(out, "session {} ready", ready.session_id)?;
+                session = ready.session_id;
+                match args.output {
+                    ResultFormat::Text => writeln!(status, "session {session} ready")?,
+                    ResultFormat::Json => writeln!(
+                        status,
+                        "{}",
+                        serde_json::json!({"event": "ready", "session_id": session})
+                    )?,
                 }
             }
             Some(Response::Result(result)) => {
@@ -325,28 +359,39 @@ pub async fn run(
                 writeln!(out, "{}", render_error(args.output, &error))?;
             }
             Some(Response::Closed(closed)) => {
-                if args.output == ResultFormat::Text {
-                    let m = closed.metrics.unwrap_or_default();
-                    writeln!(
-                        out,
-                        "closed: {} chunks in, {} results, {} errors, {} failovers",
-                        m.chunks_in, m.results_out, m.errors, m.failovers
-                    )?;
-                }
                 if let Some(files) = files.take() {
                     summary.files = files.finish()?;
-                    if args.output == ResultFormat::Text {
+                }
+                let m = closed.metrics.unwrap_or_default();
+                match args.output {
+                    ResultFormat::Text => {
                         for file in &summary.files {
-                            writeln!(out, "wrote {}", file.display())?;
+                            writeln!(status, "wrote {}", file.display())?;
                         }
+                        writeln!(
+                            status,
+                            "session {session} closed: {}, {}, {}, {}",
+                            plural(m.chunks_in, "chunk", "chunks") + " in",
+                            plural(m.results_out, "result", "results"),
+                            plural(m.errors, "error", "errors"),
+                            plural(m.failovers, "failover", "failovers"),
+                        )?;
                     }
+                    ResultFormat::Json => writeln!(
+                        status,
+                        "{}",
+                        serde_json::json!({"event": "closed", "session_id": session,
+                            "chunks": m.chunks_in, "results": m.results_out, "errors": m.errors,
+                            "failovers": m.failovers,
+                            "files": summary.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()})
+                    )?,
                 }
                 return Ok(summary);
             }
             Some(Response::Metrics(_)) | None => {}
         }
     }
-    Err(Error::Usage(
+    Err(Error::Protocol(
         "the pipeline service ended the session without closing it".into(),
     ))
 }
