@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub timeout: Duration,
 
-    /// Output format: `json` prints {"address", "service", "status"}, also when not SERVING.
+    /// Output format: `json`/`yaml` print {address, service, status}, also when not SERVING.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: crate::Output,
 }
@@ -72,13 +72,14 @@ pub async fn run(cli: &Cli, args: &Args, out: &mut (dyn Write + Send)) -> Result
             timeout,
         })??;
     let name = status.as_str_name();
-    if args.output == crate::Output::Json {
+    let structured = matches!(args.output, crate::Output::Json | crate::Output::Yaml);
+    if structured {
         let value = serde_json::json!({"address": args.address, "service": args.service,
             "status": name});
-        writeln!(out, "{value}")?;
+        crate::write_value(out, args.output, &value, true)?;
     }
     if status == ServingStatus::Serving {
-        if args.output == crate::Output::Table {
+        if !structured {
             writeln!(out, "{name}")?;
         }
         Ok(())

@@ -51,14 +51,40 @@ pub enum Command {
     Run(pipeline::RunArgs),
 }
 
-/// How results are printed.
+/// How results are printed: the same four choices on every subcommand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// JSON for scripts (one object per line for `watch`).
+    /// The table without shortened columns (the same as table where nothing is shortened).
+    Wide,
+    /// JSON for scripts (one object per line for streams: `watch`, `run`).
     Json,
+    /// YAML for people and scripts (one `---` document per object for streams).
+    Yaml,
+}
+
+/// Writes one structured value as `output` asks: pretty JSON, or a YAML document.
+/// Streams pass `line` to get compact one-line JSON and a `---` before each YAML document.
+pub fn write_value(
+    out: &mut (dyn Write + Send),
+    output: Output,
+    value: &serde_json::Value,
+    line: bool,
+) -> Result<()> {
+    match (output, line) {
+        (Output::Yaml, _) => {
+            let text = serde_yaml::to_string(value).map_err(|e| Error::Usage(e.to_string()))?;
+            if line {
+                writeln!(out, "---")?;
+            }
+            write!(out, "{text}")?;
+        }
+        (_, true) => writeln!(out, "{value}")?,
+        (_, false) => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+    }
+    Ok(())
 }
 
 /// Everything that makes a command fail.

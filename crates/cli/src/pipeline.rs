@@ -31,14 +31,17 @@ use crate::{
 /// Default pipeline service address.
 pub const DEFAULT_PIPELINE: &str = "http://127.0.0.1:50071";
 
-/// How results are printed.
+/// How results are printed (the same names as every other subcommand's `-o`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResultFormat {
-    /// One readable line per result.
+    /// One readable line per result (`table` and `wide` name it too).
     #[default]
+    #[value(alias = "table", alias = "wide")]
     Text,
     /// One JSON object per line, for scripts.
     Json,
+    /// One YAML document per result, each after `---`.
+    Yaml,
 }
 
 /// `flowplane validate`.
@@ -52,7 +55,7 @@ pub struct ValidateArgs {
     /// Only check the file itself, without asking the service about live processors.
     #[arg(long)]
     pub offline: bool,
-    /// Output format: `json` prints one object with `valid` and every problem.
+    /// Output format: `json`/`yaml` print one object with `valid` and every problem.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: crate::Output,
 }
@@ -136,12 +139,12 @@ pub async fn validate(
 ) -> Result<()> {
     let manifest = Manifest::from_file(&args.manifest)?;
     let path = args.manifest.display().to_string();
-    let json = args.output == crate::Output::Json;
+    let json = matches!(args.output, crate::Output::Json | crate::Output::Yaml);
     if args.offline {
         if json {
             let value = serde_json::json!({"manifest": path, "valid": true, "offline": true,
                 "nodes": manifest.nodes.len(), "edges": manifest.edges.len(), "problems": []});
-            writeln!(out, "{value}")?;
+            crate::write_value(out, args.output, &value, true)?;
         } else {
             writeln!(
                 out,
@@ -170,7 +173,7 @@ pub async fn validate(
             "problems": problems.iter().map(|p| serde_json::json!({
                 "code": format!("{:?}", tonic::Code::from_i32(p.code)), "reason": p.reason,
                 "message": p.message, "field": p.field})).collect::<Vec<_>>()});
-        writeln!(out, "{value}")?;
+        crate::write_value(out, args.output, &value, true)?;
     } else if problems.is_empty() {
         writeln!(out, "{path}: valid")?;
     } else {
@@ -335,7 +338,7 @@ pub async fn run(
                 session = ready.session_id;
                 match args.output {
                     ResultFormat::Text => writeln!(status, "session {session} ready")?,
-                    ResultFormat::Json => writeln!(
+                    ResultFormat::Json | ResultFormat::Yaml => writeln!(
                         status,
                         "{}",
                         serde_json::json!({"event": "ready", "session_id": session})
@@ -377,7 +380,7 @@ pub async fn run(
                             plural(m.failovers, "failover", "failovers"),
                         )?;
                     }
-                    ResultFormat::Json => writeln!(
+                    ResultFormat::Json | ResultFormat::Yaml => writeln!(
                         status,
                         "{}",
                         serde_json::json!({"event": "closed", "session_id": session,
@@ -503,12 +506,12 @@ pub fn render_result(
         None => serde_json::json!({"type": "none"}),
     };
     match format {
-        ResultFormat::Json => {
+        ResultFormat::Json | ResultFormat::Yaml => {
             let mut line = serde_json::json!({"sequence": sequence, "output": output});
             if let (Some(line), Some(value)) = (line.as_object_mut(), value.as_object()) {
                 line.extend(value.clone());
             }
-            line.to_string()
+            structured(format, &line)
         }
         ResultFormat::Text => {
             let summary = match &buffer.payload {
@@ -533,16 +536,31 @@ pub fn render_result(
 pub fn render_error(format: ResultFormat, error: &ErrorDetail) -> String {
     let code = format!("{:?}", tonic::Code::from_i32(error.code));
     match format {
-        ResultFormat::Json => serde_json::json!({"sequence": error.sequence, "error": {
-            "code": code, "reason": error.reason, "node_id": error.node_id, "message": error.message}})
-        .to_string(),
+        ResultFormat::Json | ResultFormat::Yaml => structured(
+            format,
+            &serde_json::json!({"sequence": error.sequence, "error": {
+            "code": code, "reason": error.reason, "node_id": error.node_id, "message": error.message}}),
+        ),
         ResultFormat::Text => format!(
             "#{} error {code} {} node={} {}",
-            error.sequence.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            error
+                .sequence
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
             error.reason,
             error.node_id,
             error.message
         ),
+    }
+}
+
+/// A JSON line, or a YAML document after `---` (without the final newline, as a line).
+fn structured(format: ResultFormat, value: &serde_json::Value) -> String {
+    match format {
+        ResultFormat::Yaml => match serde_yaml::to_string(value) {
+            Ok(text) => format!("---\n{}", text.trim_end()),
+            Err(_) => value.to_string(),
+        },
+        _ => value.to_string(),
     }
 }
 
@@ -591,6 +609,10 @@ mod tests {
         assert_eq!(
             render_result(ResultFormat::Text, 0, "out", &text),
             "#0 out text \"HI\""
+        );
+        assert_eq!(
+            render_result(ResultFormat::Yaml, 0, "out", &text),
+            "---\noutput: out\nsequence: 0\ntype: text\nvalue: HI"
         );
     }
 
