@@ -55,10 +55,10 @@ async fn every_example_pipeline_gives_exactly_the_expected_results() {
             pipeline: platform.pipeline.url(),
             output: ResultFormat::Json,
             audio_chunk_ms: 20,
-            frame_size: None,
+            ..RunArgs::default()
         };
         let mut out = Vec::new();
-        run(&args, &Default::default(), &mut out)
+        run(&args, &Default::default(), &mut out, &mut std::io::sink())
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected = std::fs::read_to_string(

@@ -168,9 +168,14 @@ async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Resul
         .await?;
     match args.output {
         Output::Table => write!(out, "{}", render::table(&components, SystemTime::now()))?,
-        Output::Json => {
+        Output::Wide => write!(
+            out,
+            "{}",
+            render::wide_table(&components, SystemTime::now())
+        )?,
+        Output::Json | Output::Yaml => {
             let values: Vec<_> = components.iter().map(render::json).collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&values)?)?;
+            crate::write_value(out, args.output, &serde_json::Value::Array(values), false)?;
         }
     }
     Ok(())
@@ -190,12 +195,12 @@ async fn get(cli: &Cli, args: &GetArgs, out: &mut (dyn Write + Send)) -> Result<
         .component
         .unwrap_or_default();
     match args.output {
-        Output::Table => write!(out, "{}", render::details(&component, SystemTime::now()))?,
-        Output::Json => writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&render::json(&component))?
-        )?,
+        Output::Table | Output::Wide => {
+            write!(out, "{}", render::details(&component, SystemTime::now()))?
+        }
+        Output::Json | Output::Yaml => {
+            crate::write_value(out, args.output, &render::json(&component), false)?
+        }
     }
     Ok(())
 }
@@ -214,18 +219,17 @@ async fn watch(cli: &Cli, args: &WatchArgs, out: &mut (dyn Write + Send)) -> Res
         })
         .await?
         .into_inner();
-    if args.output == Output::Table {
+    if matches!(args.output, Output::Table | Output::Wide) {
         write!(out, "{}", render::event_heading())?;
     }
     while let Some(message) = stream.next().await {
         let message = message.map_err(rpc("WatchComponents"))?;
         match args.output {
-            Output::Table => write!(out, "{}", render::event_line(&message))?,
-            Output::Json => writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&render::event_json(&message))?
-            )?,
+            Output::Table => write!(out, "{}", render::event_line(&message, true))?,
+            Output::Wide => write!(out, "{}", render::event_line(&message, false))?,
+            Output::Json | Output::Yaml => {
+                crate::write_value(out, args.output, &render::event_json(&message), true)?
+            }
         }
         out.flush()?;
     }
@@ -278,7 +282,7 @@ mod tests {
         for (args, flag) in [
             (vec!["components", "list", "--label", "nokey"], "--label"),
             (vec!["components", "list", "--status", "sleepy"], "--status"),
-            (vec!["components", "list", "--output", "yaml"], "--output"),
+            (vec!["components", "list", "--output", "xml"], "--output"),
             (vec!["health", "127.0.0.1:1", "--timeout", "0"], "--timeout"),
         ] {
             let err =

@@ -24,6 +24,10 @@ pub struct Args {
     /// Give up after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = positive_seconds)]
     pub timeout: Duration,
+
+    /// Output format: `json`/`yaml` print {address, service, status}, also when not SERVING.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: crate::Output,
 }
 
 fn positive_seconds(raw: &str) -> std::result::Result<Duration, String> {
@@ -68,8 +72,16 @@ pub async fn run(cli: &Cli, args: &Args, out: &mut (dyn Write + Send)) -> Result
             timeout,
         })??;
     let name = status.as_str_name();
+    let structured = matches!(args.output, crate::Output::Json | crate::Output::Yaml);
+    if structured {
+        let value = serde_json::json!({"address": args.address, "service": args.service,
+            "status": name});
+        crate::write_value(out, args.output, &value, true)?;
+    }
     if status == ServingStatus::Serving {
-        writeln!(out, "{name}")?;
+        if !structured {
+            writeln!(out, "{name}")?;
+        }
         Ok(())
     } else {
         Err(Error::NotServing {

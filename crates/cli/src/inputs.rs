@@ -1,6 +1,6 @@
-//! Turns input files into typed chunks for `flowplane run`, by extension: WAV audio, PPM
-//! images or raw RGB24 frames, JSON lines, text lines, .npy tensors, anything else as
-//! binary. Readers load whole files (the CLI is a client tool, not a bulk loader) and
+//! Turns input files (or standard input) into typed chunks for `flowplane run`, by
+//! `--input-type` or else by extension: WAV audio, PPM images or raw RGB24 frames, JSON
+//! lines, text lines, .npy tensors, anything else as binary. Readers load whole files (the CLI is a client tool, not a bulk loader) and
 //! fail naming the file and what is wrong with it.
 
 use std::path::Path;
@@ -60,29 +60,107 @@ impl Default for ChunkOptions {
     }
 }
 
-/// Reads `path` into the payloads of its chunks, in order.
-pub fn read_chunks(path: &Path, options: &ChunkOptions) -> crate::Result<Vec<DataBuffer>> {
+/// How an input's bytes are cut into chunks. Chosen by `--input-type NAME=TYPE`, else by
+/// the file's extension (see [`InputType::from_extension`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputType {
+    /// RIFF/WAVE audio, cut into `--audio-chunk-ms` chunks.
+    Wav,
+    /// Binary PPM (P6) images, one frame each.
+    Ppm,
+    /// Raw RGB24 frames of `--frame-size`.
+    Rgb,
+    /// One JSON value per line.
+    Jsonl,
+    /// One JSON document, one chunk.
+    Json,
+    /// One text chunk per non-empty line.
+    Text,
+    /// One NumPy .npy tensor.
+    Npy,
+    /// Bytes in 64 KiB chunks.
+    Binary,
+}
+
+impl InputType {
+    /// The extension rule: .wav, .ppm, .rgb, .jsonl/.ndjson, .json, .txt, .npy (any case);
+    /// anything else, no extension and stdin included, is binary.
+    pub fn from_extension(path: &Path) -> Self {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match ext.as_str() {
+            "wav" => Self::Wav,
+            "ppm" => Self::Ppm,
+            "rgb" => Self::Rgb,
+            "jsonl" | "ndjson" => Self::Jsonl,
+            "json" => Self::Json,
+            "txt" => Self::Text,
+            "npy" => Self::Npy,
+            _ => Self::Binary,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::Ppm => "ppm",
+            Self::Rgb => "rgb",
+            Self::Jsonl => "jsonl",
+            Self::Json => "json",
+            Self::Text => "text",
+            Self::Npy => "npy",
+            Self::Binary => "binary",
+        }
+    }
+}
+
+/// The file name that means standard input.
+pub const STDIN: &str = "-";
+
+/// Reads `file` (or standard input for `-`) into the payloads of its chunks, in order,
+/// cut as `kind` says, or as its extension says when `kind` is `None`.
+pub fn read_chunks(
+    file: &str,
+    kind: Option<InputType>,
+    options: &ChunkOptions,
+) -> crate::Result<Vec<DataBuffer>> {
+    let shown = if file == STDIN { "<stdin>" } else { file };
     let input_error = |message: String| crate::Error::Input {
-        path: path.display().to_string(),
+        path: shown.to_string(),
         message,
     };
-    let data = std::fs::read(path).map_err(|e| input_error(e.to_string()))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let payloads = match ext.as_str() {
-        "wav" => wav(&data, options.audio_chunk_ms),
-        "ppm" => ppm(&data),
-        "rgb" => raw_rgb(&data, options.frame_size),
-        "jsonl" | "ndjson" => json_lines(&data),
-        "json" => json_document(data),
-        "txt" => text_lines(&data),
-        "npy" => npy(&data),
-        _ => Ok(binary(data, options.binary_chunk_bytes)),
-    }
-    .map_err(|e| input_error(format!("not a valid .{ext} input: {e}")))?;
+    let data = if file == STDIN {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut data)
+            .map_err(|e| input_error(e.to_string()))?;
+        data
+    } else {
+        std::fs::read(file).map_err(|e| input_error(e.to_string()))?
+    };
+    let kind = kind.unwrap_or_else(|| InputType::from_extension(Path::new(file)));
+    read_bytes(data, kind, options)
+        .map_err(|e| input_error(format!("not a valid {} input: {e}", kind.name())))
+}
+
+/// Cuts bytes already read into the payloads of their chunks.
+pub fn read_bytes(
+    data: Vec<u8>,
+    kind: InputType,
+    options: &ChunkOptions,
+) -> Result<Vec<DataBuffer>> {
+    let payloads = match kind {
+        InputType::Wav => wav(&data, options.audio_chunk_ms),
+        InputType::Ppm => ppm(&data),
+        InputType::Rgb => raw_rgb(&data, options.frame_size),
+        InputType::Jsonl => json_lines(&data),
+        InputType::Json => json_document(data),
+        InputType::Text => text_lines(&data),
+        InputType::Npy => npy(&data),
+        InputType::Binary => Ok(binary(data, options.binary_chunk_bytes)),
+    }?;
     Ok(payloads
         .into_iter()
         .map(|payload| DataBuffer {
@@ -100,67 +178,65 @@ fn u32_at(d: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
 }
 
-/// RIFF/WAVE with PCM 16/32-bit integer or 32-bit float samples.
+/// RIFF/WAVE (plain or extensible) read with hound: 8/16-bit integer samples become
+/// I16LE, 24/32-bit integer I32LE (scaled to full range), 32-bit float F32LE.
 fn wav(d: &[u8], chunk_ms: u32) -> Result<Vec<Payload>> {
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(d)).context("not a wav file")?;
+    let spec = reader.spec();
+    let channels = u32::from(spec.channels);
     ensure!(
-        d.len() >= 12 && &d[0..4] == b"RIFF" && &d[8..12] == b"WAVE",
-        "not a RIFF/WAVE file"
+        channels > 0 && spec.sample_rate > 0,
+        "wav declares {channels} channels at {} Hz",
+        spec.sample_rate
     );
-    let mut at = 12;
-    let mut format = None;
-    while at + 8 <= d.len() {
-        let id = &d[at..at + 4];
-        let len = u32_at(d, at + 4) as usize;
-        let body = at + 8;
-        ensure!(
-            body + len <= d.len(),
-            "chunk {:?} runs past the end of the file",
-            String::from_utf8_lossy(id)
-        );
-        match id {
-            b"fmt " => {
-                ensure!(len >= 16, "fmt chunk too short");
-                let tag = u16_at(d, body);
-                let channels = u16_at(d, body + 2) as u32;
-                let rate = u32_at(d, body + 4);
-                let bits = u16_at(d, body + 14);
-                let fmt = match (tag, bits) {
-                    (1, 16) => AudioFormat::I16le,
-                    (1, 32) => AudioFormat::I32le,
-                    (3, 32) => AudioFormat::F32le,
-                    _ => bail!(
-                        "unsupported wav encoding (format tag {tag}, {bits} bits): use 16/32-bit pcm or 32-bit float"
-                    ),
-                };
-                ensure!(
-                    channels > 0 && rate > 0,
-                    "wav declares {channels} channels at {rate} Hz"
-                );
-                format = Some((fmt, channels, rate, bits as usize / 8));
-            }
-            b"data" => {
-                let (fmt, channels, rate, width) = format.context("data chunk before fmt chunk")?;
-                let frame = width * channels as usize;
-                let frames_per_chunk = ((rate as u64 * chunk_ms as u64) / 1000).max(1) as usize;
-                let samples = &d[body..body + len];
-                return Ok(samples
-                    .chunks(frames_per_chunk * frame)
-                    .map(|c| {
-                        Payload::Audio(AudioBuffer {
-                            samples: Bytes::copy_from_slice(c),
-                            sample_rate: rate,
-                            channels,
-                            format: fmt as i32,
-                            num_samples: (c.len() / frame) as u64,
-                        })
-                    })
-                    .collect());
-            }
-            _ => {}
-        }
-        at = body + len + (len & 1);
+    let (format, bytes): (AudioFormat, Vec<u8>) = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => (
+            AudioFormat::F32le,
+            collect(reader.samples::<f32>(), |s| s.to_le_bytes())?,
+        ),
+        (hound::SampleFormat::Int, bits @ (8 | 16)) => (
+            AudioFormat::I16le,
+            collect(reader.samples::<i16>(), |s| {
+                (s << (16 - bits)).to_le_bytes()
+            })?,
+        ),
+        (hound::SampleFormat::Int, bits @ (24 | 32)) => (
+            AudioFormat::I32le,
+            collect(reader.samples::<i32>(), |s| {
+                (s << (32 - bits)).to_le_bytes()
+            })?,
+        ),
+        (format, bits) => bail!(
+            "unsupported wav encoding ({bits}-bit {format:?}): use 8/16/24/32-bit pcm or 32-bit float"
+        ),
+    };
+    let width = if format == AudioFormat::I16le { 2 } else { 4 };
+    let frame = width * channels as usize;
+    let frames_per_chunk = ((spec.sample_rate as u64 * chunk_ms as u64) / 1000).max(1) as usize;
+    Ok(bytes
+        .chunks(frames_per_chunk * frame)
+        .map(|c| {
+            Payload::Audio(AudioBuffer {
+                samples: Bytes::copy_from_slice(c),
+                sample_rate: spec.sample_rate,
+                channels,
+                format: format as i32,
+                num_samples: (c.len() / frame) as u64,
+            })
+        })
+        .collect())
+}
+
+/// Every sample as little-endian bytes, or the first decoding failure.
+fn collect<S, const N: usize>(
+    samples: impl Iterator<Item = hound::Result<S>>,
+    bytes: impl Fn(S) -> [u8; N],
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for sample in samples {
+        out.extend(bytes(sample.context("truncated or malformed samples")?));
     }
-    bail!("no data chunk")
+    Ok(out)
 }
 
 /// One or more binary PPM (P6, maxval 255) images, back to back.
@@ -391,6 +467,44 @@ mod tests {
     }
 
     #[test]
+    fn hound_written_float_and_24_bit_wavs_are_read() {
+        for (bits, format) in [
+            (32, hound::SampleFormat::Float),
+            (24, hound::SampleFormat::Int),
+        ] {
+            let spec = hound::WavSpec {
+                channels: 2,
+                sample_rate: 100,
+                bits_per_sample: bits,
+                sample_format: format,
+            };
+            let mut file = std::io::Cursor::new(Vec::new());
+            let mut writer = hound::WavWriter::new(&mut file, spec).unwrap();
+            for i in 0..6 {
+                if format == hound::SampleFormat::Float {
+                    writer.write_sample(i as f32 / 8.0).unwrap();
+                } else {
+                    writer.write_sample(i - 3).unwrap();
+                }
+            }
+            writer.finalize().unwrap();
+            // 10 ms at 100 Hz is one frame (two samples) per chunk.
+            let chunks = wav(file.get_ref(), 10).unwrap();
+            assert_eq!(chunks.len(), 3, "{bits}-bit");
+            let Payload::Audio(last) = &chunks[2] else {
+                unreachable!()
+            };
+            if format == hound::SampleFormat::Float {
+                assert_eq!(last.format, AudioFormat::F32le as i32);
+                assert_eq!(&last.samples[..4], &0.5f32.to_le_bytes());
+            } else {
+                assert_eq!(last.format, AudioFormat::I32le as i32);
+                assert_eq!(&last.samples[..4], &(1i32 << 8).to_le_bytes());
+            }
+        }
+    }
+
+    #[test]
     fn ppm_reads_back_to_back_images_with_comments() {
         let mut f = b"P6\n# a comment\n2 1\n255\n".to_vec();
         f.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
@@ -421,7 +535,11 @@ mod tests {
 
     #[test]
     fn malformed_files_are_rejected_with_a_reason() {
-        assert!(wav(b"RIFF0000WAVE", 20).unwrap_err().contains("no data"));
+        assert!(
+            wav(b"RIFF0000WAVE", 20)
+                .unwrap_err()
+                .contains("not a wav file")
+        );
         assert!(ppm(b"P3 1 1 255\n000").unwrap_err().contains("P6"));
         assert!(
             json_lines(b"{}\nnot json\n")

@@ -6,6 +6,7 @@
 pub mod components;
 pub mod health;
 pub mod inputs;
+pub mod outputs;
 pub mod pipeline;
 pub mod render;
 
@@ -45,18 +46,45 @@ pub enum Command {
     Health(health::Args),
     /// Check a pipeline manifest: locally, then against the live processors.
     Validate(pipeline::ValidateArgs),
-    /// Stream input files through a pipeline and print each result as it arrives.
+    /// Stream input files through a pipeline and print each result as it arrives
+    /// (exit 3 when any chunk failed).
     Run(pipeline::RunArgs),
 }
 
-/// How results are printed.
+/// How results are printed: the same four choices on every subcommand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// JSON for scripts (one object per line for `watch`).
+    /// The table without shortened columns (the same as table where nothing is shortened).
+    Wide,
+    /// JSON for scripts (one object per line for streams: `watch`, `run`).
     Json,
+    /// YAML for people and scripts (one `---` document per object for streams).
+    Yaml,
+}
+
+/// Writes one structured value as `output` asks: pretty JSON, or a YAML document.
+/// Streams pass `line` to get compact one-line JSON and a `---` before each YAML document.
+pub fn write_value(
+    out: &mut (dyn Write + Send),
+    output: Output,
+    value: &serde_json::Value,
+    line: bool,
+) -> Result<()> {
+    match (output, line) {
+        (Output::Yaml, _) => {
+            let text = serde_yaml::to_string(value).map_err(|e| Error::Usage(e.to_string()))?;
+            if line {
+                writeln!(out, "---")?;
+            }
+            write!(out, "{text}")?;
+        }
+        (_, true) => writeln!(out, "{value}")?,
+        (_, false) => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+    }
+    Ok(())
 }
 
 /// Everything that makes a command fail.
@@ -108,12 +136,33 @@ pub enum Error {
     /// An input file cannot be turned into chunks.
     #[error("input {path}: {message}")]
     Input { path: String, message: String },
+    /// A result cannot be written to its output's file under --output-dir.
+    #[error("output {output:?}: {message}")]
+    Output { output: String, message: String },
+    /// The session completed but some chunks failed (each already printed).
+    #[error("{errors} of {chunks} {} failed", if *.chunks == 1 { "chunk" } else { "chunks" })]
+    ChunksFailed { errors: u64, chunks: u64 },
     /// The pipeline service found problems in a manifest (already printed).
-    #[error("{path} is not a valid pipeline ({problems} problems)")]
+    #[error("{path} is not a valid pipeline ({problems} {})", if *.problems == 1 { "problem" } else { "problems" })]
     InvalidPipeline { path: String, problems: usize },
-    /// A command line or protocol misuse the flags cannot express.
+    /// A command line the flags cannot express (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// A server broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The process exit code for this failure: [`pipeline::EXIT_CHUNKS_FAILED`] when a
+    /// run completed with failed chunks, 2 for usage errors (as clap's own), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ChunksFailed { .. } => pipeline::EXIT_CHUNKS_FAILED,
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Result alias for this crate.
@@ -184,6 +233,15 @@ pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Components(command) => components::run(&cli, command, out).await,
         Command::Health(args) => health::run(&cli, args, out).await,
         Command::Validate(args) => pipeline::validate(args, &cli.client, out).await,
-        Command::Run(args) => pipeline::run(args, &cli.client, out).await.map(|_| ()),
+        Command::Run(args) => {
+            let summary = pipeline::run(args, &cli.client, out, &mut std::io::stderr()).await?;
+            if summary.errors > 0 {
+                return Err(Error::ChunksFailed {
+                    errors: summary.errors,
+                    chunks: summary.chunks,
+                });
+            }
+            Ok(())
+        }
     }
 }

@@ -24,20 +24,24 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 use crate::{
     Error, Result,
-    inputs::{ChunkOptions, read_chunks},
+    inputs::{ChunkOptions, InputType, STDIN, read_chunks},
+    outputs::OutputDir,
 };
 
 /// Default pipeline service address.
 pub const DEFAULT_PIPELINE: &str = "http://127.0.0.1:50071";
 
-/// How results are printed.
+/// How results are printed (the same names as every other subcommand's `-o`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResultFormat {
-    /// One readable line per result.
+    /// One readable line per result (`table` and `wide` name it too).
     #[default]
+    #[value(alias = "table", alias = "wide")]
     Text,
     /// One JSON object per line, for scripts.
     Json,
+    /// One YAML document per result, each after `---`.
+    Yaml,
 }
 
 /// `flowplane validate`.
@@ -51,21 +55,44 @@ pub struct ValidateArgs {
     /// Only check the file itself, without asking the service about live processors.
     #[arg(long)]
     pub offline: bool,
+    /// Output format: `json`/`yaml` print one object with `valid` and every problem.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: crate::Output,
 }
 
+/// Exit code of `flowplane run` when the session completed but at least one chunk failed.
+pub const EXIT_CHUNKS_FAILED: u8 = 3;
+
 /// `flowplane run`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
+#[command(after_help = "\
+Input types: by --input-type NAME=TYPE, else by the file's extension: .wav wav, .ppm ppm,
+.rgb rgb (needs --frame-size), .jsonl/.ndjson jsonl, .json json, .txt text, .npy npy;
+anything else, and stdin (FILE -), is binary.
+
+Exit status: 0 when every chunk gave its results; 3 when the session completed but at
+least one chunk failed (each failure is printed as it arrives); 2 for a usage error such as
+an input the manifest does not declare (nothing is sent); 1 for any other failure.")]
 pub struct RunArgs {
     /// Pipeline manifest, YAML or JSON.
     pub manifest: PathBuf,
-    /// An input file for a pipeline input, NAME=FILE; repeat for several inputs.
+    /// An input file for a pipeline input, NAME=FILE (FILE `-` is stdin); repeat for several inputs.
     #[arg(long = "input", value_name = "NAME=FILE", required = true)]
     pub inputs: Vec<String>,
+    /// How to cut one input into chunks, NAME=TYPE, overriding its file extension
+    /// (wav, ppm, rgb, jsonl, json, text, npy, binary).
+    #[arg(long = "input-type", value_name = "NAME=TYPE")]
+    pub input_types: Vec<String>,
+    /// Also write every pipeline output to a file in DIR named after it: NAME.wav for
+    /// audio, NAME.ppm/.pgm (NAME.raw for other pixel formats) for video, NAME.npy for
+    /// tensors, NAME.bin for binary, NAME.jsonl for json and text.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Pipeline service address, HOST:PORT or URI.
     #[arg(long, env = "FLOWPLANE_PIPELINE", default_value = DEFAULT_PIPELINE)]
     pub pipeline: String,
     /// Result format.
-    #[arg(long, value_enum, default_value_t = ResultFormat::Text)]
+    #[arg(short, long, value_enum, default_value_t = ResultFormat::Text)]
     pub output: ResultFormat,
     /// Audio chunk length in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -111,14 +138,21 @@ pub async fn validate(
     out: &mut (dyn Write + Send),
 ) -> Result<()> {
     let manifest = Manifest::from_file(&args.manifest)?;
+    let path = args.manifest.display().to_string();
+    let json = matches!(args.output, crate::Output::Json | crate::Output::Yaml);
     if args.offline {
-        writeln!(
-            out,
-            "{}: parses ({} nodes, {} edges)",
-            args.manifest.display(),
-            manifest.nodes.len(),
-            manifest.edges.len()
-        )?;
+        if json {
+            let value = serde_json::json!({"manifest": path, "valid": true, "offline": true,
+                "nodes": manifest.nodes.len(), "edges": manifest.edges.len(), "problems": []});
+            crate::write_value(out, args.output, &value, true)?;
+        } else {
+            writeln!(
+                out,
+                "{path}: parses ({}, {})",
+                plural(manifest.nodes.len() as u64, "node", "nodes"),
+                plural(manifest.edges.len() as u64, "edge", "edges")
+            )?;
+        }
         return Ok(());
     }
     let mut client = client(&args.pipeline, client_args).await?;
@@ -133,22 +167,31 @@ pub async fn validate(
         })?
         .into_inner()
         .problems;
+    if json {
+        let value = serde_json::json!({"manifest": path, "valid": problems.is_empty(),
+            "offline": false, "nodes": manifest.nodes.len(), "edges": manifest.edges.len(),
+            "problems": problems.iter().map(|p| serde_json::json!({
+                "code": format!("{:?}", tonic::Code::from_i32(p.code)), "reason": p.reason,
+                "message": p.message, "field": p.field})).collect::<Vec<_>>()});
+        crate::write_value(out, args.output, &value, true)?;
+    } else if problems.is_empty() {
+        writeln!(out, "{path}: valid")?;
+    } else {
+        writeln!(
+            out,
+            "{path}: {}",
+            plural(problems.len() as u64, "problem", "problems")
+        )?;
+        for p in &problems {
+            let code = tonic::Code::from_i32(p.code);
+            writeln!(out, "  {:?} {} {} ({})", code, p.reason, p.message, p.field)?;
+        }
+    }
     if problems.is_empty() {
-        writeln!(out, "{}: valid", args.manifest.display())?;
         return Ok(());
     }
-    writeln!(
-        out,
-        "{}: {} problems",
-        args.manifest.display(),
-        problems.len()
-    )?;
-    for p in &problems {
-        let code = tonic::Code::from_i32(p.code);
-        writeln!(out, "  {:?} {} {} ({})", code, p.reason, p.message, p.field)?;
-    }
     Err(Error::InvalidPipeline {
-        path: args.manifest.display().to_string(),
+        path,
         problems: problems.len(),
     })
 }
@@ -156,17 +199,89 @@ pub async fn validate(
 /// What a run produced.
 #[derive(Debug, Default)]
 pub struct RunSummary {
+    /// Chunks sent.
+    pub chunks: u64,
     /// Results received.
     pub results: u64,
     /// Per-chunk errors received.
     pub errors: u64,
+    /// The files written under `--output-dir`, in output-name order.
+    pub files: Vec<PathBuf>,
 }
 
-/// Streams the inputs through the pipeline and prints results as they arrive.
+/// The `--input` pairs as (name, file), and each name's `--input-type`, checked against the
+/// manifest before anything is read or sent.
+fn plan_inputs(
+    args: &RunArgs,
+    manifest: &Manifest,
+) -> Result<Vec<(String, String, Option<InputType>)>> {
+    let declared: Vec<&str> = manifest.inputs.iter().map(|i| i.name.as_str()).collect();
+    let check = |flag: &str, name: &str| {
+        if declared.contains(&name) {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "{flag} {name:?}: {} has no input {name:?}; its inputs are: {}",
+                args.manifest.display(),
+                if declared.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            )))
+        }
+    };
+    let mut types = std::collections::HashMap::new();
+    for spec in &args.input_types {
+        let (name, kind) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input-type {spec:?} is not NAME=TYPE")))?;
+        check("--input-type", name)?;
+        let kind = <InputType as clap::ValueEnum>::from_str(kind, true).map_err(|_| {
+            Error::Usage(format!(
+                "--input-type {spec:?}: unknown type {kind:?}; one of wav, ppm, rgb, jsonl, json, text, npy, binary"
+            ))
+        })?;
+        types.insert(name.to_string(), kind);
+    }
+    let mut planned = Vec::new();
+    let mut stdin_used = false;
+    for spec in &args.inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input {spec:?} is not NAME=FILE")))?;
+        check("--input", name)?;
+        if file == STDIN {
+            if stdin_used {
+                return Err(Error::Usage(format!(
+                    "--input {spec:?}: stdin (-) can feed only one input"
+                )));
+            }
+            stdin_used = true;
+        }
+        planned.push((name.to_string(), file.to_string(), types.remove(name)));
+    }
+    if let Some(name) = types.keys().next() {
+        return Err(Error::Usage(format!(
+            "--input-type {name:?} names no --input"
+        )));
+    }
+    Ok(planned)
+}
+
+/// `1 chunk`, `2 chunks`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Streams the inputs through the pipeline and prints results to `out` as they arrive;
+/// the session's lifecycle (ready, closed with its counts, files written) goes to
+/// `status`, so `out` holds results and per-chunk errors only.
 pub async fn run(
     args: &RunArgs,
     client_args: &ClientArgs,
     out: &mut (dyn Write + Send),
+    status: &mut (dyn Write + Send),
 ) -> Result<RunSummary> {
     let manifest = Manifest::from_file(&args.manifest)?;
     let options = ChunkOptions {
@@ -175,16 +290,15 @@ pub async fn run(
         ..ChunkOptions::default()
     };
     let mut per_input = Vec::new();
-    for spec in &args.inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("--input {spec:?} is not NAME=FILE")))?;
-        per_input.push((
-            name.to_string(),
-            read_chunks(file.as_ref(), &options)?.into_iter(),
-        ));
+    for (name, file, kind) in plan_inputs(args, &manifest)? {
+        per_input.push((name, read_chunks(&file, kind, &options)?.into_iter()));
     }
     let chunks = interleave(per_input);
+    let mut files = args
+        .output_dir
+        .as_deref()
+        .map(OutputDir::create)
+        .transpose()?;
     let mut client = client(&args.pipeline, client_args).await?;
     let init = StreamPipelineRequest {
         request: Some(Request::Init(StreamInit {
@@ -198,6 +312,7 @@ pub async fn run(
             command: ControlCommand::Close as i32,
         })),
     };
+    let chunks_len = chunks.len() as u64;
     let requests = std::iter::once(init)
         .chain(chunks.into_iter().map(|chunk| StreamPipelineRequest {
             request: Some(Request::Chunk(chunk)),
@@ -212,17 +327,30 @@ pub async fn run(
         .await
         .map_err(rpc_error)?
         .into_inner();
-    let mut summary = RunSummary::default();
+    let mut session = String::new();
+    let mut summary = RunSummary {
+        chunks: chunks_len,
+        ..RunSummary::default()
+    };
     while let Some(message) = stream.message().await.map_err(rpc_error)? {
         match message.response {
             Some(Response::Ready(ready)) => {
-                if args.output == ResultFormat::Text {
-                    writeln!(out, "session {} ready", ready.session_id)?;
+                session = ready.session_id;
+                match args.output {
+                    ResultFormat::Text => writeln!(status, "session {session} ready")?,
+                    ResultFormat::Json | ResultFormat::Yaml => writeln!(
+                        status,
+                        "{}",
+                        serde_json::json!({"event": "ready", "session_id": session})
+                    )?,
                 }
             }
             Some(Response::Result(result)) => {
                 summary.results += 1;
                 let buffer = result.buffer.unwrap_or_default();
+                if let Some(files) = files.as_mut() {
+                    files.write(&result.output, result.input_sequence, &buffer)?;
+                }
                 writeln!(
                     out,
                     "{}",
@@ -234,20 +362,39 @@ pub async fn run(
                 writeln!(out, "{}", render_error(args.output, &error))?;
             }
             Some(Response::Closed(closed)) => {
-                if args.output == ResultFormat::Text {
-                    let m = closed.metrics.unwrap_or_default();
-                    writeln!(
-                        out,
-                        "closed: {} chunks in, {} results, {} errors, {} failovers",
-                        m.chunks_in, m.results_out, m.errors, m.failovers
-                    )?;
+                if let Some(files) = files.take() {
+                    summary.files = files.finish()?;
+                }
+                let m = closed.metrics.unwrap_or_default();
+                match args.output {
+                    ResultFormat::Text => {
+                        for file in &summary.files {
+                            writeln!(status, "wrote {}", file.display())?;
+                        }
+                        writeln!(
+                            status,
+                            "session {session} closed: {}, {}, {}, {}",
+                            plural(m.chunks_in, "chunk", "chunks") + " in",
+                            plural(m.results_out, "result", "results"),
+                            plural(m.errors, "error", "errors"),
+                            plural(m.failovers, "failover", "failovers"),
+                        )?;
+                    }
+                    ResultFormat::Json | ResultFormat::Yaml => writeln!(
+                        status,
+                        "{}",
+                        serde_json::json!({"event": "closed", "session_id": session,
+                            "chunks": m.chunks_in, "results": m.results_out, "errors": m.errors,
+                            "failovers": m.failovers,
+                            "files": summary.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()})
+                    )?,
                 }
                 return Ok(summary);
             }
             Some(Response::Metrics(_)) | None => {}
         }
     }
-    Err(Error::Usage(
+    Err(Error::Protocol(
         "the pipeline service ended the session without closing it".into(),
     ))
 }
@@ -359,12 +506,12 @@ pub fn render_result(
         None => serde_json::json!({"type": "none"}),
     };
     match format {
-        ResultFormat::Json => {
+        ResultFormat::Json | ResultFormat::Yaml => {
             let mut line = serde_json::json!({"sequence": sequence, "output": output});
             if let (Some(line), Some(value)) = (line.as_object_mut(), value.as_object()) {
                 line.extend(value.clone());
             }
-            line.to_string()
+            structured(format, &line)
         }
         ResultFormat::Text => {
             let summary = match &buffer.payload {
@@ -389,16 +536,31 @@ pub fn render_result(
 pub fn render_error(format: ResultFormat, error: &ErrorDetail) -> String {
     let code = format!("{:?}", tonic::Code::from_i32(error.code));
     match format {
-        ResultFormat::Json => serde_json::json!({"sequence": error.sequence, "error": {
-            "code": code, "reason": error.reason, "node_id": error.node_id, "message": error.message}})
-        .to_string(),
+        ResultFormat::Json | ResultFormat::Yaml => structured(
+            format,
+            &serde_json::json!({"sequence": error.sequence, "error": {
+            "code": code, "reason": error.reason, "node_id": error.node_id, "message": error.message}}),
+        ),
         ResultFormat::Text => format!(
             "#{} error {code} {} node={} {}",
-            error.sequence.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            error
+                .sequence
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
             error.reason,
             error.node_id,
             error.message
         ),
+    }
+}
+
+/// A JSON line, or a YAML document after `---` (without the final newline, as a line).
+fn structured(format: ResultFormat, value: &serde_json::Value) -> String {
+    match format {
+        ResultFormat::Yaml => match serde_yaml::to_string(value) {
+            Ok(text) => format!("---\n{}", text.trim_end()),
+            Err(_) => value.to_string(),
+        },
+        _ => value.to_string(),
     }
 }
 
@@ -447,6 +609,10 @@ mod tests {
         assert_eq!(
             render_result(ResultFormat::Text, 0, "out", &text),
             "#0 out text \"HI\""
+        );
+        assert_eq!(
+            render_result(ResultFormat::Yaml, 0, "out", &text),
+            "---\noutput: out\nsequence: 0\ntype: text\nvalue: HI"
         );
     }
 

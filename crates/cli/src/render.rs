@@ -155,24 +155,33 @@ pub const TABLE_HEADINGS: [&str; 6] = [
     "LAST HEARTBEAT",
 ];
 
-fn table_row(c: &Component, now: SystemTime) -> Vec<String> {
+fn table_row(c: &Component, now: SystemTime, width: usize) -> Vec<String> {
     vec![
         c.id.clone(),
         kind(c.kind()).to_string(),
         shown_status(c),
         c.endpoint.clone(),
-        shorten(offers(c), CAPABILITIES_WIDTH),
+        shorten(offers(c), width),
         since(c.last_heartbeat.as_ref(), now),
     ]
 }
 
 /// An aligned table of components, one per line, with headings.
 pub fn table(components: &[Component], now: SystemTime) -> String {
+    table_of_width(components, now, CAPABILITIES_WIDTH)
+}
+
+/// [`table`] with every capability listed, however long.
+pub fn wide_table(components: &[Component], now: SystemTime) -> String {
+    table_of_width(components, now, usize::MAX)
+}
+
+fn table_of_width(components: &[Component], now: SystemTime, width: usize) -> String {
     if components.is_empty() {
         return "no components\n".into();
     }
     let mut rows = vec![TABLE_HEADINGS.iter().map(|h| h.to_string()).collect()];
-    rows.extend(components.iter().map(|c| table_row(c, now)));
+    rows.extend(components.iter().map(|c| table_row(c, now, width)));
     align(&rows)
 }
 
@@ -289,7 +298,7 @@ pub fn event_heading() -> String {
     )
 }
 
-fn event_row(event: &str, c: &Component) -> String {
+fn event_row(event: &str, c: &Component, width: usize) -> String {
     format!(
         "{:<9} {:<28} {:<10} {:<16} {:<24} {}\n",
         event,
@@ -297,35 +306,45 @@ fn event_row(event: &str, c: &Component) -> String {
         kind(c.kind()),
         shown_status(c),
         c.endpoint,
-        shorten(offers(c), CAPABILITIES_WIDTH)
+        shorten(offers(c), width)
     )
 }
 
 /// One watch message as text: a snapshot prints a summary and its components, a change
-/// prints one line.
-pub fn event_line(message: &WatchComponentsResponse) -> String {
+/// prints one line; `short` shortens long capability lists as the table does.
+pub fn event_line(message: &WatchComponentsResponse, short: bool) -> String {
+    let width = if short {
+        CAPABILITIES_WIDTH
+    } else {
+        usize::MAX
+    };
     match &message.event {
         Some(Event::Snapshot(s)) => {
             let mut out = format!(
-                "# {} of {} component(s) at revision {}\n",
+                "# {} of {} {} at revision {}\n",
                 if s.resync {
                     "resync snapshot"
                 } else {
                     "snapshot"
                 },
                 s.components.len(),
+                if s.components.len() == 1 {
+                    "component"
+                } else {
+                    "components"
+                },
                 message.revision
             );
             for c in &s.components {
-                out.push_str(&event_row("EXISTS", c));
+                out.push_str(&event_row("EXISTS", c, width));
             }
             out
         }
-        Some(Event::Added(c)) => event_row("ADDED", c),
-        Some(Event::Updated(c)) => event_row("UPDATED", c),
+        Some(Event::Added(c)) => event_row("ADDED", c, width),
+        Some(Event::Updated(c)) => event_row("UPDATED", c, width),
         Some(Event::Removed(r)) => match &r.component {
             Some(c) => {
-                let mut line = event_row("REMOVED", c);
+                let mut line = event_row("REMOVED", c, width);
                 line.pop();
                 format!("{line}  ({})\n", reason(r.reason()))
             }
@@ -488,6 +507,19 @@ mod tests {
         );
         assert!(text.contains('…'), "{text}");
         assert!(text.lines().all(|l| l.chars().count() < 140), "{text}");
+        let wide = wide_table(
+            &[host(
+                "p",
+                HealthStatus::Healthy,
+                HealthStatus::Healthy,
+                &refs,
+            )],
+            now(),
+        );
+        assert!(
+            !wide.contains('…') && wide.contains("processor-29"),
+            "{wide}"
+        );
     }
 
     #[test]
@@ -560,7 +592,7 @@ mod tests {
             })),
             revision: 9,
         };
-        let line = event_line(&removed);
+        let line = event_line(&removed, true);
         assert!(
             line.starts_with("REMOVED")
                 && line.contains("p-1")
@@ -575,7 +607,10 @@ mod tests {
             event: Some(Event::Added(c)),
             revision: 10,
         };
-        assert!(event_line(&added).starts_with("ADDED"));
-        assert_eq!(event_line(&added).find("p-1"), event_heading().find("ID"));
+        assert!(event_line(&added, true).starts_with("ADDED"));
+        assert_eq!(
+            event_line(&added, true).find("p-1"),
+            event_heading().find("ID")
+        );
     }
 }

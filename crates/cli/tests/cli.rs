@@ -200,6 +200,41 @@ async fn components_list_and_get_against_a_live_control_plane() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["status"], "healthy");
 
+    // The same -o choices everywhere: YAML parses to what JSON says, wide does not shorten.
+    let yaml = run(&platform, &["components", "list", "-o", "yaml"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(value.as_array().map(Vec::len), Some(4), "{yaml}");
+    assert_eq!(value[3]["id"], "proc-echo", "{yaml}");
+    let got = run(&platform, &["components", "get", "proc-echo", "-o", "yaml"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_yaml::from_str(&got).unwrap();
+    assert_eq!(value["capabilities"][1]["name"], "upper", "{got}");
+    let many: Vec<String> = (0..20).map(|i| format!("processor-number-{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    platform
+        .register("proc-many", &refs, HealthStatus::Healthy)
+        .await;
+    let table = run(&platform, &["components", "list", "--kind", "processor"])
+        .await
+        .unwrap();
+    let wide = run(
+        &platform,
+        &["components", "list", "--kind", "processor", "-o", "wide"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        table.contains('…') && !table.contains("processor-number-19"),
+        "{table}"
+    );
+    assert!(
+        !wide.contains('…') && wide.contains("processor-number-19"),
+        "{wide}"
+    );
+
     match run(&platform, &["components", "get", "ghost"]).await {
         Err(Error::Rpc { status, .. }) => assert_eq!(status.code(), tonic::Code::NotFound),
         other => panic!("expected NOT_FOUND, got {other:?}"),
@@ -317,6 +352,10 @@ async fn the_binary_checks_health_and_lists_components() {
     assert_eq!(String::from_utf8_lossy(&serving.stdout).trim(), "SERVING");
     let whole = flowplane(&["health", &platform.url], "").await;
     assert!(whole.status.success(), "{whole:?}");
+    let yaml = flowplane(&["health", &platform.url, "-o", "yaml"], "").await;
+    assert!(yaml.status.success(), "{yaml:?}");
+    let value: serde_json::Value = serde_yaml::from_slice(&yaml.stdout).unwrap();
+    assert_eq!(value["status"], "SERVING", "{yaml:?}");
 
     let unknown = flowplane(
         &["health", &platform.addr, "--service", "no.such.Service"],
