@@ -38,6 +38,17 @@ async fn sessions_drop_to_zero(platform: &Platform, probe: &flowplane_pipeline::
     .await;
 }
 
+/// One processor host and a pipeline whose service the returned probe looks into.
+async fn probed_platform() -> (Platform, flowplane_pipeline::ServiceProbe) {
+    let probe = flowplane_pipeline::ServiceProbe::default();
+    let platform = Platform::start_with(1, |mut c| {
+        c.probe = probe.clone();
+        c
+    })
+    .await;
+    (platform, probe)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_after_close_is_failed_precondition_naming_its_sequence() {
     let platform = Platform::start(1).await;
@@ -98,12 +109,7 @@ async fn a_repeated_sequence_is_invalid_argument_with_standard_details() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_cancels_releases_its_session_within_a_second() {
-    let probe = flowplane_pipeline::ServiceProbe::default();
-    let platform = Platform::start_with(1, |mut c| {
-        c.probe = probe.clone();
-        c
-    })
-    .await;
+    let (platform, probe) = probed_platform().await;
     let m = manifest(UPPER);
     platform.wait_until_runnable(&m).await;
     let mut client = platform.pipeline_client().await;
@@ -125,12 +131,7 @@ async fn a_client_that_cancels_releases_its_session_within_a_second() {
 /// while `closed` still waits behind HTTP/2 flow control ends CANCELLED, never OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_resets_before_taking_closed_ends_cancelled_not_ok() {
-    let probe = flowplane_pipeline::ServiceProbe::default();
-    let platform = Platform::start_with(1, |mut c| {
-        c.probe = probe.clone();
-        c
-    })
-    .await;
+    let (platform, probe) = probed_platform().await;
     let m = manifest(UPPER);
     platform.wait_until_runnable(&m).await;
     let mut client = platform.pipeline_client().await;
