@@ -75,7 +75,7 @@ certificate from $c, e.g.:
   export FLOWPLANE_TLS_CA=$c/ca.pem FLOWPLANE_TLS_CLIENT_CERT=$c/client.pem FLOWPLANE_TLS_CLIENT_KEY=$c/client.key FLOWPLANE_CLIENT_TOKEN_FILE=$c/client.token
   control plane  flowplane components list --control-plane https://127.0.0.1:${FLOWPLANE_PORT_HA_CONTROL_PLANE_1:-55151},https://127.0.0.1:${FLOWPLANE_PORT_HA_CONTROL_PLANE_2:-55152}
   pipelines      flowplane run PIPELINE.yaml --pipeline https://127.0.0.1:${FLOWPLANE_PORT_HA_PIPELINE_1:-55171} (or :${FLOWPLANE_PORT_HA_PIPELINE_2:-55172}) --input NAME=FILE
-  etcd           docker exec \$(docker ps -qf name=${PROJECT}_etcd-1) etcdctl endpoint status --cluster -w table
+  etcd           docker exec \$(docker ps -q -f label=com.docker.compose.project=$PROJECT -f label=com.docker.compose.service=etcd-1) etcdctl endpoint status --cluster -w table
 stop it with: make down
 EOF
 }
