@@ -159,7 +159,7 @@ images: tools ## build the flowplane image: deploy/Dockerfile if its base can be
 	bash deploy/scripts/build-images.sh
 
 .PHONY: up
-up: images ## start the compose stack on 127.0.0.1 and wait for health (OBSERVABILITY=1 adds traces/metrics/Grafana)
+up: images ## start the compose stack on 127.0.0.1 and wait for health (OBSERVABILITY=1 adds traces/metrics/Grafana; HA=1: profile ha)
 	bash deploy/scripts/stack.sh up
 
 .PHONY: down
@@ -167,11 +167,15 @@ down: ## stop the compose stack and remove its containers, network and volumes
 	bash deploy/scripts/stack.sh down
 
 .PHONY: compose-test
-compose-test: tools ## containers for real: start, example pipelines, kill a processor, restart the control plane
-	bash deploy/scripts/compose-test.sh
+compose-test: tools ## containers for real: the default stack's faults, then the ha profile's (partition, etcd leader)
+	@rc=0; bash deploy/scripts/compose-test.sh || rc=1; bash deploy/scripts/compose-test-ha.sh || rc=1; exit $$rc
+
+.PHONY: compose-test-ha
+compose-test-ha: tools ## the ha profile alone: partition a control-plane replica, kill the etcd leader
+	bash deploy/scripts/compose-test-ha.sh
 
 .PHONY: compose-config
-compose-config: ## validate deploy/docker-compose.yml (observability profile too) and the files it mounts
+compose-config: ## validate deploy/docker-compose.yml (observability and ha profiles too) and the files it mounts
 	bash deploy/scripts/stack.sh config
 # ---- end deploy -------------------------------------------------------------------------------
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Builds the release binaries and lays out the runtime root filesystem of the flowplane
 # image in OUT_DIR: the stripped binaries, exactly the shared libraries `ldd` reports for
-# them (the dynamic loader included), /etc/passwd with the non-root user, nsswitch.conf.
+# them (the dynamic loader included), /etc/passwd with the non-root user, nsswitch.conf,
+# and the static etcd and etcdctl for the compose profile `ha` (from FLOWPLANE_IMAGE_ETCD_DIR)
+# with /var/lib/etcd, the data directory its named volumes mount (owned by the non-root user
+# through `COPY --chown` in the Dockerfiles: a new volume takes the owner of the directory).
 # Both image paths run this same script: deploy/Dockerfile in its builder stage, and
 # build-images.sh on this machine, so the two images have the same layout.
 #
 # usage: assemble-rootfs.sh OUT_DIR [--no-build]
 # env:   CARGO (default cargo), CARGO_TARGET_DIR (default REPO/target),
-#        FLOWPLANE_IMAGE_BINARIES (default: all four; a subset is for development only)
+#        FLOWPLANE_IMAGE_BINARIES (default: all four; a subset is for development only),
+#        FLOWPLANE_IMAGE_ETCD_DIR (required: a directory holding static etcd and etcdctl binaries)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -27,6 +31,13 @@ package_of() {
     esac
 }
 
+etcd_dir="${FLOWPLANE_IMAGE_ETCD_DIR:?FLOWPLANE_IMAGE_ETCD_DIR must name the directory holding etcd and etcdctl}"
+for bin in etcd etcdctl; do
+    [[ -x "$etcd_dir/$bin" ]] || die "$etcd_dir/$bin is missing or not executable (FLOWPLANE_IMAGE_ETCD_DIR)"
+    # The image has no loader for anything but the flowplane binaries' libraries.
+    if ldd "$etcd_dir/$bin" >/dev/null 2>&1; then die "$etcd_dir/$bin is dynamically linked; the image needs a static etcd"; fi
+done
+
 if ((build)); then
     packages=()
     for bin in "${binaries[@]}"; do packages+=(-p "$(package_of "$bin")"); done
@@ -39,7 +50,7 @@ for bin in "${binaries[@]}"; do
 done
 
 rm -rf "$out"
-mkdir -p "$out/usr/local/bin" "$out/etc" "$out/tmp"
+mkdir -p "$out/usr/local/bin" "$out/etc" "$out/tmp" "$out/var/lib/etcd"
 chmod 1777 "$out/tmp"
 
 declare -A libs=()
@@ -66,6 +77,13 @@ for lib in "${!libs[@]}"; do
     cp -L "$lib" "$out$lib"
 done
 
+for bin in etcd etcdctl; do
+    cp -L "$etcd_dir/$bin" "$out/usr/local/bin/$bin"
+    chmod 0755 "$out/usr/local/bin/$bin"
+done
+etcd_version="$("$out/usr/local/bin/etcd" --version 2>/dev/null | sed -n 's/^etcd Version: //p')"
+[[ -n "$etcd_version" ]] || die "$etcd_dir/etcd does not run here (etcd --version printed no version)"
+
 cat >"$out/etc/passwd" <<EOF
 root:x:0:0:root:/root:/sbin/nologin
 nonroot:x:$RUNTIME_UID:$RUNTIME_UID:flowplane:/nonexistent:/sbin/nologin
@@ -78,4 +96,4 @@ EOF
 # 2.34); Docker provides /etc/hosts and /etc/resolv.conf at run time.
 echo "hosts: files dns" >"$out/etc/nsswitch.conf"
 
-log "rootfs in $out: ${binaries[*]} + ${#libs[@]} shared libraries (${!libs[*]})"
+log "rootfs in $out: ${binaries[*]} + ${#libs[@]} shared libraries (${!libs[*]}) + etcd $etcd_version (static, with etcdctl)"

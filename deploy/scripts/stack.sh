@@ -3,9 +3,11 @@
 #   stack.sh up       make the dev certificates (certs.sh), start the stack (project
 #                     $COMPOSE_PROJECT, default flowplane) with mutual TLS and wait until
 #                     every flowplane container is healthy; OBSERVABILITY=1 adds the profile
-#                     `observability` and points the services' trace export at its collector
+#                     `observability` and points the services' trace export at its collector;
+#                     HA=1 starts the profile `ha` instead of the default stack (3 etcd
+#                     members, 2 control-plane replicas, 2 processors, 2 pipelines)
 #   stack.sh down     stop and remove the stack, its network and volumes, every profile included
-#   stack.sh config   validate the compose file (both profiles) and the files it mounts, offline
+#   stack.sh config   validate the compose file (every profile) and the files it mounts, offline
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -15,6 +17,10 @@ UP_TIMEOUT_S="${UP_TIMEOUT_S:-180}"
 compose_tool="$(compose_cmd)" || die "neither 'docker compose' nor 'docker-compose' is installed"
 compose() { $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" "$@"; }
 
+# The profile's services, named on `up` so that the default stack does not start beside them
+# (services without a profile always start otherwise).
+HA_SERVICES=(etcd-1 etcd-2 etcd-3 control-plane-1 control-plane-2 ha-processor-1 ha-processor-2 pipeline-1 pipeline-2)
+
 up() {
     docker_engine_up || die "no Docker engine answers (docker info failed)"
     ensure_certs || die "cannot make the dev certificates in $CERTS_DIR (deploy/scripts/certs.sh)"
@@ -22,6 +28,10 @@ up() {
     if [[ "${OBSERVABILITY:-0}" == 1 ]]; then
         profile=(--profile observability)
         export FLOWPLANE_OTLP_ENDPOINT="${FLOWPLANE_OTLP_ENDPOINT:-http://otel-collector:4317}"
+    fi
+    if [[ "${HA:-0}" == 1 ]]; then
+        up_ha "${profile[@]}"
+        return
     fi
     timeout "$UP_TIMEOUT_S" $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" "${profile[@]}" up -d ||
         die "compose up failed; see: $compose_tool -p $PROJECT logs"
@@ -48,15 +58,45 @@ EOF
     echo "stop it with: make down"
 }
 
+up_ha() {
+    local services=("${HA_SERVICES[@]}")
+    # With OBSERVABILITY=1 the profile's own services come too (the caller passed the profile).
+    (($#)) && services+=(otel-collector jaeger prometheus grafana)
+    timeout "$UP_TIMEOUT_S" $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" --profile ha "$@" up -d "${services[@]}" ||
+        die "compose up failed; see: $compose_tool -p $PROJECT logs"
+    # shellcheck disable=SC2046
+    wait_healthy "$UP_TIMEOUT_S" $(compose --profile ha ps -q "${HA_SERVICES[@]}") ||
+        die "the ha stack is not healthy; see: $compose_tool -p $PROJECT logs"
+    local c="${CERTS_DIR#"$REPO_ROOT"/}"
+    cat <<EOF
+flowplane (profile ha) is up with mutual TLS (project $PROJECT, image $FLOWPLANE_IMAGE): etcd-1..3,
+two control-plane replicas on them, two processors and two pipelines. A client presents a
+certificate from $c, e.g.:
+  export FLOWPLANE_TLS_CA=$c/ca.pem FLOWPLANE_TLS_CLIENT_CERT=$c/client.pem FLOWPLANE_TLS_CLIENT_KEY=$c/client.key FLOWPLANE_CLIENT_TOKEN_FILE=$c/client.token
+  control plane  flowplane components list --control-plane https://127.0.0.1:${FLOWPLANE_PORT_HA_CONTROL_PLANE_1:-55151},https://127.0.0.1:${FLOWPLANE_PORT_HA_CONTROL_PLANE_2:-55152}
+  pipelines      flowplane run PIPELINE.yaml --pipeline https://127.0.0.1:${FLOWPLANE_PORT_HA_PIPELINE_1:-55171} (or :${FLOWPLANE_PORT_HA_PIPELINE_2:-55172}) --input NAME=FILE
+  etcd           docker exec \$(docker ps -q -f label=com.docker.compose.project=$PROJECT -f label=com.docker.compose.service=etcd-1) etcdctl endpoint status --cluster -w table
+stop it with: make down
+EOF
+}
+
 down() {
     docker_engine_up || die "no Docker engine answers (docker info failed)"
-    compose --profile observability down -v --remove-orphans --timeout 30
+    compose --profile observability --profile ha down -v --remove-orphans --timeout 30
 }
 
 config() {
     # Compose validates the file without an engine and without pulling anything.
     compose config -q
     compose --profile observability config -q
+    compose --profile ha config -q
+    # The ha profile is complete: every service stack.sh and compose-test-ha.sh name exists.
+    local listed service
+    listed="$(compose --profile ha config --services)"
+    for service in "${HA_SERVICES[@]}"; do
+        grep -qx "$service" <<<"$listed" || die "profile ha: service $service is missing from the compose file"
+    done
+    $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" -f "$DEPLOY_DIR/compose-test/compose-test-ha.yml" --profile ha config -q
     local file
     for file in otel-collector.yaml prometheus.yml \
         grafana/provisioning/datasources/flowplane.yaml \
@@ -82,7 +122,7 @@ PY
     if command -v promtool >/dev/null 2>&1; then
         promtool check config "$DEPLOY_DIR/prometheus.yml" >/dev/null
     fi
-    log "compose config valid ($compose_tool; profiles: default, observability); mounted files present; dashboard queries the required series"
+    log "compose config valid ($compose_tool; profiles: default, observability, ha); mounted files present; dashboard queries the required series"
 }
 
 case "${1:-}" in
