@@ -75,3 +75,43 @@ ensure_certs() {
     FLOWPLANE_CERTS_GID="$(stat -c %g "$CERTS_DIR/pipeline.key")" || return 1
     export FLOWPLANE_CERTS_GID
 }
+
+# --- step report shared by the compose tests (compose-test.sh, compose-test-ha.sh) ----------
+# A script sources this, sets WORK, and defines dump_logs (what to show when a step fails).
+
+declare -a REPORT=()
+n_passed=0 n_failed=0 n_pending=0
+
+# record NUMBER TITLE STATUS MS DETAIL
+record() {
+    local seconds
+    seconds="$(awk -v ms="$4" 'BEGIN { printf "%.1fs", ms / 1000 }')"
+    REPORT+=("$(printf '  %s %-34s %-8s %7s  %s' "$1" "$2" "$3" "$seconds" "$5")")
+    case "$3" in
+        PASS) n_passed=$((n_passed + 1)) ;;
+        PENDING) n_pending=$((n_pending + 1)) ;;
+        *) n_failed=$((n_failed + 1)) ;;
+    esac
+    log "step $1 $2: $3 ($seconds) $5"
+}
+
+# run_step NUMBER TITLE FUNCTION: the function prints its detail as the last line of stdout
+# and returns 0 (PASS), 2 (PENDING) or anything else (FAIL).
+run_step() {
+    local number="$1" title="$2" fn="$3" started rc detail
+    log "step $number: $title"
+    started=$(now_ms)
+    # Not in a subshell: a step may set globals for the report (IMAGE_MB).
+    "$fn" >"$WORK/step-$number.out"
+    rc=$?
+    detail="$(tail -n 1 "$WORK/step-$number.out")"
+    case $rc in
+        0) record "$number" "$title" PASS $(($(now_ms) - started)) "$detail" ;;
+        2) record "$number" "$title" PENDING $(($(now_ms) - started)) "$detail" ;;
+        *)
+            record "$number" "$title" FAIL $(($(now_ms) - started)) "$detail"
+            dump_logs
+            ;;
+    esac
+    return "$rc"
+}

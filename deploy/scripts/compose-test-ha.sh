@@ -46,36 +46,11 @@ ETCD=(etcd-1 etcd-2 etcd-3)
 SERVICES=("${ETCD[@]}" control-plane-1 control-plane-2 "${PROCESSORS[@]}" pipeline-1 pipeline-2)
 MANIFEST="$DEPLOY_DIR/compose-test/failover.yaml"
 
-# --- report (the same shape as compose-test.sh's) -------------------------------------------
+# --- report: REPORT, record and run_step live in common.sh; a failed step shows this ----------
 
-declare -a REPORT=()
-n_passed=0 n_failed=0
-
-record() { # NUMBER TITLE STATUS MS DETAIL
-    local seconds
-    seconds="$(awk -v ms="$4" 'BEGIN { printf "%.1fs", ms / 1000 }')"
-    REPORT+=("$(printf '  %s %-34s %-8s %7s  %s' "$1" "$2" "$3" "$seconds" "$5")")
-    if [[ "$3" == PASS ]]; then n_passed=$((n_passed + 1)); else n_failed=$((n_failed + 1)); fi
-    log "step $1 $2: $3 ($seconds) $5"
-}
-
-# run_step NUMBER TITLE FUNCTION: the function prints its detail as the last line of stdout
-# and returns 0 (PASS) or anything else (FAIL).
-run_step() {
-    local number="$1" title="$2" fn="$3" started rc detail
-    log "step $number: $title"
-    started=$(now_ms)
-    "$fn" >"$WORK/step-$number.out"
-    rc=$?
-    detail="$(tail -n 1 "$WORK/step-$number.out")"
-    if ((rc == 0)); then
-        record "$number" "$title" PASS $(($(now_ms) - started)) "$detail"
-    else
-        record "$number" "$title" FAIL $(($(now_ms) - started)) "$detail"
-        log "last log lines of the stack:"
-        compose logs --no-color --tail 20 >&2 2>&1 || true
-    fi
-    return "$rc"
+dump_logs() {
+    log "last log lines of the stack:"
+    compose logs --no-color --tail 20 >&2 2>&1 || true
 }
 
 # --- helpers --------------------------------------------------------------------------------
