@@ -48,8 +48,13 @@ MANIFEST="$DEPLOY_DIR/compose-test/failover.yaml"
 
 # --- report: REPORT, record and run_step live in common.sh; a failed step shows this ----------
 
+# Every log line of the stack goes to this file when a step fails (the stack is removed after).
+LOGS_FILE="${COMPOSE_TEST_HA_LOGS:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/compose-test-ha.log}"
+
 dump_logs() {
-    log "last log lines of the stack:"
+    mkdir -p "$(dirname "$LOGS_FILE")"
+    compose logs --no-color --timestamps >"$LOGS_FILE" 2>&1 || true
+    log "the stack's logs are in $LOGS_FILE; the last lines:"
     compose logs --no-color --tail 20 >&2 2>&1 || true
 }
 
@@ -62,7 +67,7 @@ container_of() { compose ps -q "$1"; }
 # processors_on URL: "ID STATUS REGISTERED_AT LAST_HEARTBEAT" per ha processor the replica at URL
 # lists, sorted by id (nothing when it does not answer).
 processors_on() {
-    timeout 5 "$CLI" components list --control-plane "$1" --kind processor --output json 2>/dev/null |
+    timeout 5 "$CLI" components list --control-plane "$1" --kind processor --output json 2>>"$WORK/cli-errors" |
         python3 -c '
 import json, sys
 wanted = set(sys.argv[1:])
@@ -83,8 +88,19 @@ all_healthy_on() {
     [[ "$(grep -c ' HEALTHY ' <<<"$lines")" -eq ${#PROCESSORS[@]} ]]
 }
 
-# registrations_on URL: "ID REGISTERED_AT" lines, what must not change across a fault.
-registrations_on() { processors_on "$1" | awk '{ print $1, $3 }'; }
+# registrations_on URL: "ID REGISTERED_AT;" per processor on one line (a failed step's report
+# shows its last line only), what must not change across a fault.
+registrations_on() { processors_on "$1" | awk '{ printf "%s %s;", $1, $3 }'; }
+
+# last_cli_error: the CLI's last complaint (a listing that printed nothing), on one line.
+last_cli_error() { tail -n 2 "$WORK/cli-errors" 2>/dev/null | cut -c1-300 | tr '\n' ' '; }
+
+# why_registered_again: the processors' own account of registering again (their warnings), on
+# one line, for a step whose registrations changed.
+why_registered_again() {
+    compose logs --no-color "${PROCESSORS[@]}" 2>/dev/null |
+        grep -E 'registering again|heartbeat failed' | tail -n 4 | cut -c1-400 | tr '\n' ' '
+}
 
 # heartbeats_after URL EPOCH_MS: every processor's last heartbeat, as the replica lists it, is
 # later than EPOCH_MS.
@@ -256,7 +272,7 @@ step_partition() {
     NETWORK="$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{println $name}}{{end}}' "$cp1" | grep '_default$')"
     [[ -n "$NETWORK" ]] || { echo "control-plane-1 is on no *_default network"; return 1; }
     before="$(registrations_on "$CP2")"
-    [[ "$(wc -l <<<"$before")" -eq ${#PROCESSORS[@]} ]] || { echo "precondition: control-plane-2 lists both processors"; return 1; }
+    [[ "$(tr -cd ';' <<<"$before" | wc -c)" -eq ${#PROCESSORS[@]} ]] || { echo "precondition: control-plane-2 lists both processors"; return 1; }
     # Every client lists control-plane-1 first: control-plane-2 takes no heartbeats yet.
     local beats_cp1
     beats_cp1="$(heartbeats_on "$FLOWPLANE_METRICS_PORT_HA_CONTROL_PLANE_1")"
@@ -288,7 +304,7 @@ step_partition() {
     all_healthy_on "$CP2" || { echo "control-plane-2 does not list both processors HEALTHY: $(processors_on "$CP2" | tr '\n' ';')"; return 1; }
     ((unhealthy == 0)) || { echo "a processor was not HEALTHY on control-plane-2 in $unhealthy polls after the move"; return 1; }
     [[ "$(registrations_on "$CP2")" == "$before" ]] ||
-        { echo "the processors registered again: before '$before', now '$(registrations_on "$CP2")'"; return 1; }
+        { echo "the processors registered again: before '$before', now '$(registrations_on "$CP2")'; their logs: $(why_registered_again)"; return 1; }
     sessions_work partition || return 1
     echo "first heartbeat of both processors through control-plane-2 ${took}ms after the disconnect ($((beats_after - beats_before)) heartbeats there); HEALTHY over 2 TTLs, same registrations; a session works through each pipeline"
 }
@@ -312,7 +328,7 @@ step_etcd_leader() {
     leader="$(etcd_leader)"
     [[ -n "$leader" ]] || { echo "no etcd leader: $(etcd_status | tr '\n' ';')"; return 1; }
     before="$(registrations_on "$CP2")"
-    [[ "$(wc -l <<<"$before")" -eq ${#PROCESSORS[@]} ]] || { echo "precondition: both processors registered"; return 1; }
+    [[ "$(tr -cd ';' <<<"$before" | wc -c)" -eq ${#PROCESSORS[@]} ]] || { echo "precondition: both processors registered"; return 1; }
     at=$(now_ms)
     docker kill "$(container_of "$leader")" >/dev/null || { echo "docker kill $leader failed"; return 1; }
     local deadline=$(($(now_ms) + 20000))
@@ -335,7 +351,7 @@ step_etcd_leader() {
     for cp in "$CP1" "$CP2"; do
         wait_for 10000 all_healthy_on "$cp" || { echo "$cp does not list both processors HEALTHY: $(processors_on "$cp" | tr '\n' ';')"; return 1; }
         [[ "$(registrations_on "$cp")" == "$before" ]] ||
-            { echo "registrations changed on $cp: before '$before', now '$(registrations_on "$cp")'"; return 1; }
+            { echo "registrations changed on $cp: before '$before', now '$(registrations_on "$cp")'; the CLI's last error: $(last_cli_error); the processors' logs: $(why_registered_again)"; return 1; }
     done
     sessions_work leader || return 1
     echo "killed leader $leader: $new_leader elected (seen ${elected}ms after), heartbeats on both replicas ${took}ms after the kill, same registrations, a session works through each pipeline"

@@ -207,16 +207,66 @@ fn lease_gone(error: &etcd_client::Error) -> bool {
     }
 }
 
-/// True for failures where the request never reached a working member (a member that is
-/// down, one without a leader): trying again, maybe on another member, cannot apply a write
-/// twice. The client's balanced channel does not drop a dead member by itself.
-fn transient(error: &etcd_client::Error) -> bool {
+/// How a call that failed may be tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// The call may be applied twice without harm (reads, lease grants, renewals and
+    /// revokes, compare-and-set writes that re-read when their compare fails): tried again
+    /// after any failure of the connection or member, even one that may have reached etcd.
+    Safe,
+    /// The call must not be applied twice (a create whose loser revokes its own lease):
+    /// tried again only when the request cannot have reached a member.
+    NeverSent,
+}
+
+/// True when the request cannot have reached a working member: no connection could be
+/// made (refused, a name that no longer resolves: a killed member's container), or the
+/// member has no leader. The client's balanced channel keeps a dead member in its set,
+/// so a share of all calls fails this way until it is back.
+fn never_sent(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) => true,
         etcd_client::Error::GRpcStatus(s) => {
             s.code() == tonic::Code::Unavailable
-                && (s.message().contains("connect") || s.message().contains("no leader"))
+                && (s.message().contains("no leader") || connect_failure(s))
         }
+        _ => false,
+    }
+}
+
+/// A status the client made itself because it could not connect.
+fn connect_failure(status: &tonic::Status) -> bool {
+    let message = status.message().to_ascii_lowercase();
+    if message.contains("connect") || message.contains("dns error") {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if format!("{error:?}").contains("ConnectError") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// True when trying again may succeed: [`never_sent`], or a member or connection that
+/// failed mid-call (a broken connection, the client's own request timeout, "leader
+/// changed", "request timed out"), where the first try may or may not have applied.
+fn transient(error: &etcd_client::Error, repeat: Repeat) -> bool {
+    if never_sent(error) {
+        return true;
+    }
+    if repeat == Repeat::NeverSent {
+        return false;
+    }
+    match error {
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            tonic::Code::Unavailable => true,
+            // Made by the client from a transport failure, not answered by etcd.
+            tonic::Code::Unknown | tonic::Code::Cancelled => std::error::Error::source(s).is_some(),
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -245,7 +295,21 @@ impl Failed {
 
 /// Runs `call` on a clone of `client` until it succeeds, fails for real, or `timeout`
 /// has passed; transient failures are tried again.
-async fn call<T, F, Fut>(client: &Client, timeout: Duration, mut call: F) -> Result<T, Failed>
+async fn call<T, F, Fut>(client: &Client, timeout: Duration, call: F) -> Result<T, Failed>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    call_with(client, timeout, Repeat::Safe, call).await
+}
+
+/// [`call`] for a request that must not be applied twice ([`Repeat::NeverSent`]).
+async fn call_with<T, F, Fut>(
+    client: &Client,
+    timeout: Duration,
+    repeat: Repeat,
+    mut call: F,
+) -> Result<T, Failed>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -255,7 +319,7 @@ where
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, call(client.clone())).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if transient(&e) && Instant::now() + RETRY_PAUSE < deadline => {
+            Ok(Err(e)) if transient(&e, repeat) && Instant::now() + RETRY_PAUSE < deadline => {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Ok(Err(e)) => return Err(Failed::Etcd(e)),
@@ -896,12 +960,14 @@ impl EtcdRegistry {
             stored.encode(),
             Some(PutOptions::new().with_lease(lease_id)),
         )]);
-        let written = self
-            .bounded("register", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
+        // A create applied twice would lose its compare the second time and revoke the
+        // lease the first one wrote under: only a request that never left is tried again.
+        let written = call_with(&self.client, self.timeout, Repeat::NeverSent, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|e| e.into_error("register"));
         match written {
             Ok(response) if response.succeeded() => {
                 tracing::info!(component_id = %id, kind = kind_label(kind), "component registered");
@@ -1395,6 +1461,59 @@ async fn keepalive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(status: tonic::Status) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(status)
+    }
+
+    #[test]
+    fn a_request_that_could_not_connect_is_tried_again_even_when_it_must_not_apply_twice() {
+        // What the client reports for a killed member whose name no longer resolves.
+        for never_left in [
+            status(tonic::Status::unavailable("dns error")),
+            status(tonic::Status::unavailable("tcp connect error")),
+            status(tonic::Status::unavailable("etcdserver: no leader")),
+        ] {
+            assert!(never_sent(&never_left), "{never_left:?}");
+            assert!(transient(&never_left, Repeat::NeverSent), "{never_left:?}");
+            assert!(transient(&never_left, Repeat::Safe), "{never_left:?}");
+        }
+    }
+
+    #[test]
+    fn a_call_that_may_have_applied_is_tried_again_only_when_safe_to_repeat() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
+        for maybe_applied in [
+            status(tonic::Status::unavailable("etcdserver: leader changed")),
+            status(tonic::Status::unavailable("etcdserver: request timed out")),
+            status(tonic::Status::from_error(Box::new(broken))),
+        ] {
+            assert!(!never_sent(&maybe_applied), "{maybe_applied:?}");
+            assert!(transient(&maybe_applied, Repeat::Safe), "{maybe_applied:?}");
+            assert!(
+                !transient(&maybe_applied, Repeat::NeverSent),
+                "{maybe_applied:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_of_etcd_itself_are_final() {
+        for answer in [
+            status(tonic::Status::not_found(
+                "etcdserver: requested lease not found",
+            )),
+            status(tonic::Status::invalid_argument(
+                "etcdserver: key is not provided",
+            )),
+            status(tonic::Status::unknown(
+                "an answer without a transport cause",
+            )),
+            etcd_client::Error::LeaseKeepAliveError("lease not found".into()),
+        ] {
+            assert!(!transient(&answer, Repeat::Safe), "{answer:?}");
+        }
+    }
 
     #[test]
     fn registry_urls_name_the_flag() {
