@@ -33,6 +33,10 @@ build: tools ## build every crate and binary (debug)
 build-release: tools ## build the binaries with optimisations
 	$(CARGO) build --workspace --release --bins
 
+.PHONY: docs
+docs: tools ## regenerate the README's table of built-in processors from their declared capabilities
+	FLOWPLANE_UPDATE_DOCS=1 $(CARGO) test -p flowplane-processor --test readme_catalog
+
 .PHONY: fmt
 fmt: tools ## format Rust and proto sources in place
 	$(CARGO) fmt --all
@@ -138,7 +142,7 @@ test-python: python-client ## Python client tests against the real binaries in F
 	  test -x "$(FLOWPLANE_BIN_DIR)/$$b" || { echo "$(FLOWPLANE_BIN_DIR)/$$b is missing: run \`cargo build --workspace --bins\` (make test-rust does)" >&2; exit 1; }; done
 	FLOWPLANE_BIN_DIR="$(FLOWPLANE_BIN_DIR)" $(VENV)/bin/pytest -q $(PY_CLIENT)/tests
 
-# ---- bench: flowplane next to raw tonic (crates/bench, docs/benchmarks.md) ------------------
+# ---- bench: flowplane next to raw tonic (bench/, docs/benchmarks.md) ------------------
 BENCH      := ./target/release/flowplane-bench
 
 .PHONY: bench
@@ -159,12 +163,20 @@ images: tools ## build the flowplane image: deploy/Dockerfile if its base can be
 	bash deploy/scripts/build-images.sh
 
 .PHONY: up
-up: images ## start the compose stack on 127.0.0.1 and wait for health (OBSERVABILITY=1 adds traces/metrics/Grafana; HA=1: profile ha)
+up: tools ## start the compose stack on 127.0.0.1 and wait for health; builds the image only if missing (OBSERVABILITY=1 adds traces/metrics/Grafana; HA=1: profile ha)
 	bash deploy/scripts/stack.sh up
 
 .PHONY: down
 down: ## stop the compose stack and remove its containers, network and volumes
 	bash deploy/scripts/stack.sh down
+
+.PHONY: ps
+ps: ## the compose stack's containers, state and health
+	bash deploy/scripts/stack.sh ps
+
+.PHONY: logs
+logs: ## the compose stack's logs (SERVICES="pipeline ..." picks, FOLLOW=1 follows, TAIL=N limits)
+	bash deploy/scripts/stack.sh logs $(SERVICES)
 
 .PHONY: compose-test
 compose-test: tools ## containers for real: the default stack's faults, then the ha profile's (partition, etcd leader)

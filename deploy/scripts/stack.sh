@@ -6,7 +6,11 @@
 #                     `observability` and points the services' trace export at its collector;
 #                     HA=1 starts the profile `ha` instead of the default stack (3 etcd
 #                     members, 2 control-plane replicas, 2 processors, 2 pipelines)
+#                     The image is built (build-images.sh) only when $FLOWPLANE_IMAGE is
+#                     missing; `make images` rebuilds it.
 #   stack.sh down     stop and remove the stack, its network and volumes, every profile included
+#   stack.sh ps       the stack's containers with their state and health, every profile included
+#   stack.sh logs     the stack's logs (SERVICE... to pick; FOLLOW=1 follows, TAIL=N limits)
 #   stack.sh config   validate the compose file (every profile) and the files it mounts, offline
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -21,23 +25,58 @@ compose() { $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" "$@"; }
 # (services without a profile always start otherwise).
 HA_SERVICES=(etcd-1 etcd-2 etcd-3 control-plane-1 control-plane-2 ha-processor-1 ha-processor-2 pipeline-1 pipeline-2)
 
+# The observability profile's third-party images, as the compose file pins them.
+observability_images() {
+    compose --profile observability config 2>/dev/null |
+        awk '/^ *image:/ { print $2 }' | grep -v -x -F "$FLOWPLANE_IMAGE" | sort -u
+}
+
+# Every image of the observability profile is here or can be pulled; otherwise stop before
+# starting anything, naming what is missing and what to do instead.
+check_observability_images() {
+    local image missing=()
+    while read -r image; do
+        [[ -n "$image" ]] || continue
+        docker image inspect "$image" >/dev/null 2>&1 && continue
+        timeout 10 docker manifest inspect "$image" >/dev/null 2>&1 && continue
+        missing+=("$image")
+    done < <(observability_images)
+    ((${#missing[@]} == 0)) && return 0
+    die "OBSERVABILITY=1 needs images that are neither here nor pullable from this machine: ${missing[*]}.
+  Load them (docker load) or pull them where a registry answers; or start without the profile
+  and send the traces to your own collector: FLOWPLANE_OTLP_ENDPOINT=http://HOST:4317 make up"
+}
+
+# The image the stack runs: reused when present (`make images` rebuilds it), built otherwise.
+ensure_image() {
+    local built
+    if built="$(docker image inspect -f '{{.Created}} {{index .Config.Labels "org.opencontainers.image.revision"}}' "$FLOWPLANE_IMAGE" 2>/dev/null)"; then
+        log "reusing image $FLOWPLANE_IMAGE (created ${built% *}, revision ${built##* }); make images rebuilds it"
+        return 0
+    fi
+    log "image $FLOWPLANE_IMAGE is missing: building it (make images)"
+    bash "$(dirname "${BASH_SOURCE[0]}")/build-images.sh"
+}
+
 up() {
     docker_engine_up || die "no Docker engine answers (docker info failed)"
     ensure_certs || die "cannot make the dev certificates in $CERTS_DIR (deploy/scripts/certs.sh)"
     local profile=()
     if [[ "${OBSERVABILITY:-0}" == 1 ]]; then
+        check_observability_images
         profile=(--profile observability)
         export FLOWPLANE_OTLP_ENDPOINT="${FLOWPLANE_OTLP_ENDPOINT:-http://otel-collector:4317}"
     fi
+    ensure_image
     if [[ "${HA:-0}" == 1 ]]; then
         up_ha "${profile[@]}"
         return
     fi
     timeout "$UP_TIMEOUT_S" $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" "${profile[@]}" up -d ||
-        die "compose up failed; see: $compose_tool -p $PROJECT logs"
+        die "compose up failed; see: make logs (and make ps)"
     # shellcheck disable=SC2046
     wait_healthy "$UP_TIMEOUT_S" $(compose ps -q control-plane processor-1 processor-2 pipeline) ||
-        die "the stack is not healthy; see: $compose_tool -p $PROJECT logs"
+        die "the stack is not healthy; see: make ps, make logs"
     local c="${CERTS_DIR#"$REPO_ROOT"/}"
     cat <<EOF
 flowplane is up with mutual TLS (project $PROJECT, image $FLOWPLANE_IMAGE); a client presents a
@@ -63,10 +102,10 @@ up_ha() {
     # With OBSERVABILITY=1 the profile's own services come too (the caller passed the profile).
     (($#)) && services+=(otel-collector jaeger prometheus grafana)
     timeout "$UP_TIMEOUT_S" $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" --profile ha "$@" up -d "${services[@]}" ||
-        die "compose up failed; see: $compose_tool -p $PROJECT logs"
+        die "compose up failed; see: make logs (and make ps)"
     # shellcheck disable=SC2046
     wait_healthy "$UP_TIMEOUT_S" $(compose --profile ha ps -q "${HA_SERVICES[@]}") ||
-        die "the ha stack is not healthy; see: $compose_tool -p $PROJECT logs"
+        die "the ha stack is not healthy; see: make ps, make logs"
     local c="${CERTS_DIR#"$REPO_ROOT"/}"
     cat <<EOF
 flowplane (profile ha) is up with mutual TLS (project $PROJECT, image $FLOWPLANE_IMAGE): etcd-1..3,
@@ -83,6 +122,19 @@ EOF
 down() {
     docker_engine_up || die "no Docker engine answers (docker info failed)"
     compose --profile observability --profile ha down -v --remove-orphans --timeout 30
+}
+
+stack_ps() {
+    docker_engine_up || die "no Docker engine answers (docker info failed)"
+    compose --profile observability --profile ha ps
+}
+
+stack_logs() {
+    docker_engine_up || die "no Docker engine answers (docker info failed)"
+    local args=(--no-color)
+    [[ "${FOLLOW:-0}" == 1 ]] && args+=(--follow)
+    [[ -n "${TAIL:-}" ]] && args+=(--tail "$TAIL")
+    compose --profile observability --profile ha logs "${args[@]}" "$@"
 }
 
 config() {
@@ -128,6 +180,8 @@ PY
 case "${1:-}" in
     up) up ;;
     down) down ;;
+    ps) stack_ps ;;
+    logs) shift; stack_logs "$@" ;;
     config) config ;;
-    *) die "usage: stack.sh up|down|config" ;;
+    *) die "usage: stack.sh up|down|ps|logs [SERVICE...]|config" ;;
 esac

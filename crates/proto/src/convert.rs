@@ -4,7 +4,10 @@
 
 use prost_types::{ListValue, Struct, Value, value::Kind};
 
-use crate::data::v1::{DataBuffer, DataTypeHint, data_buffer::Payload};
+use crate::{
+    common::v1::{ComponentKind, HealthStatus},
+    data::v1::{DataBuffer, DataTypeHint, data_buffer::Payload},
+};
 
 impl Payload {
     /// The type hint naming this payload's variant.
@@ -68,6 +71,33 @@ impl DataTypeHint {
     }
 }
 
+impl ComponentKind {
+    /// The bounded lowercase name of a kind, for metrics, logs, assigned ids and the CLI:
+    /// "processor", "source", "consumer", "unspecified".
+    pub fn label(self) -> &'static str {
+        match self {
+            ComponentKind::Unspecified => "unspecified",
+            ComponentKind::Processor => "processor",
+            ComponentKind::Source => "source",
+            ComponentKind::Consumer => "consumer",
+        }
+    }
+}
+
+impl HealthStatus {
+    /// The bounded lowercase name of a status, for metrics, logs and the CLI: "healthy", ...
+    pub fn label(self) -> &'static str {
+        match self {
+            HealthStatus::Unspecified => "unspecified",
+            HealthStatus::Starting => "starting",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+            HealthStatus::Stopping => "stopping",
+        }
+    }
+}
+
 /// True when any declared type in `declared` accepts `actual`.
 pub fn any_accepts(declared: &[i32], actual: DataTypeHint) -> bool {
     declared
@@ -96,6 +126,18 @@ pub fn param_type_matches(declared: &str, value: &serde_json::Value) -> bool {
         "object" => value.is_object(),
         "list" => value.is_array(),
         _ => true,
+    }
+}
+
+/// The JSON type of `value` with its article, for messages: "a number", "an object", "null".
+pub fn json_type_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a bool",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 

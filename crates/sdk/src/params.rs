@@ -2,7 +2,7 @@
 //! against the declared [`ParamSpec`]s (unknown names, missing required ones, JSON types)
 //! with defaults filled in. Range and enumeration checks belong to the processor.
 
-use flowplane_proto::processor::v1::ParamSpec;
+use flowplane_proto::{json_type_name, processor::v1::ParamSpec};
 use prost_types::Struct;
 use serde_json::{Map, Value};
 
@@ -121,17 +121,6 @@ impl Params {
         self.values
             .get(name)
             .ok_or_else(|| ParamError::new(name, "is required"))
-    }
-}
-
-fn json_type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a bool",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -313,24 +313,12 @@ impl WatchFilter {
 
 /// The bounded label of a kind, for metrics, logs, assigned ids and the CLI.
 pub fn kind_label(kind: ComponentKind) -> &'static str {
-    match kind {
-        ComponentKind::Unspecified => "unspecified",
-        ComponentKind::Processor => "processor",
-        ComponentKind::Source => "source",
-        ComponentKind::Consumer => "consumer",
-    }
+    kind.label()
 }
 
 /// The bounded label of a status, for metrics and logs.
 pub fn status_label(status: HealthStatus) -> &'static str {
-    match status {
-        HealthStatus::Unspecified => "unspecified",
-        HealthStatus::Starting => "starting",
-        HealthStatus::Healthy => "healthy",
-        HealthStatus::Degraded => "degraded",
-        HealthStatus::Unhealthy => "unhealthy",
-        HealthStatus::Stopping => "stopping",
-    }
+    status.label()
 }
 
 /// The request field that carries the id for a kind's register and heartbeat RPCs.

@@ -4,6 +4,7 @@
 //! on i64 overflow); `div` and any float operand give a float. Bad JSON, a bad request
 //! and division by zero are per-chunk errors naming what was wrong.
 
+use flowplane_proto::json_type_name;
 use flowplane_sdk::{
     Capability, Input, Output, ParamError, Params, ProcessError, Processor,
     proto::data::v1::{DataTypeHint, data_buffer::Payload},
@@ -68,7 +69,7 @@ pub fn calculate(request: &Value) -> Result<Value, ProcessError> {
     let Some(object) = request.as_object() else {
         return Err(bad(format!(
             "the request must be a JSON object with \"op\" and \"operands\", got {}",
-            kind(request)
+            json_type_name(request)
         )));
     };
     let op = match object.get("op") {
@@ -83,7 +84,12 @@ pub fn calculate(request: &Value) -> Result<Value, ProcessError> {
                 )));
             }
         },
-        Some(other) => return Err(bad(format!("\"op\" must be a string, got {}", kind(other)))),
+        Some(other) => {
+            return Err(bad(format!(
+                "\"op\" must be a string, got {}",
+                json_type_name(other)
+            )));
+        }
         None => return Err(bad("\"op\" is missing; use add, sub, mul or div".into())),
     };
     let operands = match object.get("operands") {
@@ -92,7 +98,7 @@ pub fn calculate(request: &Value) -> Result<Value, ProcessError> {
         Some(other) => {
             return Err(bad(format!(
                 "\"operands\" must be a list of numbers, got {}",
-                kind(other)
+                json_type_name(other)
             )));
         }
         None => return Err(bad("\"operands\" is missing".into())),
@@ -101,7 +107,7 @@ pub fn calculate(request: &Value) -> Result<Value, ProcessError> {
         if !operand.is_number() {
             return Err(bad(format!(
                 "\"operands[{i}]\" must be a number, got {}",
-                kind(operand)
+                json_type_name(operand)
             )));
         }
     }
@@ -154,17 +160,6 @@ fn integer(op: Op, operands: &[i64]) -> Option<i64> {
             Op::Mul => acc.checked_mul(*x),
             Op::Div => None,
         })
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a bool",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

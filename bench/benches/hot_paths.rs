@@ -102,7 +102,7 @@ fn capabilities() -> HashMap<String, ProcessorCapability> {
 fn routing(c: &mut Criterion) {
     let caps = capabilities();
     let mut group = c.benchmark_group("routing");
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipelines");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipelines");
     let mut manifests = vec![(
         "passthrough".to_string(),
         Manifest::from_proto(&one_node_manifest("passthrough", serde_json::json!({}))),
