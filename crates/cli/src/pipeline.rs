@@ -56,6 +56,10 @@ pub struct ValidateArgs {
     /// cycles, inputs and outputs), none that needs a processor's ports or params.
     #[arg(long)]
     pub offline: bool,
+    /// With --offline: also check ports, edge types and params against a saved catalog,
+    /// the JSON or YAML `flowplane processors -o json` prints.
+    #[arg(long, value_name = "FILE", requires = "offline")]
+    pub catalog: Option<PathBuf>,
     /// Output format: `json`/`yaml` print one object with `valid` and every problem.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: crate::Output,
@@ -145,7 +149,11 @@ pub async fn validate(
     let path = args.manifest.display().to_string();
     let json = matches!(args.output, crate::Output::Json | crate::Output::Yaml);
     let problems = if args.offline {
-        match flowplane_manifest::validate(&manifest, &flowplane_manifest::Offline) {
+        let checked = match &args.catalog {
+            Some(file) => flowplane_manifest::validate(&manifest, &read_catalog(file)?),
+            None => flowplane_manifest::validate(&manifest, &flowplane_manifest::Offline),
+        };
+        match checked {
             Ok(_) => Vec::new(),
             Err(problems) => problems.0.iter().map(|p| p.to_detail()).collect(),
         }
@@ -176,7 +184,13 @@ pub async fn validate(
             plural(manifest.nodes.len() as u64, "node", "nodes"),
             plural(manifest.edges.len() as u64, "edge", "edges")
         );
-        if args.offline {
+        if let Some(catalog) = args.catalog.as_ref().filter(|_| args.offline) {
+            writeln!(
+                out,
+                "{path}: valid offline against {} ({counts})",
+                catalog.display()
+            )?;
+        } else if args.offline {
             writeln!(
                 out,
                 "{path}: valid offline ({counts}; processors, ports and params not checked)"
@@ -202,6 +216,27 @@ pub async fn validate(
         path,
         problems: problems.len(),
     })
+}
+
+/// A catalog saved from `flowplane processors -o json` (or yaml), by processor name.
+fn read_catalog(
+    file: &std::path::Path,
+) -> Result<std::collections::HashMap<String, flowplane_proto::processor::v1::ProcessorCapability>>
+{
+    let fail = |message: String| Error::Usage(format!("--catalog {}: {message}", file.display()));
+    let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).map_err(|e| fail(format!("not json or yaml: {e}")))?;
+    let entries = value
+        .as_array()
+        .ok_or_else(|| fail("not a list of processors".into()))?;
+    entries
+        .iter()
+        .map(|entry| {
+            let capability = crate::render::capability_from_json(entry).map_err(fail)?;
+            Ok((capability.name.clone(), capability))
+        })
+        .collect()
 }
 
 /// What a run produced.

@@ -318,6 +318,65 @@ pub fn capability_json(p: &ProcessorCapability) -> Value {
     })
 }
 
+/// A processor declaration back from [`capability_json`] (what `flowplane processors -o
+/// json` prints), for offline validation against a saved catalog.
+pub fn capability_from_json(value: &Value) -> Result<ProcessorCapability, String> {
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_string();
+    let name = value["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or("a processor without a name")?;
+    let ports = |key: &str| -> Result<Vec<PortSpec>, String> {
+        let mut ports = Vec::new();
+        for port in value[key].as_array().into_iter().flatten() {
+            let mut types = Vec::new();
+            for t in port["types"].as_array().into_iter().flatten() {
+                let t = t.as_str().unwrap_or_default();
+                let hint = DataTypeHint::from_str_name(&format!(
+                    "DATA_TYPE_HINT_{}",
+                    t.to_ascii_uppercase()
+                ))
+                .ok_or_else(|| format!("processor {name:?}: unknown type {t:?} in {key}"))?;
+                types.push(hint as i32);
+            }
+            ports.push(PortSpec {
+                name: text(port, "name"),
+                types,
+                description: text(port, "description"),
+            });
+        }
+        Ok(ports)
+    };
+    let params = value["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| ParamSpec {
+            name: text(p, "name"),
+            description: text(p, "description"),
+            r#type: text(p, "type"),
+            required: p["required"].as_bool().unwrap_or(false),
+            default_value: (!p["default"].is_null())
+                .then(|| flowplane_proto::json_to_value(&p["default"])),
+            allowed_values: p["allowed_values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(flowplane_proto::json_to_value)
+                .collect(),
+        })
+        .collect();
+    Ok(ProcessorCapability {
+        name: name.to_string(),
+        description: text(value, "description"),
+        version: text(value, "version"),
+        inputs: ports("inputs")?,
+        outputs: ports("outputs")?,
+        stateless: value["stateless"].as_bool().unwrap_or(false),
+        params,
+    })
+}
+
 /// `NAME VERSION - DESCRIPTION`, the first line of a processor's detail.
 pub fn capability_heading(p: &ProcessorCapability) -> String {
     let mut text = p.name.clone();
@@ -847,6 +906,14 @@ mod tests {
         assert_eq!(t["params"][1]["description"], "how often");
         assert_eq!(t["hosts"][1]["id"], "b");
         assert_eq!(catalog_text(&[], true), "no processors\n");
+        // What -o json prints reads back to the same declaration.
+        assert_eq!(capability_from_json(t), Ok(text_transform()));
+        let bad = json!({"name": "x", "inputs": [{"name": "in", "types": ["sound"]}]});
+        assert!(
+            capability_from_json(&bad)
+                .unwrap_err()
+                .contains("\"sound\"")
+        );
     }
 
     #[test]

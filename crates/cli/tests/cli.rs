@@ -731,6 +731,52 @@ async fn processors_lists_the_catalog_of_live_hosts_with_ports_params_and_hosts(
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["capabilities"][0]["params"][0]["required"], true);
     assert_eq!(value["capabilities"][0]["inputs"][0]["name"], "text");
+
+    // The saved catalog lets validate --offline check ports and params with no server.
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(&catalog, &all).unwrap();
+    let manifest = dir.path().join("shout.yaml");
+    std::fs::write(
+        &manifest,
+        "nodes: [{ id: t, processor: text.transform, params: { mode: shout } }]\n\
+         inputs: [{ name: in, targets: [{ node: t, port: txt }] }]\n\
+         outputs: [{ name: out, source: { node: t } }]\n",
+    )
+    .unwrap();
+    let args = [
+        "flowplane",
+        "validate",
+        manifest.to_str().unwrap(),
+        "--offline",
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let mut out = Vec::new();
+    flowplane_cli::run(Cli::try_parse_from(args).unwrap(), &mut out)
+        .await
+        .unwrap_err();
+    let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let reasons: Vec<&str> = value["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["PARAM_NOT_ALLOWED", "UNKNOWN_PORT", "INPUT_NOT_FED"],
+        "{value}"
+    );
+    assert!(
+        value["problems"][1]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("did you mean \"text\"?"),
+        "{value}"
+    );
     platform.stop().await;
 }
 
