@@ -23,7 +23,7 @@ status=0
 # expected results hold an error (the calculator's division by zero).
 ran() {
   local rc=$1 name=$2
-  if [ "$rc" -eq 0 ] || { [ "$rc" -eq 3 ] && grep -q '"error"' "$here/expected/$name.jsonl"; }; then
+  if [ "$rc" -eq 0 ] || { [ "$rc" -eq 3 ] && grep -q '"event":"error"' "$here/expected/$name.jsonl"; }; then
     return 0
   fi
   echo "   flowplane run exited $rc" >&2
@@ -39,7 +39,7 @@ for name in audio-chain mixed video-grayscale calculator tensor fan-out-fan-in t
     "$cli" run "$here/pipelines/$name.yaml" "${args[@]}" --output json > "$results/$name.jsonl" || rc=$?
     ran "$rc" "$name" || status=1
     if diff -u "$here/expected/$name.jsonl" "$results/$name.jsonl"; then
-      n=$(wc -l < "$results/$name.jsonl")
+      n=$(grep -c '"event":"result"' "$results/$name.jsonl")
       echo "   $n result$([ "$n" -eq 1 ] || echo s), exactly as expected"
     else
       echo "   results differ from examples/expected/$name.jsonl" >&2

@@ -161,10 +161,10 @@ session() {
     python3 - "$out" "$SESSION_LINES" <<'PY' || return 1
 import json, sys
 path, count = sys.argv[1], int(sys.argv[2])
-rows = [json.loads(line) for line in open(path)]
-errors = [r for r in rows if "error" in r]
+rows = [r for r in map(json.loads, open(path)) if r.get("event") != "summary"]
+errors = [r for r in rows if r.get("event") == "error"]
 seqs = [r.get("sequence") for r in rows if "error" not in r]
-wrong = [r for r in rows if "error" not in r and r.get("value") != f"LINE-{r['sequence'] + 1:07d}"]
+wrong = [r for r in rows if r.get("event") != "error" and r["payload"].get("value") != f"LINE-{r['sequence'] + 1:07d}"]
 if errors or seqs != list(range(count)) or wrong:
     print(f"{len(errors)} errors, {len(seqs)} results of {count}, in order: {seqs == sorted(seqs)}, {len(wrong)} wrong values")
     sys.exit(1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`flowplane run` in Python: streams input files through a pipeline and prints each
-result as it arrives (one readable line, or with --json the CLI's JSON line).
+result as it arrives (one readable line), or with --json the CLI's JSON lines once the
+session closed, ending with the summary line.
 
 Usage: run.py MANIFEST NAME=FILE [NAME=FILE ...] [--json]
 The service is FLOWPLANE_PIPELINE (default 127.0.0.1:50071); FLOWPLANE_CLIENT_TOKEN_FILE
@@ -15,7 +16,7 @@ import sys
 
 import flowplane
 from flowplane.files import read_file
-from flowplane.summary import error_line, result_line
+from flowplane.summary import outcome_lines
 
 
 def main() -> int:
@@ -36,15 +37,16 @@ def main() -> int:
         tls_ca=os.environ.get("FLOWPLANE_TLS_CA"),
     )
     with client:
+        if args.json:
+            # The summary needs the session's closing counts: run it to the end first.
+            outcome = client.run(args.manifest, inputs, errors="collect")
+            sys.stdout.write(outcome_lines(outcome))
+            return 0
         for item in client.stream(args.manifest, inputs):
             if isinstance(item, flowplane.ChunkError):
-                print(error_line(item) if args.json else f"#{item.sequence} error {item}")
+                print(f"#{item.sequence} error {item}")
             else:
-                print(
-                    result_line(item)
-                    if args.json
-                    else f"#{item.sequence} {item.output} {item.value}"
-                )
+                print(f"#{item.sequence} {item.output} {item.value}")
     return 0
 
 

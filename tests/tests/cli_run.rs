@@ -160,8 +160,22 @@ async fn output_dir_files_read_back_to_exactly_what_was_sent() {
     )
     .await;
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    let lines = ran.stdout.lines().count();
-    assert_eq!(lines, 3 + 3 + 1 + 3 + 3 + 2, "{}", ran.stdout);
+    let lines: Vec<serde_json::Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let results = 3 + 3 + 1 + 3 + 3 + 2;
+    assert_eq!(lines.len(), results + 1, "{}", ran.stdout);
+    // The summary closes the stream and lists the files written.
+    let summary = &lines[results];
+    assert_eq!(summary["event"], "summary", "{summary}");
+    assert_eq!(summary["results"], results);
+    assert_eq!(
+        summary["files"].as_array().map(Vec::len),
+        Some(6),
+        "{summary}"
+    );
 
     let file = |name: &str| Path::new(&out_dir).join(name);
     let mut wav = hound::WavReader::open(file("audio.wav")).unwrap();
@@ -276,9 +290,11 @@ async fn a_failed_chunk_exits_3_and_stdin_feeds_an_input() {
     )
     .await;
     assert_eq!(good.code, Some(0), "{}", good.stderr);
+    // One envelope per line, the payload under `payload`, then the closing summary.
     assert_eq!(
         good.stdout,
-        "{\"output\":\"results\",\"sequence\":0,\"type\":\"json\",\"value\":{\"result\":9}}\n"
+        "{\"event\":\"result\",\"output\":\"results\",\"payload\":{\"value\":{\"result\":9}},\"sequence\":0,\"type\":\"json\"}\n\
+         {\"chunks\":1,\"errors\":0,\"event\":\"summary\",\"failovers\":0,\"files\":[],\"results\":1}\n"
     );
     let events: Vec<serde_json::Value> = good
         .stderr
@@ -338,6 +354,36 @@ async fn a_failed_chunk_exits_3_and_stdin_feeds_an_input() {
     assert_eq!(health.code, Some(0), "{}", health.stderr);
     let value: serde_json::Value = serde_json::from_str(&health.stdout).unwrap();
     assert_eq!(value["status"], "SERVING");
+
+    // A failed chunk in JSON mode: the error envelope, and the summary counts it.
+    let failed_json = flowplane(
+        &run(&["--input-type", "requests=jsonl", "-o", "json"]),
+        requests.as_bytes(),
+    )
+    .await;
+    assert_eq!(failed_json.code, Some(3), "{}", failed_json.stderr);
+    let lines: Vec<serde_json::Value> = failed_json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["result", "error", "result", "summary"],
+        "{}",
+        failed_json.stdout
+    );
+    assert_eq!(lines[1]["sequence"], 1);
+    assert_eq!(lines[1]["error"]["reason"], "DIVISION_BY_ZERO");
+    assert_eq!(
+        (
+            &lines[3]["chunks"],
+            &lines[3]["results"],
+            &lines[3]["errors"]
+        ),
+        (&3.into(), &2.into(), &1.into())
+    );
 
     // Without --input-type, stdin is binary: the calculator refuses every chunk.
     let binary = flowplane(&run(&[]), requests.as_bytes()).await;
@@ -422,7 +468,61 @@ async fn help_documents_the_exit_codes_and_the_input_type_rule() {
         "Exit status",
         "3 when",
         ".npy npy",
+        "\"summary\"",
     ] {
         assert!(help.contains(expected), "{expected} missing:\n{help}");
     }
+}
+
+/// `validate` and `run` agree: a param outside the processor's declared values fails
+/// both, naming node, param and the values; `--offline` needs no server at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_refuses_what_run_would_refuse() {
+    const SHOUT: &str = "\
+name: shout
+nodes:
+  - { id: loud, processor: text.transform, params: { mode: shout } }
+inputs:
+  - { name: text, targets: [{ node: loud }] }
+outputs:
+  - { name: text, source: { node: loud } }
+";
+    let platform = Platform::start(1).await;
+    platform
+        .wait_until_runnable(&manifest(&SHOUT.replace("shout }", "upper }")))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shout.yaml");
+    std::fs::write(&path, SHOUT).unwrap();
+    let path = path.to_str().unwrap();
+    let lines = dir.path().join("lines.txt");
+    std::fs::write(&lines, "hello\n").unwrap();
+    let input = format!("text={}", lines.display());
+    let url = platform.pipeline.url();
+
+    let validated = flowplane(&["validate", path, "--pipeline", &url], b"").await;
+    assert_eq!(validated.code, Some(1), "{}", validated.stdout);
+    assert!(
+        validated.stdout.contains("PARAM_NOT_ALLOWED")
+            && validated.stdout.contains(
+                "node \"loud\": param \"mode\" of processor \"text.transform\" must be one of \"upper\", \"lower\", \"reverse\", got \"shout\""
+            ),
+        "{}",
+        validated.stdout
+    );
+    let ran = flowplane(&["run", path, "--pipeline", &url, "--input", &input], b"").await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("InvalidArgument") && ran.stderr.contains("got \"shout\""),
+        "{}",
+        ran.stderr
+    );
+    // Offline the file's structure is fine (params need the processors' declarations).
+    let offline = flowplane(&["validate", path, "--offline"], b"").await;
+    assert_eq!(offline.code, Some(0), "{}", offline.stderr);
+    assert!(
+        offline.stdout.contains("valid offline (1 node, 0 edges"),
+        "{}",
+        offline.stdout
+    );
 }

@@ -350,20 +350,71 @@ outputs: [{ name: out, source: { node: up } }]"#,
         status.message()
     );
 
-    // Params the processor rejects at init are reported naming the node.
+    // A param outside the values the processor declares: ValidatePipeline and session
+    // start refuse it alike (one validation path), naming node, param and the values,
+    // before any processor is opened; the status lists every problem as a field violation.
     let rejected = manifest(
         r#"
-nodes: [{ id: t, processor: text.transform, params: { mode: sideways } }]
+nodes:
+  - { id: t, processor: text.transform, params: { mode: shout } }
+  - { id: t2, processor: text.transform, params: { mdoe: upper } }
+edges: [{ from_node: t, to_node: t2 }]
 inputs: [{ name: in, targets: [{ node: t }] }]
-outputs: [{ name: out, source: { node: t } }]"#,
+outputs: [{ name: out, source: { node: t2 } }]"#,
+    );
+    let problems = client
+        .validate_pipeline(ValidatePipelineRequest {
+            manifest: Some(rejected.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .problems;
+    let reasons: Vec<&str> = problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["PARAM_NOT_ALLOWED", "UNKNOWN_PARAM", "MISSING_PARAM"],
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].message.ends_with("did you mean \"mode\"?"),
+        "{}",
+        problems[1].message
     );
     let status = Session::open(&mut client, init(rejected))
         .await
         .err()
         .expect("init fails");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("\"t\""), "{}", status.message());
-    assert!(status.message().contains("mode"), "{}", status.message());
+    for needle in [
+        "node \"t\"",
+        "param \"mode\"",
+        "one of \"upper\", \"lower\", \"reverse\"",
+        "got \"shout\"",
+    ] {
+        assert!(
+            status.message().contains(needle),
+            "{needle}: {}",
+            status.message()
+        );
+    }
+    let details = tonic_types::StatusExt::check_error_details(&status).expect("details");
+    let fields: Vec<&str> = details
+        .bad_request()
+        .expect("bad request")
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "nodes[0].params.mode",
+            "nodes[1].params.mdoe",
+            "nodes[1].params.mode"
+        ]
+    );
+    assert_eq!(details.error_info().unwrap().reason, "PARAM_NOT_ALLOWED");
 }
 
 /// The pipeline keeps its last view of the processors: with the control plane gone, new

@@ -20,7 +20,7 @@ import pytest
 import flowplane
 from conftest import EXAMPLES, Stack
 from flowplane.files import read_file
-from flowplane.summary import error_line, result_line
+from flowplane.summary import outcome_lines
 
 # The inputs examples/run-all.sh gives each pipeline, in its order.
 INPUTS = {
@@ -43,12 +43,8 @@ def inputs_of(name: str, samples: pathlib.Path) -> dict[str, list[flowplane.Payl
 
 
 def lines_of(outcome: flowplane.Outcome) -> str:
-    """Results and errors in arrival order by sequence, as the CLI prints them."""
-    items: list[tuple[int, int, str]] = [
-        (r.sequence, i, result_line(r)) for i, r in enumerate(outcome.results)
-    ]
-    items += [(e.sequence or 0, -1, error_line(e)) for e in outcome.errors]
-    return "".join(line + "\n" for _, _, line in sorted(items))
+    """Results and errors by sequence, then the summary line, as the CLI prints them."""
+    return outcome_lines(outcome)
 
 
 def expected(name: str) -> str:
@@ -86,7 +82,7 @@ def assert_lines(actual: str, name: str) -> None:
 def test_the_comparison_bites() -> None:
     line = expected("audio-chain").splitlines()[1]
     value = json.loads(line)
-    value["value"]["rms_dbfs"] += math.ulp(value["value"]["rms_dbfs"])
+    value["payload"]["value"]["rms_dbfs"] += math.ulp(value["payload"]["value"]["rms_dbfs"])
     try:
         same(value, json.loads(line), "changed")
     except AssertionError:

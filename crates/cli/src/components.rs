@@ -145,13 +145,20 @@ pub fn list_request(args: &ListArgs) -> pb::ListComponentsRequest {
     }
 }
 
-async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let control_plane = crate::control_plane(cli)?;
+/// Every component `request` matches, following page tokens to the end.
+pub async fn list_all(
+    control_plane: &crate::ControlPlane,
+    request: pb::ListComponentsRequest,
+) -> Result<Vec<Component>> {
     // All pages from one replica: a page token means something only to the replica that
     // handed it out, so a replica failing mid-way starts the listing again on the next.
-    let components = control_plane
+    control_plane
         .call("ListComponents", |mut client| {
-            let mut request = list_request(args);
+            let mut request = request.clone();
+            request.page.get_or_insert(PageRequest {
+                page_size: PAGE_SIZE,
+                page_token: String::new(),
+            });
             async move {
                 let mut components: Vec<Component> = Vec::new();
                 loop {
@@ -165,7 +172,12 @@ async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Resul
                 }
             }
         })
-        .await?;
+        .await
+}
+
+async fn list(cli: &Cli, args: &ListArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let control_plane = crate::control_plane(cli)?;
+    let components = list_all(&control_plane, list_request(args)).await?;
     match args.output {
         Output::Table => write!(out, "{}", render::table(&components, SystemTime::now()))?,
         Output::Wide => write!(

@@ -1,43 +1,17 @@
 //! Turns input files (or standard input) into typed chunks for `flowplane run`, by
 //! `--input-type` or else by extension: WAV audio, PPM images or raw RGB24 frames, JSON
-//! lines, text lines, .npy tensors, anything else as binary. Readers load whole files (the CLI is a client tool, not a bulk loader) and
-//! fail naming the file and what is wrong with it.
+//! lines, text lines, .npy tensors (read with `npyz`), anything else as binary. Readers
+//! load whole files (the CLI is a client tool, not a bulk loader) and fail naming the file
+//! and what is wrong with it.
 
 use std::path::Path;
 
+use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use flowplane_proto::data::v1::{
     AudioBuffer, AudioFormat, BinaryData, DataBuffer, JsonData, PixelFormat, TensorBuffer,
     TensorDtype, TextData, VideoFrame, data_buffer::Payload,
 };
-
-/// What is wrong with an input file, in words.
-type Result<T, E = String> = std::result::Result<T, E>;
-
-macro_rules! bail {
-    ($($arg:tt)*) => { return Err(format!($($arg)*)) };
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*) } };
-}
-
-/// Adds what was being read to a lower-level failure.
-trait Context<T> {
-    fn context(self, what: &str) -> Result<T>;
-}
-
-impl<T> Context<T> for Option<T> {
-    fn context(self, what: &str) -> Result<T> {
-        self.ok_or_else(|| what.to_string())
-    }
-}
-
-impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
-    fn context(self, what: &str) -> Result<T> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
-}
 
 /// How files are cut into chunks.
 #[derive(Clone, Debug)]
@@ -142,7 +116,7 @@ pub fn read_chunks(
     };
     let kind = kind.unwrap_or_else(|| InputType::from_extension(Path::new(file)));
     read_bytes(data, kind, options)
-        .map_err(|e| input_error(format!("not a valid {} input: {e}", kind.name())))
+        .map_err(|e| input_error(format!("not a valid {} input: {e:#}", kind.name())))
 }
 
 /// Cuts bytes already read into the payloads of their chunks.
@@ -168,14 +142,6 @@ pub fn read_bytes(
             metadata: Default::default(),
         })
         .collect())
-}
-
-fn u16_at(d: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([d[at], d[at + 1]])
-}
-
-fn u32_at(d: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
 }
 
 /// RIFF/WAVE (plain or extensible) read with hound: 8/16-bit integer samples become
@@ -328,7 +294,7 @@ fn json_lines(d: &[u8]) -> Result<Vec<Payload>> {
         .enumerate()
         .map(|(i, line)| {
             serde_json::from_str::<serde_json::Value>(line)
-                .context(&format!("line {} is not valid json", i + 1))?;
+                .with_context(|| format!("line {} is not valid json", i + 1))?;
             Ok(Payload::Json(JsonData {
                 json: line.to_string(),
                 schema_hint: String::new(),
@@ -370,55 +336,73 @@ fn binary(d: Vec<u8>, chunk: usize) -> Vec<Payload> {
         .collect()
 }
 
-/// NumPy .npy version 1/2, little-endian, C order.
+/// NumPy .npy (any version) of a plain numeric dtype in C order, one tensor; the data
+/// goes on the wire little-endian whatever the file's byte order.
 fn npy(d: &[u8]) -> Result<Vec<Payload>> {
-    ensure!(d.len() > 10 && &d[0..6] == b"\x93NUMPY", "not a .npy file");
-    let (header_len, start) = match d[6] {
-        1 => (u16_at(d, 8) as usize, 10),
-        2 | 3 => (u32_at(d, 8) as usize, 12),
-        v => bail!("unsupported .npy version {v}"),
-    };
-    ensure!(start + header_len <= d.len(), "truncated .npy header");
-    let header = std::str::from_utf8(&d[start..start + header_len]).context("header not utf-8")?;
-    let field = |name: &str| -> Result<&str> {
-        let key = format!("'{name}':");
-        let at = header
-            .find(&key)
-            .context(&format!("header has no {name}"))?
-            + key.len();
-        Ok(header[at..].trim_start())
-    };
-    let descr = field("descr")?;
-    let dtype = [
-        ("'<f4'", TensorDtype::F32),
-        ("'<f8'", TensorDtype::F64),
-        ("'<f2'", TensorDtype::F16),
-        ("'<i8'", TensorDtype::I64),
-        ("'<i4'", TensorDtype::I32),
-        ("'|i1'", TensorDtype::I8),
-        ("'|u1'", TensorDtype::U8),
-    ]
-    .into_iter()
-    .find(|(d, _)| descr.starts_with(d))
-    .map(|(_, t)| t)
-    .context(&format!(
-        "unsupported dtype {}",
-        descr.split(',').next().unwrap_or(descr)
-    ))?;
+    use npyz::{DType, Endianness, TypeChar};
+    let file = npyz::NpyFile::new(d).context("not a .npy file")?;
     ensure!(
-        field("fortran_order")?.starts_with("False"),
+        file.order() == npyz::Order::C,
         "fortran-order arrays are not supported"
     );
-    let shape_text = field("shape")?;
-    let close = shape_text.find(')').context("bad shape")?;
-    let shape = shape_text[1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().context("bad shape dimension"))
-        .collect::<Result<Vec<u64>>>()?;
+    let DType::Plain(ty) = file.dtype() else {
+        bail!("structured dtype {} is not supported", file.dtype().descr());
+    };
+    let dtype = match (ty.type_char(), ty.size_field()) {
+        (TypeChar::Float, 4) => TensorDtype::F32,
+        (TypeChar::Float, 8) => TensorDtype::F64,
+        (TypeChar::Float, 2) => TensorDtype::F16,
+        (TypeChar::Int, 8) => TensorDtype::I64,
+        (TypeChar::Int, 4) => TensorDtype::I32,
+        (TypeChar::Int, 1) => TensorDtype::I8,
+        (TypeChar::Uint, 1) => TensorDtype::U8,
+        _ => bail!("unsupported dtype {ty}: use f2, f4, f8, i1, i4, i8 or u1"),
+    };
+    let shape = file.shape().to_vec();
+    let width = ty.size_field() as usize;
+    let values = usize::try_from(file.len()).context("array too large")?;
+    let data: Vec<u8> = if ty.endianness() == Endianness::Big && width > 1 {
+        let le = |bytes: &[u8]| bytes.iter().rev().copied().collect::<Vec<u8>>();
+        match dtype {
+            TensorDtype::F32 => file
+                .into_vec::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            TensorDtype::F64 => file
+                .into_vec::<f64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            TensorDtype::I32 => file
+                .into_vec::<i32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            TensorDtype::I64 => file
+                .into_vec::<i64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            // Half floats have no Rust type here: swap each value's two bytes.
+            _ => file
+                .into_inner()
+                .chunks_exact(width)
+                .take(values)
+                .flat_map(le)
+                .collect(),
+        }
+    } else {
+        file.into_inner().to_vec()
+    };
+    ensure!(
+        data.len() == values * width,
+        "{} data bytes, but shape {shape:?} of {ty} needs {}",
+        data.len(),
+        values * width
+    );
     Ok(vec![Payload::Tensor(TensorBuffer {
-        data: Bytes::copy_from_slice(&d[start + header_len..]),
+        data: Bytes::from(data),
         shape,
         dtype: dtype as i32,
     })])
@@ -518,33 +502,74 @@ mod tests {
         assert_eq!((v.width, v.height, &v.pixels[..]), (1, 1, &[7u8, 8, 9][..]));
     }
 
-    #[test]
-    fn npy_header_gives_dtype_and_shape() {
-        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+    fn npy_file(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let fortran = if fortran { "True" } else { "False" };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
         let mut f = b"\x93NUMPY\x01\x00".to_vec();
         f.extend_from_slice(&(header.len() as u16).to_le_bytes());
         f.extend_from_slice(header.as_bytes());
-        f.extend_from_slice(&[0u8; 24]);
-        let Payload::Tensor(t) = &npy(&f).unwrap()[0] else {
-            unreachable!()
+        f.extend_from_slice(data);
+        f
+    }
+
+    fn tensor(payloads: &[Payload]) -> &TensorBuffer {
+        let [Payload::Tensor(t)] = payloads else {
+            panic!("{payloads:?}")
         };
+        t
+    }
+
+    #[test]
+    fn npy_gives_dtype_shape_and_little_endian_data() {
+        let values: Vec<u8> = [1.5f32, -2.0, 3.25, 0.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let little = npy(&npy_file("<f4", false, "(2, 3)", &values)).unwrap();
+        let t = tensor(&little);
         assert_eq!(t.shape, [2, 3]);
         assert_eq!(t.dtype, TensorDtype::F32 as i32);
-        assert_eq!(t.data.len(), 24);
+        assert_eq!(&t.data[..], &values[..]);
+        // A big-endian file gives the same tensor.
+        let big: Vec<u8> = [1.5f32, -2.0, 3.25, 0.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        assert_eq!(
+            tensor(&npy(&npy_file(">f4", false, "(2, 3)", &big)).unwrap()),
+            t
+        );
+        let bytes = npy(&npy_file("|u1", false, "(3,)", &[1, 2, 3])).unwrap();
+        assert_eq!(tensor(&bytes).dtype, TensorDtype::U8 as i32);
+        assert_eq!(tensor(&bytes).shape, [3]);
+    }
+
+    #[test]
+    fn npy_files_it_cannot_send_are_refused_saying_why() {
+        let cases = [
+            (npy_file("<f4", true, "(2,)", &[0; 8]), "fortran-order"),
+            (npy_file("<c8", false, "(1,)", &[0; 8]), "unsupported dtype"),
+            (npy_file("<f4", false, "(3,)", &[0; 8]), "needs 12"),
+            (b"\x93NUMPX".to_vec(), "not a .npy file"),
+        ];
+        for (file, needle) in cases {
+            let error = format!("{:#}", npy(&file).unwrap_err());
+            assert!(error.contains(needle), "{needle}: {error}");
+        }
     }
 
     #[test]
     fn malformed_files_are_rejected_with_a_reason() {
-        assert!(
-            wav(b"RIFF0000WAVE", 20)
-                .unwrap_err()
-                .contains("not a wav file")
-        );
-        assert!(ppm(b"P3 1 1 255\n000").unwrap_err().contains("P6"));
-        assert!(
-            json_lines(b"{}\nnot json\n")
-                .unwrap_err()
-                .contains("line 2")
-        );
+        let wav = format!("{:#}", wav(b"RIFF0000WAVE", 20).unwrap_err());
+        assert!(wav.contains("not a wav file"), "{wav}");
+        let ppm = ppm(b"P3 1 1 255\n000").unwrap_err().to_string();
+        assert!(ppm.contains("P6"), "{ppm}");
+        let json = json_lines(b"{}\nnot json\n").unwrap_err().to_string();
+        assert!(json.contains("line 2"), "{json}");
     }
 }

@@ -1,6 +1,7 @@
 //! The `flowplane` command-line client: the tool a person uses to see the platform.
-//! Each subcommand lives in its own module (`components`, `health`; pipeline commands
-//! go beside them); this file only holds the shared flags, the client and the error.
+//! Each subcommand lives in its own module (`components`, `health`, `processors`,
+//! `pipeline` for validate and run); this file only holds the shared flags, the client
+//! and the error.
 //! Nothing here holds state between runs or talks to anything but the given servers.
 
 pub mod components;
@@ -8,6 +9,7 @@ pub mod health;
 pub mod inputs;
 pub mod outputs;
 pub mod pipeline;
+pub mod processors;
 pub mod render;
 
 use std::io::Write;
@@ -44,7 +46,10 @@ pub enum Command {
     Components(components::Command),
     /// Check a server's grpc.health.v1 status; exits 0 only when SERVING.
     Health(health::Args),
-    /// Check a pipeline manifest: locally, then against the live processors.
+    /// List the processors the live hosts serve: ports, params, hosts.
+    Processors(processors::Args),
+    /// Check a pipeline manifest against the live processors' ports and params
+    /// (--offline: the file's structure only, without any server).
     Validate(pipeline::ValidateArgs),
     /// Stream input files through a pipeline and print each result as it arrives
     /// (exit 3 when any chunk failed).
@@ -145,6 +150,9 @@ pub enum Error {
     /// The pipeline service found problems in a manifest (already printed).
     #[error("{path} is not a valid pipeline ({problems} {})", if *.problems == 1 { "problem" } else { "problems" })]
     InvalidPipeline { path: String, problems: usize },
+    /// What was asked for does not exist (a processor no host serves).
+    #[error("{0}")]
+    NotFound(String),
     /// A command line the flags cannot express (exit 2).
     #[error("{0}")]
     Usage(String),
@@ -232,6 +240,7 @@ pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     match &cli.command {
         Command::Components(command) => components::run(&cli, command, out).await,
         Command::Health(args) => health::run(&cli, args, out).await,
+        Command::Processors(args) => processors::run(&cli, args, out).await,
         Command::Validate(args) => pipeline::validate(args, &cli.client, out).await,
         Command::Run(args) => {
             let summary = pipeline::run(args, &cli.client, out, &mut std::io::stderr()).await?;

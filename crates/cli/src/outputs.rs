@@ -376,25 +376,11 @@ fn write_frame(
         .map_err(|e| e.to_string())
 }
 
+/// Whether the tensor's bytes match its shape and dtype (the SDK's payload rule).
 fn check_tensor_size(t: &TensorBuffer) -> Result<(), String> {
-    let dtype = TensorDtype::try_from(t.dtype).unwrap_or(TensorDtype::Unspecified);
-    let width = match dtype {
-        TensorDtype::F64 | TensorDtype::I64 => 8,
-        TensorDtype::F32 | TensorDtype::I32 => 4,
-        TensorDtype::F16 => 2,
-        _ => 1,
-    };
-    let elements: u64 = t.shape.iter().product();
-    if t.data.len() as u64 != elements * width {
-        return Err(format!(
-            "a {} tensor of shape {:?} has {} bytes, not {}",
-            dtype.as_str_name(),
-            t.shape,
-            t.data.len(),
-            elements * width
-        ));
-    }
-    Ok(())
+    flowplane_sdk::payload::tensor_layout(t)
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
 }
 
 /// The NumPy type string of a dtype (all little-endian).

@@ -52,9 +52,14 @@ pub struct ValidateArgs {
     /// Pipeline service address, HOST:PORT or URI.
     #[arg(long, env = "FLOWPLANE_PIPELINE", default_value = DEFAULT_PIPELINE)]
     pub pipeline: String,
-    /// Only check the file itself, without asking the service about live processors.
+    /// Check without any server: every structural check (node ids, references to nodes,
+    /// cycles, inputs and outputs), none that needs a processor's ports or params.
     #[arg(long)]
     pub offline: bool,
+    /// With --offline: also check ports, edge types and params against a saved catalog,
+    /// the JSON or YAML `flowplane processors -o json` prints.
+    #[arg(long, value_name = "FILE", requires = "offline")]
+    pub catalog: Option<PathBuf>,
     /// Output format: `json`/`yaml` print one object with `valid` and every problem.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: crate::Output,
@@ -91,7 +96,10 @@ pub struct RunArgs {
     /// Pipeline service address, HOST:PORT or URI.
     #[arg(long, env = "FLOWPLANE_PIPELINE", default_value = DEFAULT_PIPELINE)]
     pub pipeline: String,
-    /// Result format.
+    /// Result format. json: one envelope per line on stdout, {"event": "result"|"error"|
+    /// "summary", ...}, each result's payload fields under "payload", the summary last
+    /// (chunks, results, errors, failovers, files); yaml: the same as `---` documents.
+    /// The session's ready/closed lines go to stderr.
     #[arg(short, long, value_enum, default_value_t = ResultFormat::Text)]
     pub output: ResultFormat,
     /// Audio chunk length in milliseconds.
@@ -140,42 +148,56 @@ pub async fn validate(
     let manifest = Manifest::from_file(&args.manifest)?;
     let path = args.manifest.display().to_string();
     let json = matches!(args.output, crate::Output::Json | crate::Output::Yaml);
-    if args.offline {
-        if json {
-            let value = serde_json::json!({"manifest": path, "valid": true, "offline": true,
-                "nodes": manifest.nodes.len(), "edges": manifest.edges.len(), "problems": []});
-            crate::write_value(out, args.output, &value, true)?;
-        } else {
-            writeln!(
-                out,
-                "{path}: parses ({}, {})",
-                plural(manifest.nodes.len() as u64, "node", "nodes"),
-                plural(manifest.edges.len() as u64, "edge", "edges")
-            )?;
+    let problems = if args.offline {
+        let checked = match &args.catalog {
+            Some(file) => flowplane_manifest::validate(&manifest, &read_catalog(file)?),
+            None => flowplane_manifest::validate(&manifest, &flowplane_manifest::Offline),
+        };
+        match checked {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.0.iter().map(|p| p.to_detail()).collect(),
         }
-        return Ok(());
-    }
-    let mut client = client(&args.pipeline, client_args).await?;
-    let problems = client
-        .validate_pipeline(ValidatePipelineRequest {
-            manifest: Some(manifest.to_proto()),
-        })
-        .await
-        .map_err(|status| Error::Rpc {
-            rpc: "ValidatePipeline",
-            status,
-        })?
-        .into_inner()
-        .problems;
+    } else {
+        let mut client = client(&args.pipeline, client_args).await?;
+        client
+            .validate_pipeline(ValidatePipelineRequest {
+                manifest: Some(manifest.to_proto()),
+            })
+            .await
+            .map_err(|status| Error::Rpc {
+                rpc: "ValidatePipeline",
+                status,
+            })?
+            .into_inner()
+            .problems
+    };
     if json {
         let value = serde_json::json!({"manifest": path, "valid": problems.is_empty(),
-            "offline": false, "nodes": manifest.nodes.len(), "edges": manifest.edges.len(),
+            "offline": args.offline, "nodes": manifest.nodes.len(), "edges": manifest.edges.len(),
             "problems": problems.iter().map(|p| serde_json::json!({
                 "code": format!("{:?}", tonic::Code::from_i32(p.code)), "reason": p.reason,
                 "message": p.message, "field": p.field})).collect::<Vec<_>>()});
         crate::write_value(out, args.output, &value, true)?;
     } else if problems.is_empty() {
-        writeln!(out, "{path}: valid")?;
+        let counts = format!(
+            "{}, {}",
+            plural(manifest.nodes.len() as u64, "node", "nodes"),
+            plural(manifest.edges.len() as u64, "edge", "edges")
+        );
+        if let Some(catalog) = args.catalog.as_ref().filter(|_| args.offline) {
+            writeln!(
+                out,
+                "{path}: valid offline against {} ({counts})",
+                catalog.display()
+            )?;
+        } else if args.offline {
+            writeln!(
+                out,
+                "{path}: valid offline ({counts}; processors, ports and params not checked)"
+            )?;
+        } else {
+            writeln!(out, "{path}: valid ({counts})")?;
+        }
     } else {
         writeln!(
             out,
@@ -196,6 +218,27 @@ pub async fn validate(
     })
 }
 
+/// A catalog saved from `flowplane processors -o json` (or yaml), by processor name.
+fn read_catalog(
+    file: &std::path::Path,
+) -> Result<std::collections::HashMap<String, flowplane_proto::processor::v1::ProcessorCapability>>
+{
+    let fail = |message: String| Error::Usage(format!("--catalog {}: {message}", file.display()));
+    let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).map_err(|e| fail(format!("not json or yaml: {e}")))?;
+    let entries = value
+        .as_array()
+        .ok_or_else(|| fail("not a list of processors".into()))?;
+    entries
+        .iter()
+        .map(|entry| {
+            let capability = crate::render::capability_from_json(entry).map_err(fail)?;
+            Ok((capability.name.clone(), capability))
+        })
+        .collect()
+}
+
 /// What a run produced.
 #[derive(Debug, Default)]
 pub struct RunSummary {
@@ -205,6 +248,8 @@ pub struct RunSummary {
     pub results: u64,
     /// Per-chunk errors received.
     pub errors: u64,
+    /// Times a node moved to another processor instance (the service's count).
+    pub failovers: u64,
     /// The files written under `--output-dir`, in output-name order.
     pub files: Vec<PathBuf>,
 }
@@ -366,6 +411,12 @@ pub async fn run(
                     summary.files = files.finish()?;
                 }
                 let m = closed.metrics.unwrap_or_default();
+                summary.failovers = m.failovers;
+                let files: Vec<String> = summary
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect();
                 match args.output {
                     ResultFormat::Text => {
                         for file in &summary.files {
@@ -380,14 +431,22 @@ pub async fn run(
                             plural(m.failovers, "failover", "failovers"),
                         )?;
                     }
-                    ResultFormat::Json | ResultFormat::Yaml => writeln!(
-                        status,
-                        "{}",
-                        serde_json::json!({"event": "closed", "session_id": session,
+                    ResultFormat::Json | ResultFormat::Yaml => {
+                        writeln!(
+                            status,
+                            "{}",
+                            serde_json::json!({"event": "closed", "session_id": session,
+                                "chunks": m.chunks_in, "results": m.results_out, "errors": m.errors,
+                                "failovers": m.failovers, "files": files})
+                        )?;
+                        // The data stream ends with its own summary: a script reading only
+                        // stdout knows the run is complete and what it counted. No session id,
+                        // so the same inputs give the same lines.
+                        let closing = serde_json::json!({"event": "summary",
                             "chunks": m.chunks_in, "results": m.results_out, "errors": m.errors,
-                            "failovers": m.failovers,
-                            "files": summary.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>()})
-                    )?,
+                            "failovers": m.failovers, "files": files});
+                        writeln!(out, "{}", structured(args.output, &closing))?;
+                    }
                 }
                 return Ok(summary);
             }
@@ -427,43 +486,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Decodes audio samples to f64 in [-1, 1] for level summaries.
-fn audio_levels(format: AudioFormat, bytes: &[u8]) -> (f64, f64) {
-    let samples: Vec<f64> = match format {
-        AudioFormat::F32le => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect(),
-        AudioFormat::I16le => bytes
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f64 / 32768.0)
-            .collect(),
-        AudioFormat::I32le => bytes
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64 / 2_147_483_648.0)
-            .collect(),
-        AudioFormat::Unspecified => Vec::new(),
-    };
+/// RMS and peak level in dBFS of an audio result (decoded by the SDK's payload codecs);
+/// minus infinity when it holds no samples or is malformed.
+fn audio_levels(audio: &flowplane_proto::data::v1::AudioBuffer) -> (f64, f64) {
+    let samples = flowplane_sdk::payload::decode_audio(audio).unwrap_or_default();
     if samples.is_empty() {
         return (f64::NEG_INFINITY, f64::NEG_INFINITY);
     }
     let rms = (samples.iter().map(|s| s * s).sum::<f64>() / samples.len() as f64).sqrt();
     let peak = samples.iter().fold(0.0f64, |m, s| m.max(s.abs()));
     (20.0 * rms.log10(), 20.0 * peak.log10())
-}
-
-fn tensor_values(dtype: TensorDtype, data: &[u8]) -> Vec<f64> {
-    match dtype {
-        TensorDtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect(),
-        TensorDtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 /// One result, as a line of text or JSON.
@@ -476,7 +508,7 @@ pub fn render_result(
     let value = match &buffer.payload {
         Some(Payload::Audio(a)) => {
             let fmt = AudioFormat::try_from(a.format).unwrap_or(AudioFormat::Unspecified);
-            let (rms, peak) = audio_levels(fmt, &a.samples);
+            let (rms, peak) = audio_levels(a);
             serde_json::json!({"type": "audio", "format": fmt.as_str_name(), "sample_rate": a.sample_rate,
                 "channels": a.channels, "num_samples": a.num_samples,
                 "rms_dbfs": round2(rms), "peak_dbfs": round2(peak), "sha256": sha256_hex(&a.samples)})
@@ -488,7 +520,9 @@ pub fn render_result(
         }
         Some(Payload::Tensor(t)) => {
             let dtype = TensorDtype::try_from(t.dtype).unwrap_or(TensorDtype::Unspecified);
-            let values: Vec<f64> = tensor_values(dtype, &t.data)
+            // Float tensors show their values; other dtypes only dtype and shape.
+            let values: Vec<f64> = flowplane_sdk::payload::decode_float_tensor(t)
+                .unwrap_or_default()
                 .into_iter()
                 .map(round4)
                 .collect();
@@ -507,10 +541,15 @@ pub fn render_result(
     };
     match format {
         ResultFormat::Json | ResultFormat::Yaml => {
-            let mut line = serde_json::json!({"sequence": sequence, "output": output});
-            if let (Some(line), Some(value)) = (line.as_object_mut(), value.as_object()) {
-                line.extend(value.clone());
-            }
+            // The envelope is the same for every type; what the payload holds is under
+            // `payload`, whatever the type.
+            let mut payload = value.clone();
+            let kind = payload
+                .as_object_mut()
+                .and_then(|o| o.remove("type"))
+                .unwrap_or_default();
+            let line = serde_json::json!({"event": "result", "sequence": sequence,
+                "output": output, "type": kind, "payload": payload});
             structured(format, &line)
         }
         ResultFormat::Text => {
@@ -538,7 +577,7 @@ pub fn render_error(format: ResultFormat, error: &ErrorDetail) -> String {
     match format {
         ResultFormat::Json | ResultFormat::Yaml => structured(
             format,
-            &serde_json::json!({"sequence": error.sequence, "error": {
+            &serde_json::json!({"event": "error", "sequence": error.sequence, "error": {
             "code": code, "reason": error.reason, "node_id": error.node_id, "message": error.message}}),
         ),
         ResultFormat::Text => format!(
@@ -600,7 +639,7 @@ mod tests {
         );
         assert_eq!(
             render_result(ResultFormat::Json, 4, "sum", &json),
-            r#"{"output":"sum","sequence":4,"type":"json","value":{"result":3}}"#
+            r#"{"event":"result","output":"sum","payload":{"value":{"result":3}},"sequence":4,"type":"json"}"#
         );
         let text = buffer(Payload::Text(TextData {
             text: "HI".into(),
@@ -612,7 +651,84 @@ mod tests {
         );
         assert_eq!(
             render_result(ResultFormat::Yaml, 0, "out", &text),
-            "---\noutput: out\nsequence: 0\ntype: text\nvalue: HI"
+            "---\nevent: result\noutput: out\npayload:\n  value: HI\nsequence: 0\ntype: text"
+        );
+    }
+
+    #[test]
+    fn every_payload_type_has_the_same_envelope() {
+        let payloads = [
+            Payload::Json(JsonData {
+                json: "[1]".into(),
+                schema_hint: String::new(),
+            }),
+            Payload::Text(TextData {
+                text: "hi".into(),
+                language: String::new(),
+            }),
+            Payload::Audio(flowplane_proto::data::v1::AudioBuffer {
+                samples: [0u8, 64, 0, 192].to_vec().into(),
+                sample_rate: 8000,
+                channels: 1,
+                format: AudioFormat::I16le as i32,
+                num_samples: 2,
+            }),
+            Payload::Video(flowplane_proto::data::v1::VideoFrame {
+                pixels: vec![0u8; 3].into(),
+                width: 1,
+                height: 1,
+                format: PixelFormat::Rgb24 as i32,
+                frame_number: 0,
+            }),
+            Payload::Tensor(flowplane_proto::data::v1::TensorBuffer {
+                data: 2.5f32.to_le_bytes().to_vec().into(),
+                shape: vec![1],
+                dtype: TensorDtype::F32 as i32,
+            }),
+            Payload::Binary(flowplane_proto::data::v1::BinaryData {
+                data: vec![1u8, 2].into(),
+                mime_type: String::new(),
+            }),
+        ];
+        for payload in payloads {
+            let line = render_result(ResultFormat::Json, 7, "o", &buffer(payload));
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                ["event", "output", "payload", "sequence", "type"],
+                "{line}"
+            );
+            assert_eq!(value["event"], "result");
+            assert!(value["payload"].is_object(), "{line}");
+        }
+        let audio = render_result(
+            ResultFormat::Json,
+            0,
+            "a",
+            &buffer(Payload::Audio(flowplane_proto::data::v1::AudioBuffer {
+                samples: [0u8, 64, 0, 192].to_vec().into(),
+                sample_rate: 8000,
+                channels: 1,
+                format: AudioFormat::I16le as i32,
+                num_samples: 2,
+            })),
+        );
+        let audio: serde_json::Value = serde_json::from_str(&audio).unwrap();
+        // Two samples of half scale: -6.02 dBFS, decoded by the SDK's codec.
+        assert_eq!(audio["payload"]["peak_dbfs"], -6.02);
+        let error = render_error(
+            ResultFormat::Json,
+            &ErrorDetail {
+                sequence: Some(3),
+                reason: "R".into(),
+                ..Default::default()
+            },
+        );
+        let error: serde_json::Value = serde_json::from_str(&error).unwrap();
+        assert_eq!(
+            (&error["event"], &error["sequence"]),
+            (&"error".into(), &3.into())
         );
     }
 

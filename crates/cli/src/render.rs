@@ -10,11 +10,15 @@ use flowplane_proto::{
         Component, RemovalReason, WatchComponentsResponse, watch_components_response::Event,
     },
     data::v1::DataTypeHint,
+    processor::v1::{ParamSpec, PortSpec, ProcessorCapability},
 };
 use serde_json::{Value, json};
 
 /// Longest text shown in the table's CAPABILITIES column before it is shortened.
 const CAPABILITIES_WIDTH: usize = 48;
+
+/// Longest description shown in a processor's detail lines before it is shortened.
+const DESCRIPTION_WIDTH: usize = 60;
 
 /// Lowercase name of a kind.
 pub fn kind(kind: ComponentKind) -> &'static str {
@@ -233,21 +237,17 @@ pub fn details(c: &Component, now: SystemTime) -> String {
         rows.push(vec!["data types:".into(), offers(c)]);
     }
     for (i, p) in c.capabilities.iter().enumerate() {
-        let mut text = p.name.clone();
-        if !p.version.is_empty() {
-            text.push_str(&format!(" {}", p.version));
-        }
-        if !p.description.is_empty() {
-            text.push_str(&format!(" - {}", p.description));
-        }
         rows.push(vec![
             if i == 0 {
                 "capabilities:".into()
             } else {
                 String::new()
             },
-            text,
+            capability_heading(p),
         ]);
+        for row in capability_rows(p, usize::MAX) {
+            rows.push(vec![String::new(), row]);
+        }
     }
     let mut metrics: Vec<_> = c.metrics.iter().flat_map(|m| m.values.iter()).collect();
     metrics.sort_by(|a, b| a.0.cmp(b.0));
@@ -275,12 +275,7 @@ pub fn json(c: &Component) -> Value {
         "reported_status": status(c.reported_status()),
         "endpoint": c.endpoint,
         "version": c.version,
-        "capabilities": c.capabilities.iter().map(|p| json!({
-            "name": p.name,
-            "version": p.version,
-            "description": p.description,
-            "stateless": p.stateless,
-        })).collect::<Vec<_>>(),
+        "capabilities": c.capabilities.iter().map(capability_json).collect::<Vec<_>>(),
         "data_types": c.data_types.iter().map(|t| data_type(*t)).collect::<Vec<_>>(),
         "metadata": c.metadata.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "metrics": metrics.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -288,6 +283,264 @@ pub fn json(c: &Component) -> Value {
         "last_heartbeat": rfc3339(c.last_heartbeat.as_ref()),
         "lease_expires_at": rfc3339(c.lease_expires_at.as_ref()),
     })
+}
+
+fn port_json(p: &PortSpec) -> Value {
+    json!({
+        "name": p.name,
+        "types": p.types.iter().map(|t| data_type(*t)).collect::<Vec<_>>(),
+        "description": p.description,
+    })
+}
+
+fn param_json(p: &ParamSpec) -> Value {
+    json!({
+        "name": p.name,
+        "type": p.r#type,
+        "required": p.required,
+        "default": p.default_value.as_ref().map_or(Value::Null, flowplane_proto::value_to_json),
+        "allowed_values": p.allowed_values.iter().map(flowplane_proto::value_to_json).collect::<Vec<_>>(),
+        "description": p.description,
+    })
+}
+
+/// What a processor declares (ports with their types, params with type, required,
+/// default and allowed values) as a JSON object.
+pub fn capability_json(p: &ProcessorCapability) -> Value {
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "description": p.description,
+        "stateless": p.stateless,
+        "inputs": p.inputs.iter().map(port_json).collect::<Vec<_>>(),
+        "outputs": p.outputs.iter().map(port_json).collect::<Vec<_>>(),
+        "params": p.params.iter().map(param_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A processor declaration back from [`capability_json`] (what `flowplane processors -o
+/// json` prints), for offline validation against a saved catalog.
+pub fn capability_from_json(value: &Value) -> Result<ProcessorCapability, String> {
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_string();
+    let name = value["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or("a processor without a name")?;
+    let ports = |key: &str| -> Result<Vec<PortSpec>, String> {
+        let mut ports = Vec::new();
+        for port in value[key].as_array().into_iter().flatten() {
+            let mut types = Vec::new();
+            for t in port["types"].as_array().into_iter().flatten() {
+                let t = t.as_str().unwrap_or_default();
+                let hint = DataTypeHint::from_str_name(&format!(
+                    "DATA_TYPE_HINT_{}",
+                    t.to_ascii_uppercase()
+                ))
+                .ok_or_else(|| format!("processor {name:?}: unknown type {t:?} in {key}"))?;
+                types.push(hint as i32);
+            }
+            ports.push(PortSpec {
+                name: text(port, "name"),
+                types,
+                description: text(port, "description"),
+            });
+        }
+        Ok(ports)
+    };
+    let params = value["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| ParamSpec {
+            name: text(p, "name"),
+            description: text(p, "description"),
+            r#type: text(p, "type"),
+            required: p["required"].as_bool().unwrap_or(false),
+            default_value: (!p["default"].is_null())
+                .then(|| flowplane_proto::json_to_value(&p["default"])),
+            allowed_values: p["allowed_values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(flowplane_proto::json_to_value)
+                .collect(),
+        })
+        .collect();
+    Ok(ProcessorCapability {
+        name: name.to_string(),
+        description: text(value, "description"),
+        version: text(value, "version"),
+        inputs: ports("inputs")?,
+        outputs: ports("outputs")?,
+        stateless: value["stateless"].as_bool().unwrap_or(false),
+        params,
+    })
+}
+
+/// `NAME VERSION - DESCRIPTION`, the first line of a processor's detail.
+pub fn capability_heading(p: &ProcessorCapability) -> String {
+    let mut text = p.name.clone();
+    if !p.version.is_empty() {
+        text.push_str(&format!(" {}", p.version));
+    }
+    if !p.description.is_empty() {
+        text.push_str(&format!(" - {}", p.description));
+    }
+    text
+}
+
+/// One line per port and param of a processor, each in aligned columns: `input NAME TYPES
+/// DESCRIPTION`, `param NAME TYPE, required|default V[, one of A|B] DESCRIPTION`, then
+/// whether it is stateless. Descriptions are shortened to `width`.
+pub fn capability_rows(p: &ProcessorCapability, width: usize) -> Vec<String> {
+    let types = |t: &[i32]| {
+        t.iter()
+            .map(|t| data_type(*t))
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (direction, ports) in [("input", &p.inputs), ("output", &p.outputs)] {
+        for port in ports {
+            rows.push(vec![
+                direction.into(),
+                port.name.clone(),
+                types(&port.types),
+                shorten(port.description.clone(), width),
+            ]);
+        }
+    }
+    for param in &p.params {
+        let mut what = vec![param.r#type.clone()];
+        if param.required {
+            what.push("required".into());
+        } else if let Some(default) = &param.default_value {
+            what.push(format!(
+                "default {}",
+                flowplane_proto::value_to_json(default)
+            ));
+        } else {
+            what.push("optional".into());
+        }
+        if !param.allowed_values.is_empty() {
+            let allowed: Vec<String> = param
+                .allowed_values
+                .iter()
+                .map(|v| flowplane_proto::value_to_json(v).to_string())
+                .collect();
+            what.push(format!("one of {}", allowed.join("|")));
+        }
+        rows.push(vec![
+            "param".into(),
+            param.name.clone(),
+            what.join(", "),
+            shorten(param.description.clone(), width),
+        ]);
+    }
+    let mut lines: Vec<String> = align(&rows)
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    lines.push(format!(
+        "stateless: {}",
+        if p.stateless {
+            "yes (a failed instance's chunks are replayed on another)"
+        } else {
+            "no"
+        }
+    ));
+    lines
+}
+
+/// One processor of the catalog and the hosts that serve it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CatalogEntry {
+    /// What the processor declares (as the first host in id order declares it).
+    pub capability: ProcessorCapability,
+    /// The hosts serving it, in id order: id, effective status, endpoint, version declared.
+    pub hosts: Vec<(String, String, String, String)>,
+}
+
+/// The catalog from processor hosts: one entry per processor name, in name order.
+pub fn catalog(hosts: &[Component]) -> Vec<CatalogEntry> {
+    let mut sorted: Vec<&Component> = hosts
+        .iter()
+        .filter(|c| c.kind() == ComponentKind::Processor)
+        .collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut entries: std::collections::BTreeMap<String, CatalogEntry> = Default::default();
+    for host in sorted {
+        for p in &host.capabilities {
+            entries
+                .entry(p.name.clone())
+                .or_insert_with(|| CatalogEntry {
+                    capability: p.clone(),
+                    hosts: Vec::new(),
+                })
+                .hosts
+                .push((
+                    host.id.clone(),
+                    shown_status(host),
+                    host.endpoint.clone(),
+                    p.version.clone(),
+                ));
+        }
+    }
+    entries.into_values().collect()
+}
+
+/// Every processor of the catalog as a block: heading, the hosts serving it, its ports
+/// and params; `short` shortens long descriptions.
+pub fn catalog_text(entries: &[CatalogEntry], short: bool) -> String {
+    if entries.is_empty() {
+        return "no processors\n".into();
+    }
+    let width = if short { DESCRIPTION_WIDTH } else { usize::MAX };
+    let mut out = String::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&capability_heading(&entry.capability));
+        out.push('\n');
+        let hosts: Vec<String> = entry
+            .hosts
+            .iter()
+            .map(|(id, status, endpoint, version)| {
+                let mut host = format!("{id} ({status}, {endpoint}");
+                if version != &entry.capability.version {
+                    host.push_str(&format!(", version {version}"));
+                }
+                host.push(')');
+                host
+            })
+            .collect();
+        out.push_str(&format!("  hosts: {}\n", hosts.join(", ")));
+        for row in capability_rows(&entry.capability, width) {
+            out.push_str(&format!("  {row}\n"));
+        }
+    }
+    out
+}
+
+/// The catalog as JSON: each processor's declaration with a `hosts` list.
+pub fn catalog_json(entries: &[CatalogEntry]) -> Value {
+    Value::Array(
+        entries
+            .iter()
+            .map(|entry| {
+                let mut value = capability_json(&entry.capability);
+                value["hosts"] = entry
+                    .hosts
+                    .iter()
+                    .map(|(id, status, endpoint, version)| {
+                        json!({"id": id, "status": status, "endpoint": endpoint, "version": version})
+                    })
+                    .collect();
+                value
+            })
+            .collect(),
+    )
 }
 
 /// Heading line of the watch event table; widths match [`event_line`].
@@ -575,6 +828,107 @@ mod tests {
         assert_eq!(value["metadata"]["zone"], "a");
         assert_eq!(value["metrics"]["chunks_in_total"], 7.0);
         assert_eq!(value["last_heartbeat"], "2023-11-14T22:13:17Z");
+    }
+
+    fn text_transform() -> ProcessorCapability {
+        ProcessorCapability {
+            name: "text.transform".into(),
+            version: "0.1.0".into(),
+            description: "changes text".into(),
+            stateless: true,
+            inputs: vec![PortSpec {
+                name: "text".into(),
+                types: vec![DataTypeHint::Text as i32],
+                description: "text to transform".into(),
+            }],
+            outputs: vec![PortSpec {
+                name: "out".into(),
+                types: vec![DataTypeHint::Text as i32, DataTypeHint::Json as i32],
+                description: String::new(),
+            }],
+            params: vec![
+                ParamSpec {
+                    name: "mode".into(),
+                    description: "what to do".into(),
+                    r#type: "string".into(),
+                    required: true,
+                    default_value: None,
+                    allowed_values: ["upper", "lower"]
+                        .map(|v| flowplane_proto::json_to_value(&v.into()))
+                        .to_vec(),
+                },
+                ParamSpec {
+                    name: "times".into(),
+                    description: "how often".into(),
+                    r#type: "number".into(),
+                    required: false,
+                    default_value: Some(flowplane_proto::json_to_value(&json!(1.0))),
+                    allowed_values: Vec::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_catalog_lists_each_processor_once_with_ports_params_and_hosts() {
+        let mut b = host("b", HealthStatus::Healthy, HealthStatus::Healthy, &[]);
+        b.capabilities = vec![text_transform()];
+        let mut a = host(
+            "a",
+            HealthStatus::Degraded,
+            HealthStatus::Degraded,
+            &["echo"],
+        );
+        a.capabilities.push(text_transform());
+        let entries = catalog(&[b, a]);
+        let names: Vec<&str> = entries.iter().map(|e| e.capability.name.as_str()).collect();
+        assert_eq!(names, ["echo", "text.transform"]);
+        let hosts: Vec<&str> = entries[1].hosts.iter().map(|h| h.0.as_str()).collect();
+        assert_eq!(hosts, ["a", "b"]);
+        let text = catalog_text(&entries, true);
+        for needle in [
+            "text.transform 0.1.0 - changes text\n",
+            "  hosts: a (degraded, 127.0.0.1:7000), b (healthy, 127.0.0.1:7000)\n",
+            "  input   text   text ",
+            " text to transform\n",
+            "  output  out    text|json\n",
+            "  param   mode   string, required, one of \"upper\"|\"lower\"  what to do\n",
+            "  param   times  number, default 1.0 ",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+        let value = catalog_json(&entries);
+        let t = &value[1];
+        assert_eq!(t["inputs"][0]["types"][0], "text");
+        assert_eq!(t["params"][0]["required"], true);
+        assert_eq!(t["params"][0]["allowed_values"][1], "lower");
+        assert_eq!(t["params"][1]["default"], 1.0);
+        assert_eq!(t["params"][1]["description"], "how often");
+        assert_eq!(t["hosts"][1]["id"], "b");
+        assert_eq!(catalog_text(&[], true), "no processors\n");
+        // What -o json prints reads back to the same declaration.
+        assert_eq!(capability_from_json(t), Ok(text_transform()));
+        let bad = json!({"name": "x", "inputs": [{"name": "in", "types": ["sound"]}]});
+        assert!(
+            capability_from_json(&bad)
+                .unwrap_err()
+                .contains("\"sound\"")
+        );
+    }
+
+    #[test]
+    fn component_details_show_what_each_processor_declares() {
+        let mut c = host("p", HealthStatus::Healthy, HealthStatus::Healthy, &[]);
+        c.capabilities = vec![text_transform()];
+        let text = details(&c, now());
+        assert!(
+            text.contains("text.transform 0.1.0 - changes text"),
+            "{text}"
+        );
+        assert!(text.contains("param   mode   string, required"), "{text}");
+        let value = json(&c);
+        assert_eq!(value["capabilities"][0]["params"][0]["name"], "mode");
+        assert_eq!(value["capabilities"][0]["outputs"][0]["types"][1], "json");
     }
 
     #[test]

@@ -600,3 +600,239 @@ async fn a_bad_control_plane_list_is_refused_naming_the_entry() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("comma-separated list of replicas"), "{help}");
 }
+
+/// A processor declaring ports and params, as a built-in does.
+fn transform(version: &str) -> ProcessorCapability {
+    use flowplane_proto::processor::v1::{ParamSpec, PortSpec};
+    ProcessorCapability {
+        name: "text.transform".into(),
+        version: version.into(),
+        description: "upper-cases, lower-cases or reverses text".into(),
+        stateless: true,
+        inputs: vec![PortSpec {
+            name: "text".into(),
+            types: vec![DataTypeHint::Text as i32],
+            description: "text to transform".into(),
+        }],
+        outputs: vec![PortSpec {
+            name: "text".into(),
+            types: vec![DataTypeHint::Text as i32],
+            description: "the transformed text".into(),
+        }],
+        params: vec![ParamSpec {
+            name: "mode".into(),
+            description: "upper, lower or reverse".into(),
+            r#type: "string".into(),
+            required: true,
+            default_value: None,
+            allowed_values: ["upper", "lower", "reverse"]
+                .map(|v| flowplane_proto::json_to_value(&v.into()))
+                .to_vec(),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn processors_lists_the_catalog_of_live_hosts_with_ports_params_and_hosts() {
+    let mut platform = platform().await;
+    for (id, status) in [
+        ("host-b", HealthStatus::Healthy),
+        ("host-a", HealthStatus::Degraded),
+        ("host-gone", HealthStatus::Unhealthy),
+    ] {
+        let lease = platform
+            .client
+            .register_processor(pb::RegisterProcessorRequest {
+                processor_id: id.into(),
+                endpoint: format!("127.0.0.1:70{}", id.len()),
+                capabilities: vec![transform("0.1.0")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        platform
+            .client
+            .processor_heartbeat(pb::ProcessorHeartbeatRequest {
+                processor_id: id.into(),
+                lease_token: lease.lease_token,
+                status: status as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    platform
+        .register("host-echo", &["echo"], HealthStatus::Healthy)
+        .await;
+
+    let table = run(&platform, &["processors"]).await.unwrap();
+    assert!(table.starts_with("echo\n"), "{table}");
+    for needle in [
+        "text.transform 0.1.0 - upper-cases, lower-cases or reverses text\n",
+        "  hosts: host-a (degraded, 127.0.0.1:706), host-b (healthy, 127.0.0.1:706)\n",
+        "  input   text  text ",
+        " text to transform\n",
+        "  param   mode  string, required, one of \"upper\"|\"lower\"|\"reverse\"  upper, lower or reverse\n",
+    ] {
+        assert!(table.contains(needle), "{needle:?} not in\n{table}");
+    }
+    assert!(!table.contains("host-gone"), "{table}");
+
+    let all = run(&platform, &["processors", "--all", "-o", "json"])
+        .await
+        .unwrap();
+    let catalog: serde_json::Value = serde_json::from_str(&all).unwrap();
+    let names: Vec<&str> = catalog
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "text.transform"]);
+    let hosts: Vec<&str> = catalog[1]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["host-a", "host-b", "host-gone"]);
+    assert_eq!(catalog[1]["params"][0]["allowed_values"][2], "reverse");
+    assert_eq!(catalog[1]["outputs"][0]["types"][0], "text");
+
+    let one = run(&platform, &["processors", "text.transform", "-o", "yaml"])
+        .await
+        .unwrap();
+    assert!(
+        one.contains("\n  name: text.transform\n") && !one.contains("echo"),
+        "{one}"
+    );
+    let missing = run(&platform, &["processors", "text.transfrom"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "no live host serves processor \"text.transfrom\"; did you mean \"text.transform\"?"
+    );
+    assert_eq!(missing.exit_code(), 1);
+
+    // components get shows the same declaration.
+    let details = run(&platform, &["components", "get", "host-b"])
+        .await
+        .unwrap();
+    assert!(
+        details.contains("text.transform 0.1.0 - upper-cases")
+            && details.contains("param   mode  string, required, one of"),
+        "{details}"
+    );
+    let json = run(&platform, &["components", "get", "host-b", "-o", "json"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["capabilities"][0]["params"][0]["required"], true);
+    assert_eq!(value["capabilities"][0]["inputs"][0]["name"], "text");
+
+    // The saved catalog lets validate --offline check ports and params with no server.
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(&catalog, &all).unwrap();
+    let manifest = dir.path().join("shout.yaml");
+    std::fs::write(
+        &manifest,
+        "nodes: [{ id: t, processor: text.transform, params: { mode: shout } }]\n\
+         inputs: [{ name: in, targets: [{ node: t, port: txt }] }]\n\
+         outputs: [{ name: out, source: { node: t } }]\n",
+    )
+    .unwrap();
+    let args = [
+        "flowplane",
+        "validate",
+        manifest.to_str().unwrap(),
+        "--offline",
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let mut out = Vec::new();
+    flowplane_cli::run(Cli::try_parse_from(args).unwrap(), &mut out)
+        .await
+        .unwrap_err();
+    let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let reasons: Vec<&str> = value["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["PARAM_NOT_ALLOWED", "UNKNOWN_PORT", "INPUT_NOT_FED"],
+        "{value}"
+    );
+    assert!(
+        value["problems"][1]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("did you mean \"text\"?"),
+        "{value}"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn validate_offline_reports_structural_problems_without_any_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cyclic.yaml");
+    std::fs::write(
+        &path,
+        "nodes: [{ id: a, processor: x }, { id: b, processor: y }]\n\
+         edges: [{ from_node: a, to_node: b }, { from_node: b, to_node: a }]\n\
+         inputs: [{ name: in, targets: [{ node: a }] }]\n\
+         outputs: [{ name: out, source: { node: bb } }]\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    // No pipeline service anywhere: port 1 on 127.0.0.1 refuses.
+    let validate = |extra: &[&str]| {
+        let args: Vec<&str> = ["flowplane", "validate", path, "--offline", "--pipeline"]
+            .into_iter()
+            .chain(["http://127.0.0.1:1"])
+            .chain(extra.iter().copied())
+            .collect();
+        Cli::try_parse_from(args).unwrap()
+    };
+    let mut out = Vec::new();
+    let error = flowplane_cli::run(validate(&[]), &mut out)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::InvalidPipeline { problems: 2, .. }),
+        "{error}"
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("edges form a cycle through nodes a, b"),
+        "{text}"
+    );
+    assert!(
+        text.contains("refers to unknown node \"bb\"; did you mean \"b\"?"),
+        "{text}"
+    );
+    let mut out = Vec::new();
+    flowplane_cli::run(validate(&["-o", "json"]), &mut out)
+        .await
+        .unwrap_err();
+    let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (&value["valid"], &value["offline"]),
+        (&false.into(), &true.into())
+    );
+    let reasons: Vec<&str> = value["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["UNKNOWN_NODE", "CYCLE"]);
+}

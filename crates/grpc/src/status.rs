@@ -22,7 +22,18 @@ const BAD_REQUEST_TYPE_URL: &str = "type.googleapis.com/google.rpc.BadRequest";
 
 /// A status with `code` and `message` whose details carry `detail` in the standard
 /// envelope. The detail's own code is set to `code`, so the two never disagree.
-pub fn with_detail(code: Code, message: impl Into<String>, mut detail: ErrorDetail) -> Status {
+pub fn with_detail(code: Code, message: impl Into<String>, detail: ErrorDetail) -> Status {
+    with_violations(code, message, detail, &[])
+}
+
+/// [`with_detail`], and the `google.rpc.BadRequest` also lists a field violation for each
+/// of `more` that names a field: one status for every problem of one request.
+pub fn with_violations(
+    code: Code,
+    message: impl Into<String>,
+    mut detail: ErrorDetail,
+    more: &[ErrorDetail],
+) -> Status {
     let message = message.into();
     detail.code = code as i32;
     if detail.message.is_empty() {
@@ -46,17 +57,20 @@ pub fn with_detail(code: Code, message: impl Into<String>, mut detail: ErrorDeta
             metadata,
         },
     )];
-    if !detail.field.is_empty() {
+    let field_violations: Vec<_> = std::iter::once(&detail)
+        .chain(more)
+        .filter(|d| !d.field.is_empty())
+        .map(|d| pb::bad_request::FieldViolation {
+            field: d.field.clone(),
+            description: d.message.clone(),
+            reason: d.reason.clone(),
+            localized_message: None,
+        })
+        .collect();
+    if !field_violations.is_empty() {
         details.push(any(
             BAD_REQUEST_TYPE_URL,
-            &pb::BadRequest {
-                field_violations: vec![pb::bad_request::FieldViolation {
-                    field: detail.field.clone(),
-                    description: detail.message.clone(),
-                    reason: detail.reason.clone(),
-                    localized_message: None,
-                }],
-            },
+            &pb::BadRequest { field_violations },
         ));
     }
     details.push(any(ERROR_DETAIL_TYPE_URL, &detail));

@@ -4,11 +4,13 @@
 //! reports every problem at once; it never talks to the network itself.
 
 mod model;
+mod suggest;
 mod validate;
 
 pub use model::{Edge, Manifest, Node, PipelineInput, PipelineOutput, PortRef};
+pub use suggest::closest;
 pub use validate::{
-    Capabilities, Destination, Plan, PlanNode, Problem, ProblemKind, Problems, validate,
+    Capabilities, Destination, Offline, Plan, PlanNode, Problem, ProblemKind, Problems, validate,
 };
 
 /// Errors reading a manifest file.

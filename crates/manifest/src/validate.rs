@@ -11,18 +11,49 @@ use flowplane_proto::{
     type_set_name,
 };
 
-use crate::Manifest;
+use crate::{Manifest, suggest::did_you_mean};
 
 /// What validation needs to know about the live platform: the capability of the
 /// processor of each name that some live instance offers.
 pub trait Capabilities {
     /// The capability of `processor`, or `None` when no live instance offers it.
     fn capability(&self, processor: &str) -> Option<ProcessorCapability>;
+
+    /// Every processor name some live instance offers, for "did you mean" suggestions.
+    fn processor_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// False when nothing is known about the platform ([`Offline`]): a processor without a
+    /// capability is then not a problem, and only the checks that need none run.
+    fn knows_processors(&self) -> bool {
+        true
+    }
 }
 
 impl Capabilities for HashMap<String, ProcessorCapability> {
     fn capability(&self, processor: &str) -> Option<ProcessorCapability> {
         self.get(processor).cloned()
+    }
+
+    fn processor_names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+}
+
+/// No platform at all: [`validate`] with this runs every structural check (ids, names,
+/// references to nodes, cycles, inputs and outputs) and none that needs a processor's
+/// declared ports or params.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offline;
+
+impl Capabilities for Offline {
+    fn capability(&self, _processor: &str) -> Option<ProcessorCapability> {
+        None
+    }
+
+    fn knows_processors(&self) -> bool {
+        false
     }
 }
 
@@ -238,13 +269,16 @@ impl Validator {
                 None
             } else {
                 let cap = caps.capability(&node.processor);
-                if cap.is_none() {
+                if cap.is_none() && caps.knows_processors() {
+                    let names = caps.processor_names();
                     self.problems.push(Problem {
                         kind: ProblemKind::Unavailable,
                         reason: "PROCESSOR_UNAVAILABLE",
                         message: format!(
-                            "node {:?}: no live instance offers processor {:?}",
-                            node.id, node.processor
+                            "node {:?}: no live instance offers processor {:?}{}",
+                            node.id,
+                            node.processor,
+                            did_you_mean(&node.processor, names.iter().map(String::as_str))
                         ),
                         node_id: node.id.clone(),
                         field: format!("{field}.processor"),
@@ -283,6 +317,8 @@ impl Validator {
             let (Some(from), Some(to)) = (from, to) else {
                 continue;
             };
+            // Before the ports: a cycle is found even when no capability is known.
+            downstream[from].push(to);
             let (Some(from_cap), Some(to_cap)) = (&capabilities[from], &capabilities[to]) else {
                 continue;
             };
@@ -329,7 +365,6 @@ impl Validator {
                     node: to,
                     port: inp.name.clone(),
                 });
-            downstream[from].push(to);
         }
 
         // Pipeline inputs.
@@ -537,7 +572,10 @@ impl Validator {
                 "UNKNOWN_NODE",
                 node,
                 field.to_string(),
-                format!("{what} refers to unknown node {node:?}"),
+                format!(
+                    "{what} refers to unknown node {node:?}{}",
+                    did_you_mean(node, index.keys().copied())
+                ),
             );
         }
         found
@@ -580,8 +618,9 @@ impl Validator {
                 node,
                 field.to_string(),
                 format!(
-                    "{field}: node {node:?} has no {direction} {name:?} (it has: {})",
-                    names.join(", ")
+                    "{field}: node {node:?} has no {direction} {name:?} (it has: {}){}",
+                    names.join(", "),
+                    did_you_mean(name, names.iter().copied())
                 ),
             );
         }
@@ -598,18 +637,23 @@ impl Validator {
                     &node.id,
                     field,
                     format!(
-                        "node {:?}: processor {:?} has no param {key:?} (it takes: {})",
+                        "node {:?}: processor {:?} has no param {key:?} (it takes: {}){}",
                         node.id,
                         node.processor,
                         if known.is_empty() {
                             "none".to_string()
                         } else {
                             known.join(", ")
-                        }
+                        },
+                        did_you_mean(key, known.iter().copied())
                     ),
                 );
                 continue;
             };
+            // A null is an absent param, as the processor hosts read it.
+            if value.is_null() {
+                continue;
+            }
             if !flowplane_proto::param_type_matches(&spec.r#type, value) {
                 self.invalid(
                     "PARAM_TYPE",
@@ -620,10 +664,35 @@ impl Validator {
                         node.id, spec.r#type
                     ),
                 );
+                continue;
+            }
+            let allowed: Vec<serde_json::Value> = spec
+                .allowed_values
+                .iter()
+                .map(flowplane_proto::value_to_json)
+                .collect();
+            if !allowed.is_empty() && !allowed.iter().any(|a| same_value(a, value)) {
+                let shown: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+                let strings: Vec<&str> = allowed.iter().filter_map(|a| a.as_str()).collect();
+                let hint = value
+                    .as_str()
+                    .map(|v| did_you_mean(v, strings.iter().copied()))
+                    .unwrap_or_default();
+                self.invalid(
+                    "PARAM_NOT_ALLOWED",
+                    &node.id,
+                    field,
+                    format!(
+                        "node {:?}: param {key:?} of processor {:?} must be one of {}, got {value}{hint}",
+                        node.id,
+                        node.processor,
+                        shown.join(", ")
+                    ),
+                );
             }
         }
         for spec in cap.params.iter().filter(|p| p.required) {
-            if !node.params.contains_key(&spec.name) {
+            if node.params.get(&spec.name).is_none_or(|v| v.is_null()) {
                 self.invalid(
                     "MISSING_PARAM",
                     &node.id,
@@ -635,6 +704,14 @@ impl Validator {
                 );
             }
         }
+    }
+}
+
+/// JSON equality where numbers compare by value (`3` in YAML is `3.0` on the wire).
+fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 

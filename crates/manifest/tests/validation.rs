@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use flowplane_manifest::{Destination, Manifest, validate};
+use flowplane_manifest::{Destination, Manifest, Offline, validate};
 use flowplane_proto::{
     data::v1::DataTypeHint as T,
     processor::v1::{ParamSpec, PortSpec, ProcessorCapability},
@@ -56,15 +56,30 @@ fn catalog() -> HashMap<String, ProcessorCapability> {
             vec![port("in", &[T::Any])],
             vec![port("out", &[T::Any])],
         ),
-        cap(
-            "text.transform",
-            vec![port("text", &[T::Text])],
-            vec![port("text", &[T::Text])],
-        ),
+        text_transform(),
     ]
     .into_iter()
     .map(|c| (c.name.clone(), c))
     .collect()
+}
+
+/// As the built-in declares it: `mode` is required and one of three strings.
+fn text_transform() -> ProcessorCapability {
+    let mut c = cap(
+        "text.transform",
+        vec![port("text", &[T::Text])],
+        vec![port("text", &[T::Text])],
+    );
+    c.params = vec![ParamSpec {
+        name: "mode".into(),
+        r#type: "string".into(),
+        required: true,
+        allowed_values: ["upper", "lower", "reverse"]
+            .map(|v| flowplane_proto::json_to_value(&v.into()))
+            .to_vec(),
+        ..Default::default()
+    }];
+    c
 }
 
 const VALID_CHAIN: &str = r#"
@@ -366,4 +381,137 @@ outputs: []"#,
     }
     // A manifest error outranks an unavailable processor.
     assert_eq!(problems.code(), tonic::Code::InvalidArgument);
+}
+
+fn one_text_node(params: &str) -> Manifest {
+    Manifest::from_text(&format!(
+        r#"
+nodes: [{{ id: t, processor: text.transform, params: {params} }}]
+inputs: [{{ name: in, targets: [{{ node: t }}] }}]
+outputs: [{{ name: out, source: {{ node: t }} }}]"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_param_outside_its_allowed_values_is_refused_naming_node_param_and_values() {
+    let caps = catalog();
+    let problems = validate(&one_text_node("{ mode: shout }"), &caps).unwrap_err();
+    assert_eq!(problems.code(), tonic::Code::InvalidArgument);
+    let [p] = problems.0.as_slice() else {
+        panic!("{problems}")
+    };
+    assert_eq!(p.reason, "PARAM_NOT_ALLOWED");
+    assert_eq!(p.node_id, "t");
+    assert_eq!(p.field, "nodes[0].params.mode");
+    for needle in [
+        "\"t\"",
+        "\"mode\"",
+        "\"upper\", \"lower\", \"reverse\"",
+        "\"shout\"",
+    ] {
+        assert!(p.message.contains(needle), "{needle} not in {}", p.message);
+    }
+    // A near miss gets a suggestion; every allowed value passes.
+    let typo = validate(&one_text_node("{ mode: uper }"), &caps).unwrap_err();
+    assert!(
+        typo.0[0].message.ends_with("did you mean \"upper\"?"),
+        "{typo}"
+    );
+    for mode in ["upper", "lower", "reverse"] {
+        validate(&one_text_node(&format!("{{ mode: {mode} }}")), &caps)
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+    }
+    // Wrong type is one problem, not two; null is an absent param (required: refused).
+    let typed = validate(&one_text_node("{ mode: 3 }"), &caps).unwrap_err();
+    assert_eq!(typed.0.len(), 1, "{typed}");
+    assert_eq!(typed.0[0].reason, "PARAM_TYPE");
+    let null = validate(&one_text_node("{ mode: null }"), &caps).unwrap_err();
+    assert_eq!(null.0[0].reason, "MISSING_PARAM", "{null}");
+}
+
+#[test]
+fn allowed_numbers_compare_by_value() {
+    let mut caps = catalog();
+    let gain = caps.get_mut("audio.gain").unwrap();
+    gain.params[0].allowed_values = [0.0, -6.0]
+        .map(|v| flowplane_proto::json_to_value(&v.into()))
+        .to_vec();
+    let m = |db: &str| Manifest::from_text(&VALID_CHAIN.replace("-6", db)).unwrap();
+    validate(&m("-6"), &caps).expect("-6 (an integer in yaml) is -6.0");
+    let refused = validate(&m("-3"), &caps).unwrap_err();
+    assert_eq!(refused.0[0].reason, "PARAM_NOT_ALLOWED", "{refused}");
+    assert!(
+        refused.0[0].message.contains("one of 0.0, -6.0"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn misspelt_processor_param_node_and_port_names_get_a_suggestion() {
+    let caps = catalog();
+    let cases = [
+        (
+            VALID_CHAIN.replace("audio.level", "audio.lvel"),
+            "PROCESSOR_UNAVAILABLE",
+            "did you mean \"audio.level\"?",
+        ),
+        (
+            VALID_CHAIN.replace("gain_db:", "gian_db:"),
+            "UNKNOWN_PARAM",
+            "did you mean \"gain_db\"?",
+        ),
+        (
+            VALID_CHAIN.replace("to_node: level", "to_node: levle"),
+            "UNKNOWN_NODE",
+            "did you mean \"level\"?",
+        ),
+        (
+            VALID_CHAIN.replace("{ node: level }", "{ node: level, port: levl }"),
+            "UNKNOWN_PORT",
+            "did you mean \"level\"?",
+        ),
+    ];
+    for (yaml, reason, needle) in cases {
+        let problems = validate(&Manifest::from_text(&yaml).unwrap(), &caps).unwrap_err();
+        let hit = problems
+            .0
+            .iter()
+            .find(|p| p.reason == reason)
+            .unwrap_or_else(|| panic!("no {reason} in {problems}"));
+        assert!(hit.message.ends_with(needle), "{}", hit.message);
+    }
+    // Nothing close: no suggestion.
+    let far = VALID_CHAIN.replace("audio.level", "video.scale");
+    let problems = validate(&Manifest::from_text(&far).unwrap(), &caps).unwrap_err();
+    assert!(!problems.to_string().contains("did you mean"), "{problems}");
+}
+
+#[test]
+fn offline_validation_runs_every_structural_check_without_a_catalog() {
+    validate(&Manifest::from_text(VALID_CHAIN).unwrap(), &Offline).expect("valid offline");
+    // Processors nobody has heard of are no problem offline.
+    let unknown = VALID_CHAIN.replace("audio.level", "my.own.processor");
+    validate(&Manifest::from_text(&unknown).unwrap(), &Offline).expect("unknown processor");
+    let cyclic = Manifest::from_text(
+        r#"
+nodes: [{ id: a, processor: x }, { id: b, processor: y }, { id: a, processor: z }]
+edges: [{ from_node: a, to_node: b }, { from_node: b, to_node: a }, { from_node: b, to_node: ghost }]
+inputs: [{ name: in, targets: [{ node: a }] }, { name: in, targets: [] }]
+outputs: [{ name: out, source: { node: nowhere } }]"#,
+    )
+    .unwrap();
+    let problems = validate(&cyclic, &Offline).unwrap_err();
+    let reasons: Vec<&str> = problems.0.iter().map(|p| p.reason).collect();
+    for want in [
+        "DUPLICATE_NODE",
+        "CYCLE",
+        "UNKNOWN_NODE",
+        "DUPLICATE_INPUT",
+        "INPUT_WITHOUT_TARGETS",
+    ] {
+        assert!(reasons.contains(&want), "{want} missing from {reasons:?}");
+    }
+    assert!(problems.to_string().contains("\"nowhere\""), "{problems}");
+    assert!(!reasons.contains(&"PROCESSOR_UNAVAILABLE"), "{reasons:?}");
 }

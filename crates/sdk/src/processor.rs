@@ -212,6 +212,7 @@ impl Param {
             r#type: kind.into(),
             required: false,
             default_value: None,
+            allowed_values: Vec::new(),
         })
     }
 
@@ -243,6 +244,16 @@ impl Param {
     /// The parameter must be given.
     pub fn required(mut self) -> Self {
         self.0.required = true;
+        self
+    }
+
+    /// The only values the parameter may take; the pipeline refuses a manifest with any
+    /// other before a session starts, naming them.
+    pub fn one_of(mut self, values: impl IntoIterator<Item = serde_json::Value>) -> Self {
+        self.0.allowed_values = values
+            .into_iter()
+            .map(|v| flowplane_proto::json_to_value(&v))
+            .collect();
         self
     }
 

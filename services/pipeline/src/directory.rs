@@ -325,6 +325,16 @@ impl Capabilities for Directory {
             .first()
             .and_then(|c| c.capabilities.iter().find(|p| p.name == processor).cloned())
     }
+
+    fn processor_names(&self) -> Vec<String> {
+        let view = self.components.read().expect("view lock");
+        let names: std::collections::BTreeSet<&str> = view
+            .values()
+            .filter(|c| available(c))
+            .flat_map(|c| c.capabilities.iter().map(|p| p.name.as_str()))
+            .collect();
+        names.into_iter().map(str::to_string).collect()
+    }
 }
 
 /// The key of one registration of a component: its id and when it registered.

@@ -81,7 +81,8 @@ impl From<tonic::Status> for Error {
 }
 
 impl Error {
-    /// The one table: gRPC code, machine-readable reason and the detail to send.
+    /// The one table: gRPC code, machine-readable reason and the detail to send (for a
+    /// manifest, its first problem's; [`From<Error>`] lists the rest as field violations).
     fn parts(self) -> (tonic::Code, String, ErrorDetail) {
         let message = self.to_string();
         let plain = |code, reason: &str, field: &str| {
@@ -129,8 +130,12 @@ impl Error {
 
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
+        let more: Vec<ErrorDetail> = match &err {
+            Error::Manifest(problems) => problems.0.iter().skip(1).map(|p| p.to_detail()).collect(),
+            _ => Vec::new(),
+        };
         let (code, message, detail) = err.parts();
-        flowplane_grpc::status::with_detail(code, message, detail)
+        flowplane_grpc::status::with_violations(code, message, detail, &more)
     }
 }
 

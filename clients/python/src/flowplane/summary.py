@@ -1,6 +1,7 @@
-"""Results as the one-line JSON summaries `flowplane run --output json` prints (levels and
-digests for audio and video, rounded values for tensors, the document for JSON), so a
-Python run can be diffed against the CLI's and against examples/expected/.
+"""Results as the one-line JSON envelopes `flowplane run --output json` prints (levels and
+digests for audio and video, rounded values for tensors, the document for JSON, always
+under `payload`), per-chunk errors, and the closing summary line, so a Python run can be
+diffed against the CLI's and against examples/expected/.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import Any
 
 import grpc
 
-from flowplane._protocol import Result
+from flowplane._protocol import Metrics, Outcome, Result
 from flowplane.errors import ChunkError
 from flowplane.payloads import Audio, AudioFormat, Binary, Json, Tensor, TensorDtype, Text, Video
 
-__all__ = ["error_line", "result_line", "summarize"]
+__all__ = ["error_line", "outcome_lines", "result_line", "summarize", "summary_line"]
 
 # tonic's Debug names of the codes, which the CLI prints.
 _CODE_NAMES = {
@@ -54,9 +55,10 @@ def _db(value: float) -> float:
 
 
 def summarize(result: Result) -> dict[str, Any]:
-    """The CLI's JSON object for one result."""
+    """The CLI's JSON object for one result: the envelope, the payload's fields under
+    `payload`."""
     p = result.payload
-    line: dict[str, Any] = {"sequence": result.sequence, "output": result.output}
+    line: dict[str, Any] = {}
     if isinstance(p, Audio):
         rms, peak = _levels(p)
         line.update(
@@ -93,7 +95,14 @@ def summarize(result: Result) -> dict[str, Any]:
         line.update(type="text", value=p.text)
     elif isinstance(p, Binary):
         line.update(type="binary", bytes=len(p.data), sha256=hashlib.sha256(p.data).hexdigest())
-    return line
+    kind = line.pop("type", None)
+    return {
+        "event": "result",
+        "sequence": result.sequence,
+        "output": result.output,
+        "type": kind,
+        "payload": line,
+    }
 
 
 def _dumps(value: dict[str, Any]) -> str:
@@ -113,4 +122,31 @@ def error_line(error: ChunkError) -> str:
         "node_id": error.node or "",
         "message": error.message,
     }
-    return _dumps({"sequence": error.sequence, "error": detail})
+    return _dumps({"event": "error", "sequence": error.sequence, "error": detail})
+
+
+def summary_line(metrics: Metrics | None) -> str:
+    """The closing line the CLI prints once the session closed (no files: the CLI lists
+    what `--output-dir` wrote)."""
+    m = metrics
+    return _dumps(
+        {
+            "event": "summary",
+            "chunks": m.chunks_in if m else 0,
+            "results": m.results_out if m else 0,
+            "errors": m.errors if m else 0,
+            "failovers": m.failovers if m else 0,
+            "files": [],
+        }
+    )
+
+
+def outcome_lines(outcome: Outcome) -> str:
+    """A whole run as the CLI prints it: results and errors by sequence (results of one
+    sequence in arrival order), then the summary line."""
+    items: list[tuple[int, int, str]] = [
+        (r.sequence, i, result_line(r)) for i, r in enumerate(outcome.results)
+    ]
+    items += [(e.sequence or 0, -1, error_line(e)) for e in outcome.errors]
+    lines = [line for _, _, line in sorted(items)] + [summary_line(outcome.metrics)]
+    return "".join(line + "\n" for line in lines)

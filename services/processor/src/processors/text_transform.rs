@@ -44,7 +44,11 @@ impl Processor for TextTransform {
             [DataTypeHint::Text],
             "the transformed text, same language tag",
         )
-        .param(Param::string("mode", "upper, lower, or reverse (by grapheme cluster)").required())
+        .param(
+            Param::string("mode", "upper, lower, or reverse (by grapheme cluster)")
+                .required()
+                .one_of(["upper", "lower", "reverse"].map(serde_json::Value::from)),
+        )
         .stateless()
     }
 
