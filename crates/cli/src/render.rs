@@ -22,36 +22,18 @@ const DESCRIPTION_WIDTH: usize = 60;
 
 /// Lowercase name of a kind.
 pub fn kind(kind: ComponentKind) -> &'static str {
-    match kind {
-        ComponentKind::Unspecified => "unknown",
-        ComponentKind::Processor => "processor",
-        ComponentKind::Source => "source",
-        ComponentKind::Consumer => "consumer",
-    }
+    kind.label()
 }
 
 /// Lowercase name of a status.
 pub fn status(status: HealthStatus) -> &'static str {
-    match status {
-        HealthStatus::Unspecified => "unknown",
-        HealthStatus::Starting => "starting",
-        HealthStatus::Healthy => "healthy",
-        HealthStatus::Degraded => "degraded",
-        HealthStatus::Unhealthy => "unhealthy",
-        HealthStatus::Stopping => "stopping",
-    }
+    status.label()
 }
 
 fn data_type(hint: i32) -> String {
     match DataTypeHint::try_from(hint) {
-        Ok(DataTypeHint::Audio) => "audio".into(),
-        Ok(DataTypeHint::Video) => "video".into(),
-        Ok(DataTypeHint::Tensor) => "tensor".into(),
-        Ok(DataTypeHint::Json) => "json".into(),
-        Ok(DataTypeHint::Text) => "text".into(),
-        Ok(DataTypeHint::Binary) => "binary".into(),
-        Ok(DataTypeHint::Any) => "any".into(),
         Ok(DataTypeHint::Unspecified) | Err(_) => format!("type-{hint}"),
+        Ok(known) => known.short_name().to_string(),
     }
 }
 

@@ -28,7 +28,7 @@ fn ports(ports: &[PortSpec]) -> String {
     ports
         .iter()
         .map(|p| {
-            let types: Vec<String> = p.types.iter().map(|t| type_name(*t)).collect();
+            let types: Vec<&str> = p.types.iter().map(|t| type_name(*t)).collect();
             format!("`{}` {}", p.name, types.join(", "))
         })
         .collect::<Vec<_>>()
