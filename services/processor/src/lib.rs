@@ -9,9 +9,9 @@
 //! | `json.calculator` | `json` JSON -> `json` JSON | | `{"op", "operands"}` -> `{"result"}` |
 //! | `text.transform` | `text` TEXT -> `text` TEXT | `mode` (required): upper, lower, reverse | reverse by grapheme cluster |
 //! | `audio.gain` | `audio` AUDIO -> `audio` AUDIO | `gain_db` (required, -120..120) | integers clip |
-//! | `audio.resample` | `audio` AUDIO -> `audio` AUDIO | `target_rate` (required, 1..768000) | stateful linear interpolation |
+//! | `audio.resample` | `audio` AUDIO -> `audio` AUDIO | `target_rate` (required, 1..768000) | stateful band-limited sinc (rubato), over 70 dB anti-aliasing, up to 64 channels, lags half its filter |
 //! | `audio.level` | `audio` AUDIO -> `level` JSON | | RMS and peak dBFS, null for silence |
-//! | `audio.dynamic_gain` | `audio` AUDIO, `control` JSON -> `audio` AUDIO | `gain_db` (default 0) | stateful |
+//! | `audio.dynamic_gain` | `audio` AUDIO, `control` JSON -> `audio` AUDIO | `gain_db` (default 0), `ramp_ms` (default 10, 0..1000) | stateful; changes ramp linearly |
 //! | `video.grayscale` | `video` VIDEO -> `video` VIDEO (GRAY8) | | BT.601 luma |
 //! | `tensor.normalize` | `tensor` TENSOR (F32, F64) -> `tensor` TENSOR | | population variance |
 //! | `binary.digest` | `data` BINARY -> `digest` TEXT | | SHA-256, lowercase hex |
