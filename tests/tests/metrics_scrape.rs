@@ -1,6 +1,13 @@
-//! Each service's own Prometheus endpoint, scraped after real traffic: the three real
-//! binaries run as processes (so each has its own registry), a session streams chunks,
-//! and the named series carry the expected values.
+//! Each service's own Prometheus endpoint: the three real binaries run as processes (so
+//! each has its own registry). Before any traffic every family is described (`# HELP`),
+//! `flowplane_build_info` is 1 and the main series read 0; after a session the named
+//! series carry the expected values.
+
+use std::collections::BTreeSet;
+
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use flowplane_proto::streaming::v1::{
     ControlCommand, ValidatePipelineRequest,
@@ -9,22 +16,67 @@ use flowplane_proto::streaming::v1::{
 use flowplane_test_support::{wait_for, wait_until};
 use flowplane_tests::{
     data::*,
-    process::{free_port, samples, scrape, start, value},
+    process::{Process, free_port, samples, scrape, start, value},
     session::Session,
 };
 
 const UPPER: &str = r#"
+name: upper
 nodes: [{ id: up, processor: text.transform, params: { mode: upper } }]
 inputs: [{ name: text, targets: [{ node: up }] }]
 outputs: [{ name: out, source: { node: up } }]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_service_exposes_its_series_with_the_right_values() {
+/// Families with a `# TYPE` line but no `# HELP` line; panics when there are none at all.
+fn undescribed(text: &str) -> Vec<String> {
+    let names = |prefix: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    let (typed, described) = (names("# TYPE "), names("# HELP "));
+    assert!(!typed.is_empty(), "no metric families in:\n{text}");
+    typed.difference(&described).cloned().collect()
+}
+
+/// The three binaries with their metrics endpoints, the processor host registered.
+struct Stack {
+    _processes: [Process; 3],
+    pipe: u16,
+    /// Each binary's name, gRPC service and port, and metrics port.
+    metrics: [(&'static str, &'static str, u16, u16); 3],
+}
+
+/// Waits until the server on `port` reports its `service` SERVING (the whole server is
+/// SERVING from the start): each service has described its metrics and created its zero
+/// series by then.
+async fn wait_serving(port: u16, service: &'static str) {
+    wait_until("the service to report SERVING", || async move {
+        let Ok(channel) =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("a valid address")
+                .connect()
+                .await
+        else {
+            return false;
+        };
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+    })
+    .await;
+}
+
+fn start_stack() -> Stack {
     let [cp, cp_m, proc, proc_m, pipe, pipe_m] = std::array::from_fn(|_| free_port());
     let listen = |p: u16| format!("127.0.0.1:{p}");
     let control_plane = format!("http://127.0.0.1:{cp}");
-    let _cp = start(
+    let cp_process = start(
         "flowplane-control-plane",
         &[
             "--listen".into(),
@@ -35,7 +87,7 @@ async fn each_service_exposes_its_series_with_the_right_values() {
             "3s".into(),
         ],
     );
-    let _proc = start(
+    let proc_process = start(
         "flowplane-processor",
         &[
             "--listen".into(),
@@ -48,7 +100,7 @@ async fn each_service_exposes_its_series_with_the_right_values() {
             "scraped".into(),
         ],
     );
-    let _pipe = start(
+    let pipe_process = start(
         "flowplane-pipeline",
         &[
             "--listen".into(),
@@ -59,6 +111,122 @@ async fn each_service_exposes_its_series_with_the_right_values() {
             control_plane,
         ],
     );
+    Stack {
+        _processes: [cp_process, proc_process, pipe_process],
+        pipe,
+        metrics: [
+            (
+                "flowplane-control-plane",
+                "flowplane.controlplane.v1.ControlPlaneService",
+                cp,
+                cp_m,
+            ),
+            (
+                "flowplane-processor",
+                "flowplane.processor.v1.ProcessorService",
+                proc,
+                proc_m,
+            ),
+            (
+                "flowplane-pipeline",
+                "flowplane.streaming.v1.StreamingPipelineService",
+                pipe,
+                pipe_m,
+            ),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_any_traffic_every_family_is_described_and_the_main_series_read_zero() {
+    let stack = start_stack();
+    let mut scraped = Vec::new();
+    for (service, grpc_service, grpc, port) in stack.metrics {
+        wait_serving(grpc, grpc_service).await;
+        let text = scrape(port).await.expect("the metrics endpoint answers");
+        let missing = undescribed(&text);
+        assert!(missing.is_empty(), "{service}: no # HELP for {missing:?}");
+        let s = samples(&text);
+        assert_eq!(
+            value(
+                &s,
+                "flowplane_build_info",
+                &[("service", service), ("version", env!("CARGO_PKG_VERSION"))]
+            ),
+            Some(1.0),
+            "{service}:\n{text}"
+        );
+        scraped.push(s);
+    }
+    let [control, processor, pipeline] = <[_; 3]>::try_from(scraped).unwrap();
+    for (series, labels) in [
+        ("flowplane_pipeline_sessions_active", &[][..]),
+        ("flowplane_pipeline_sessions_total", &[("code", "OK")][..]),
+        ("flowplane_pipeline_chunks_total", &[]),
+        ("flowplane_pipeline_bytes_total", &[]),
+        ("flowplane_pipeline_memory_budget_waits_total", &[]),
+        (
+            "flowplane_pipeline_chunk_errors_total",
+            &[("code", "INVALID_ARGUMENT"), ("reason", "TYPE_MISMATCH")],
+        ),
+    ] {
+        assert_eq!(value(&pipeline, series, labels), Some(0.0), "{series}");
+    }
+    for (series, labels) in [
+        (
+            "flowplane_processor_chunks_total",
+            &[("processor", "audio.resample"), ("direction", "in")][..],
+        ),
+        (
+            "flowplane_processor_chunks_total",
+            &[("processor", "text.transform"), ("direction", "out")][..],
+        ),
+        (
+            "flowplane_processor_errors_total",
+            &[("processor", "json.calculator")],
+        ),
+        (
+            "flowplane_processor_active_streams",
+            &[("processor", "audio.gain")],
+        ),
+        ("flowplane_processor_in_flight_chunks", &[]),
+    ] {
+        assert_eq!(
+            value(&processor, series, labels),
+            Some(0.0),
+            "{series} {labels:?}"
+        );
+    }
+    // Kinds nothing registered as yet: their series exist at 0.
+    for (series, labels) in [
+        (
+            "flowplane_controlplane_components",
+            &[("kind", "source"), ("status", "healthy")][..],
+        ),
+        (
+            "flowplane_controlplane_heartbeats_total",
+            &[("kind", "consumer")],
+        ),
+        (
+            "flowplane_controlplane_expired_total",
+            &[("kind", "processor")],
+        ),
+        ("flowplane_controlplane_watch_resyncs_total", &[]),
+    ] {
+        assert_eq!(
+            value(&control, series, labels),
+            Some(0.0),
+            "{series} {labels:?}"
+        );
+    }
+    assert!(value(&control, "flowplane_controlplane_watchers", &[]).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_exposes_its_series_with_the_right_values() {
+    let stack = start_stack();
+    let pipe = stack.pipe;
+    let [(.., cp_m), (.., proc_m), (.., pipe_m)] = stack.metrics;
     let m = manifest(UPPER);
     let client = wait_for("the pipeline service to answer", || async move {
         StreamingPipelineServiceClient::connect(format!("http://127.0.0.1:{pipe}"))
@@ -106,7 +274,11 @@ async fn each_service_exposes_its_series_with_the_right_values() {
         value(
             &pipeline,
             "flowplane_pipeline_node_chunks_total",
-            &[("node", "up"), ("processor", "text.transform")]
+            &[
+                ("pipeline", "upper"),
+                ("node", "up"),
+                ("processor", "text.transform")
+            ]
         ),
         Some(10.0),
         "the mistyped chunk never reaches the node"
@@ -115,7 +287,7 @@ async fn each_service_exposes_its_series_with_the_right_values() {
         value(
             &pipeline,
             "flowplane_pipeline_chunk_errors_total",
-            &[("code", "INVALID_ARGUMENT")]
+            &[("code", "INVALID_ARGUMENT"), ("reason", "TYPE_MISMATCH")]
         ),
         Some(1.0)
     );
@@ -138,6 +310,13 @@ async fn each_service_exposes_its_series_with_the_right_values() {
             &[("method", "StreamPipeline"), ("code", "OK")]
         ),
         Some(1.0)
+    );
+
+    let text = scrape(pipe_m).await.unwrap();
+    let missing = undescribed(&text);
+    assert!(
+        missing.is_empty(),
+        "pipeline after traffic: no # HELP for {missing:?}"
     );
 
     // The processor host: chunks in and out by processor, latency, no open streams.

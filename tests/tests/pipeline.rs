@@ -210,7 +210,8 @@ name: mixed
 nodes:
   - { id: gain, processor: audio.gain, params: { gain_db: 0 } }
   - { id: level, processor: audio.level }
-  - { id: mix, processor: audio.dynamic_gain }
+  # No ramp: each control shows in full in the next audio chunk (the ramp has its own tests).
+  - { id: mix, processor: audio.dynamic_gain, params: { ramp_ms: 0 } }
 edges:
   - { from_node: gain, to_node: mix, to_input: audio }
 inputs:

@@ -49,12 +49,17 @@ where
         let telemetry = flowplane_telemetry::init(name, telemetry).map_err(|e| e.to_string())?;
         let shutdown = crate::shutdown::on_signals();
         let served = async {
-            flowplane_telemetry::metrics::spawn(
+            let metrics = flowplane_telemetry::metrics::spawn(
                 serve.metrics_listen,
                 shutdown.clone().cancelled_owned(),
             )
             .await
             .map_err(|e| e.to_string())?;
+            if metrics.is_some() {
+                // Every binary is built from one workspace, so this crate's version is theirs.
+                flowplane_telemetry::metrics::build_info(name, env!("CARGO_PKG_VERSION"))
+                    .map_err(|e| e.to_string())?;
+            }
             let listen = serve.listen_or(default_listen);
             let listener = TcpListener::bind(listen)
                 .await

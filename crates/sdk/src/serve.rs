@@ -94,6 +94,7 @@ pub async fn serve(
         .with_reflection(options.reflection, &[SERVICE_NAME])
         .with_routes(Routes::new(host.service()));
     crate::stats::describe();
+    crate::stats::register_processors(host.capabilities().iter().map(|c| c.name.as_str()));
     flowplane_grpc::server::set_serving(&server.health(), SERVICE_NAME).await;
     tracing::info!(
         listen = %bound,

@@ -42,6 +42,20 @@ pub fn describe() {
     metrics::gauge!(IN_FLIGHT_CHUNKS).increment(0.0);
 }
 
+/// Creates the per-processor series of the processors a host serves at zero (adding
+/// nothing), so a dashboard shows 0 for a processor before its first stream.
+pub fn register_processors<'a>(processors: impl IntoIterator<Item = &'a str>) {
+    for name in processors {
+        let name = name.to_string();
+        for direction in ["in", "out"] {
+            metrics::counter!(CHUNKS_TOTAL, "processor" => name.clone(), "direction" => direction)
+                .increment(0);
+        }
+        metrics::counter!(ERRORS_TOTAL, "processor" => name.clone()).increment(0);
+        metrics::gauge!(ACTIVE_STREAMS, "processor" => name).increment(0.0);
+    }
+}
+
 /// Sub-buckets per power of two: about 19% resolution, plenty for p50/p99 in heartbeats.
 const SUB_BUCKETS: usize = 4;
 /// Powers of two of microseconds covered: 1 us up to about 2^40 us.

@@ -29,6 +29,10 @@ pub const SERVER_REQUEST_DURATION_SECONDS: &str = "flowplane_grpc_server_request
 /// Calls in progress (open streams included), by `service`, `method`.
 pub const SERVER_REQUESTS_IN_FLIGHT: &str = "flowplane_grpc_server_requests_in_flight";
 
+/// Always 1, with the `service` binary's name and its `version` as labels, so a query can
+/// join any series with the version that produced it.
+pub const BUILD_INFO: &str = "flowplane_build_info";
+
 /// Buckets of every histogram whose name ends in `_seconds` (and of any other without
 /// its own): 500 µs to 5 min, so chunk latencies and whole sessions both fit.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -93,6 +97,18 @@ fn describe() {
         metrics::Unit::Count,
         "gRPC calls in progress, open streams included, by service and method"
     );
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "always 1; the labels name the service binary and its version"
+    );
+}
+
+/// Sets [`BUILD_INFO`] for `service` at `version` (installs the recorder if needed).
+pub fn build_info(service: &str, version: &str) -> Result<()> {
+    install()?;
+    metrics::gauge!(BUILD_INFO, "service" => service.to_string(), "version" => version.to_string())
+        .set(1.0);
+    Ok(())
 }
 
 /// The Prometheus text of every metric recorded so far (installs the recorder if needed).
@@ -295,6 +311,30 @@ mod tests {
 
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn build_info_is_one_and_every_own_family_is_described() {
+        build_info("flowplane-test", "1.2.3").unwrap();
+        // The server layer's families appear with their first call; record one of each.
+        let observer = RpcMetrics::start("/flowplane.test.v1.TestService/Call");
+        observer.finish(RpcEnd::code(tonic::Code::Ok));
+        let text = render().unwrap();
+        assert!(
+            text.contains("flowplane_build_info{service=\"flowplane-test\",version=\"1.2.3\"} 1"),
+            "{text}"
+        );
+        for family in [
+            BUILD_INFO,
+            SERVER_REQUESTS_TOTAL,
+            SERVER_REQUEST_DURATION_SECONDS,
+            SERVER_REQUESTS_IN_FLIGHT,
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+        }
     }
 
     #[tokio::test]

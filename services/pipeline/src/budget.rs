@@ -44,8 +44,8 @@ impl Budget {
             limit: limit.max(1),
             used: AtomicUsize::new(0),
             freed: Notify::new(),
-            in_use: metrics::gauge!("flowplane_pipeline_memory_budget_used_bytes"),
-            waits: metrics::counter!("flowplane_pipeline_memory_budget_waits_total"),
+            in_use: metrics::gauge!(crate::instruments::MEMORY_BUDGET_USED_BYTES),
+            waits: metrics::counter!(crate::instruments::MEMORY_BUDGET_WAITS_TOTAL),
         })
     }
 

@@ -5,6 +5,7 @@
 mod budget;
 mod directory;
 mod error;
+pub mod instruments;
 mod node;
 pub mod sequencer;
 mod service;
@@ -155,6 +156,7 @@ pub async fn run(
         "--control-plane",
         &config.client,
     )?;
+    instruments::describe();
     let stop = CancellationToken::new();
     let directory = Directory::new(config.client.clone());
     directory.watch(replicas, stop.child_token());

@@ -309,7 +309,7 @@ impl<H> Sequencer<H> {
                     Some(destinations) => self.route(pending.ticket, chunk, destinations),
                     // An output the manifest leaves unconnected is discarded by design.
                     None => metrics::counter!(
-                        "flowplane_pipeline_unrouted_outputs_total",
+                        crate::instruments::UNROUTED_OUTPUTS_TOTAL,
                         "processor" => spec.processor.clone()
                     )
                     .increment(1),

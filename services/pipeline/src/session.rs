@@ -30,6 +30,7 @@ use crate::{
     Error, Result,
     budget::{Budget, Charge},
     directory::Directory,
+    instruments,
     node::{NodeEvent, NodeLink, OpenError, is_instance_failure},
     sequencer::{Action, Sequencer},
 };
@@ -190,6 +191,7 @@ impl Session {
                 endpoint: link.instance.endpoint.clone(),
             });
             let labels = [
+                ("pipeline", instruments::pipeline_label(&plan.name)),
                 ("node", node.id.clone()),
                 ("processor", node.processor.clone()),
             ];
@@ -199,10 +201,10 @@ impl Session {
                 failed,
                 failovers: 0,
                 deadline: None,
-                chunks: metrics::counter!("flowplane_pipeline_node_chunks_total", &labels),
-                bytes: metrics::counter!("flowplane_pipeline_node_bytes_total", &labels),
-                errors: metrics::counter!("flowplane_pipeline_node_errors_total", &labels),
-                latency: metrics::histogram!("flowplane_pipeline_node_latency_seconds", &labels),
+                chunks: metrics::counter!(instruments::NODE_CHUNKS_TOTAL, &labels),
+                bytes: metrics::counter!(instruments::NODE_BYTES_TOTAL, &labels),
+                errors: metrics::counter!(instruments::NODE_ERRORS_TOTAL, &labels),
+                latency: metrics::histogram!(instruments::NODE_LATENCY_SECONDS, &labels),
             });
         }
         let ready = StreamReady {
@@ -221,8 +223,8 @@ impl Session {
                 node_tx,
                 node_rx,
                 started: Instant::now(),
-                chunks_in: metrics::counter!("flowplane_pipeline_chunks_total"),
-                bytes_in: metrics::counter!("flowplane_pipeline_bytes_total"),
+                chunks_in: metrics::counter!(instruments::CHUNKS_TOTAL),
+                bytes_in: metrics::counter!(instruments::BYTES_TOTAL),
             },
             ready,
         ))
@@ -507,7 +509,7 @@ impl Session {
             error = %why,
             "failover"
         );
-        metrics::counter!("flowplane_pipeline_failovers_total", "processor" => spec.processor.clone())
+        metrics::counter!(instruments::FAILOVERS_TOTAL, "processor" => spec.processor.clone())
             .increment(1);
         self.seq.count_failover();
         let slot = &mut self.nodes[node];
@@ -527,7 +529,12 @@ impl Session {
     async fn send_held(&mut self, response: Response, holds: Vec<Hold>) -> Result<()> {
         if let Response::Error(e) = &response {
             let code = flowplane_telemetry::rpc::code_name(tonic::Code::from_i32(e.code));
-            metrics::counter!("flowplane_pipeline_chunk_errors_total", "code" => code).increment(1);
+            metrics::counter!(
+                instruments::CHUNK_ERRORS_TOTAL,
+                "code" => code,
+                "reason" => instruments::reason_label(&e.reason)
+            )
+            .increment(1);
         }
         let message = StreamPipelineResponse {
             response: Some(response),
