@@ -96,6 +96,11 @@ demo-check: tools ## the demo, comparing every result with examples/expected/
 	$(CARGO) build --release --bins
 	DEMO_CHECK=1 bash examples/demo.sh target/release
 
+.PHONY: examples-expected
+examples-expected: tools ## rewrite examples/expected/ from a demo run (after a deliberate change of results; review the diff)
+	$(CARGO) build --bins
+	DEMO_UPDATE_EXPECTED=1 bash examples/demo.sh target/debug
+
 .PHONY: clean
 clean: ## remove build output, generated code and the tool venv
 	$(CARGO) clean

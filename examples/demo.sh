@@ -4,7 +4,8 @@
 # results, and stops everything cleanly -- also on Ctrl-C or a failure.
 # Usage: examples/demo.sh BIN_DIR        (BIN_DIR holds the four binaries)
 # Ports: FLOWPLANE_DEMO_PORT (default 47051) and the next ones; DEMO_CHECK=1 compares
-# every result with examples/expected/ instead of printing it.
+# every result with examples/expected/ instead of printing it; DEMO_UPDATE_EXPECTED=1 rewrites
+# examples/expected/ from this run's results (a deliberate act, like the proto baseline).
 set -euo pipefail
 bin=$(cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -69,7 +70,12 @@ for _ in $(seq 1 50); do
   "$bin/flowplane" validate "$here/pipelines/audio-chain.yaml" >/dev/null 2>&1 && break
   sleep 0.1
 done
-if [ "${DEMO_CHECK:-0}" = 1 ]; then
+if [ "${DEMO_UPDATE_EXPECTED:-0}" = 1 ]; then
+  # `make examples-expected`: this run's results become examples/expected (review the diff).
+  "$here/run-all.sh" "$bin/flowplane" "$work/samples" "$work/results" >/dev/null 2>&1 || true
+  cp "$work/results"/*.jsonl "$here/expected/"
+  echo "examples/expected/ rewritten from this run; review it with git diff"
+elif [ "${DEMO_CHECK:-0}" = 1 ]; then
   "$here/run-all.sh" "$bin/flowplane" "$work/samples" "$work/results"
 else
   "$here/run-all.sh" "$bin/flowplane" "$work/samples"

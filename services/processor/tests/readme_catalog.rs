@@ -44,7 +44,20 @@ fn params(params: &[ParamSpec]) -> String {
                 (Some(default), false) => format!("default `{}`", value_to_json(default)),
                 (None, false) => "optional".to_string(),
             };
-            format!("`{}` {}, {}: {}", p.name, p.r#type, need, p.description)
+            let allowed: Vec<String> = p
+                .allowed_values
+                .iter()
+                .map(|v| format!("`{}`", value_to_json(v)))
+                .collect();
+            let allowed = if allowed.is_empty() {
+                String::new()
+            } else {
+                format!(", one of {}", allowed.join(", "))
+            };
+            format!(
+                "`{}` {}, {}{}: {}",
+                p.name, p.r#type, need, allowed, p.description
+            )
         })
         .collect::<Vec<_>>()
         .join("<br>")
