@@ -310,6 +310,17 @@ mod tests {
         assert!(message.contains("--max-streams"), "{message}");
     }
 
+    #[cfg(not(feature = "prometheus"))]
+    #[test]
+    fn metrics_listen_is_refused_without_the_exporter() {
+        let message = parse(&["--metrics-listen", "127.0.0.1:9"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(message.contains("--metrics-listen"), "{message}");
+        assert!(message.contains("`prometheus` feature"), "{message}");
+    }
+
     #[test]
     fn help_names_the_processors_and_the_default_address() {
         let help = Main::new(HostBuilder::new("test-host"))
