@@ -90,8 +90,7 @@ fn type_checks(c: &mut Criterion) {
 }
 
 fn capabilities() -> HashMap<String, ProcessorCapability> {
-    flowplane_processor::Config::default()
-        .host()
+    flowplane_processor::host(&Default::default())
         .expect("built-in host")
         .capabilities()
         .into_iter()

@@ -61,7 +61,7 @@ fn shared_registry() -> Arc<dyn Registry> {
 
 /// The lifecycle of a host registering as `id` through `control_plane` (a list).
 fn register(control_plane: String, id: &str) -> Registration {
-    let host = flowplane_processor::Config::default().host().unwrap();
+    let host = flowplane_processor::host(&Default::default()).unwrap();
     let mut config = RegistrationConfig::new(control_plane);
     config.processor_id = Some(id.to_string());
     Registration::new(config, "127.0.0.1:9".into(), host).unwrap()
@@ -347,7 +347,7 @@ async fn a_host_name_over_mutual_tls_after_a_closed_port_registers() {
     };
     // The name is resolved at connect time; TLS verifies the name, not the address.
     let list = format!("http://{closed},https://localhost:{}", cp.addr.port());
-    let host = flowplane_processor::Config::default().host().unwrap();
+    let host = flowplane_processor::host(&Default::default()).unwrap();
     let mut config = RegistrationConfig::new(list);
     config.processor_id = Some("proc-tls".into());
     config.client = pki.client(Some(&client));

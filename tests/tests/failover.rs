@@ -69,7 +69,7 @@ impl ProcessorService for Cutter {
 
 /// Serves a Cutter registered as `id`; stops with the token.
 async fn cutter(control_plane: &str, id: &str, cut_after: usize, stop: CancellationToken) {
-    let host = flowplane_processor::Config::default().host().unwrap();
+    let host = flowplane_processor::host(&Default::default()).unwrap();
     let listener = local_listener().await;
     let endpoint = listener.local_addr().unwrap().to_string();
     let mut config = RegistrationConfig::new(control_plane.to_string());

@@ -19,7 +19,7 @@ pub const EXIT_USAGE: u8 = 64;
 /// Runs a server binary named `name`. `config` is the checked configuration, or the
 /// message naming the bad flag; `run` is the service's `run(config, listener, shutdown)`.
 pub fn serve_main<C, F, Fut, E>(
-    name: &'static str,
+    name: &str,
     telemetry: &flowplane_telemetry::TelemetryArgs,
     serve: &ServeArgs,
     default_listen: SocketAddr,

@@ -1,6 +1,7 @@
 //! Command-line and environment settings every flowplane server shares, so that people,
 //! scripts and containers start any service the same way. Each binary flattens these
 //! into its own `clap` parser; precedence is default -> `FLOWPLANE_*` env -> flag.
+//! Without the `cli` feature the same structs exist for code to fill in, with no parser.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -9,85 +10,113 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use crate::{Error, Result, auth::Tokens};
 
 /// Where a server listens, what it advertises, and its TLS identity.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ServeArgs {
     /// gRPC listen address, HOST:PORT.
-    #[arg(long, env = "FLOWPLANE_LISTEN", value_name = "HOST:PORT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_LISTEN", value_name = "HOST:PORT")
+    )]
     pub listen: Option<SocketAddr>,
 
     /// Prometheus /metrics listen address, HOST:PORT; unset disables the endpoint.
-    #[arg(long, env = "FLOWPLANE_METRICS_LISTEN", value_name = "HOST:PORT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_METRICS_LISTEN", value_name = "HOST:PORT")
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Address others use to reach this server, HOST:PORT; defaults to the listen address.
-    #[arg(long, env = "FLOWPLANE_ADVERTISE", value_name = "HOST:PORT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_ADVERTISE", value_name = "HOST:PORT")
+    )]
     pub advertise: Option<String>,
 
     /// PEM certificate chain for TLS; needs --tls-key. Unset serves plaintext.
-    #[arg(
-        long,
-        env = "FLOWPLANE_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TLS_CERT",
+            value_name = "FILE",
+            requires = "tls_key"
+        )
     )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for TLS; needs --tls-cert.
-    #[arg(
-        long,
-        env = "FLOWPLANE_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TLS_KEY",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )
     )]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificate(s) for mutual TLS: clients must present a certificate signed by
     /// one of them or the handshake fails. Needs --tls-cert and --tls-key.
-    #[arg(long, env = "FLOWPLANE_TLS_CLIENT_CA", value_name = "FILE")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_TLS_CLIENT_CA", value_name = "FILE")
+    )]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Token file that turns on auth by role: lines of `TOKEN ROLE[,ROLE...]`, roles
     /// register, read, data, process; `#` starts a comment line. Unset: no role tokens.
-    #[arg(long, env = "FLOWPLANE_TOKEN_FILE", value_name = "FILE")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_TOKEN_FILE", value_name = "FILE")
+    )]
     pub token_file: Option<PathBuf>,
 
     /// Roles for client certificates (mutual TLS, needs --tls-client-ca): lines of
     /// `DNS-NAME ROLE[,ROLE...]`; a call gets the roles of the DNS names in its verified
     /// client certificate, added to its token's if it sends one (e.g. the pipeline's
     /// certificate gets `process` on processor hosts).
-    #[arg(long, env = "FLOWPLANE_TLS_CLIENT_ROLES", value_name = "FILE")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_TLS_CLIENT_ROLES", value_name = "FILE")
+    )]
     pub tls_client_roles: Option<PathBuf>,
 
     /// Serve gRPC reflection (v1 and v1alpha), listing only this server's own services,
     /// health and reflection; --reflection=false serves none.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long,
         env = "FLOWPLANE_REFLECTION",
         value_name = "BOOL",
         default_value_t = true,
         action = clap::ArgAction::Set
-    )]
+    ))]
     pub reflection: bool,
 
     /// Plaintext listen address, HOST:PORT, serving only grpc.health.v1.Health with the
     /// main server's statuses: for kubelet's gRPC probes, which speak no TLS. Unset: none.
-    #[arg(long, env = "FLOWPLANE_HEALTH_LISTEN", value_name = "HOST:PORT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_HEALTH_LISTEN", value_name = "HOST:PORT")
+    )]
     pub health_listen: Option<SocketAddr>,
 
     /// Age after which a connection is sent GOAWAY: its calls go on, new ones reconnect,
     /// so clients behind a Service spread over new pods. 5m, 30s or plain seconds; unset: no limit.
-    #[arg(long, env = "FLOWPLANE_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, env = "FLOWPLANE_MAX_CONNECTION_AGE", value_name = "DURATION", value_parser = parse_duration))]
     pub max_connection_age: Option<Duration>,
 
     /// How long calls may outlive --max-connection-age before their connection is closed;
     /// unset waits for them to end. Needs --max-connection-age.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long,
         env = "FLOWPLANE_MAX_CONNECTION_AGE_GRACE",
         value_name = "DURATION",
         value_parser = parse_duration,
         requires = "max_connection_age"
-    )]
+    ))]
     pub max_connection_age_grace: Option<Duration>,
 }
 
@@ -199,49 +228,65 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
 
 /// How a client reaches a flowplane server: TLS trust, the client certificate for mutual
 /// TLS, and the bearer token to present.
-#[derive(Clone, Default, clap::Args)]
+#[derive(Clone, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ClientArgs {
     /// PEM CA certificate to trust for https:// endpoints (system roots are not used).
     /// With it (or a client certificate) a peer found in the registry is dialled over TLS.
-    #[arg(long, env = "FLOWPLANE_TLS_CA", value_name = "FILE")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_TLS_CA", value_name = "FILE")
+    )]
     pub tls_ca: Option<PathBuf>,
 
     /// PEM client certificate chain presented to https:// servers that require mutual
     /// TLS; needs --tls-client-key.
-    #[arg(
-        long,
-        env = "FLOWPLANE_TLS_CLIENT_CERT",
-        value_name = "FILE",
-        requires = "tls_client_key"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TLS_CLIENT_CERT",
+            value_name = "FILE",
+            requires = "tls_client_key"
+        )
     )]
     pub tls_client_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-client-cert; needs --tls-client-cert.
-    #[arg(
-        long,
-        env = "FLOWPLANE_TLS_CLIENT_KEY",
-        value_name = "FILE",
-        requires = "tls_client_cert"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TLS_CLIENT_KEY",
+            value_name = "FILE",
+            requires = "tls_client_cert"
+        )
     )]
     pub tls_client_key: Option<PathBuf>,
 
     /// Bearer token sent to servers that require one. Prefer --client-token-file: a
     /// token on the command line shows in `ps` and shell history.
-    #[arg(
-        long,
-        env = "FLOWPLANE_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )
     )]
     pub token: Option<String>,
 
     /// File holding the bearer token to send (surrounding whitespace trimmed); the
     /// preferred way to give a client its token.
-    #[arg(
-        long,
-        env = "FLOWPLANE_CLIENT_TOKEN_FILE",
-        value_name = "FILE",
-        conflicts_with = "token"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_CLIENT_TOKEN_FILE",
+            value_name = "FILE",
+            conflicts_with = "token"
+        )
     )]
     pub client_token_file: Option<PathBuf>,
 }
@@ -334,6 +379,7 @@ mod tests {
 
     use super::*;
 
+    #[cfg(feature = "cli")]
     #[test]
     fn reflection_is_on_unless_turned_off() {
         use clap::Parser;
@@ -380,6 +426,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn orchestrator_settings_parse_and_the_grace_needs_an_age() {
         use clap::Parser;

@@ -1,22 +1,25 @@
 //! A complete custom processor, ready to copy: `text.word_count` counts the words of each
-//! text chunk and keeps a running total per stream.
-//!
-//! Run it on its own, or registered with a control plane:
+//! text chunk and keeps a running total per stream. `main` is one call: the binary takes
+//! every flag the built-in `flowplane-processor` takes (`--help` lists them) and serves
+//! with logs, traces, /metrics, registration and a graceful drain like it.
 //!
 //! ```sh
-//! cargo run -p flowplane-sdk --example custom_processor
-//! FLOWPLANE_CONTROL_PLANE=127.0.0.1:50051 cargo run -p flowplane-sdk --example custom_processor
+//! cargo run -p flowplane-sdk --example custom_processor              # a free port, logged
+//! cargo run -p flowplane-sdk --example custom_processor -- \
+//!     --listen 127.0.0.1:50081 --control-plane http://127.0.0.1:50051 \
+//!     --id word-count-1 --metrics-listen 127.0.0.1:9181
 //! ```
 //!
-//! Settings come from the environment: `FLOWPLANE_LISTEN` (default 127.0.0.1:50071),
-//! `FLOWPLANE_ADVERTISE`, `FLOWPLANE_CONTROL_PLANE`, `FLOWPLANE_ID`,
-//! `FLOWPLANE_JOIN_TOKEN` and `FLOWPLANE_TOKEN_FILE` (tokens by role; see Security in the
-//! top-level README). Ctrl-C or SIGTERM deregisters it and drains its streams.
+//! Without `--listen` it listens on a port the OS picks on 127.0.0.1 (so it never takes
+//! the control plane's 50051, the built-in host's 50061 or the pipeline's 50071), logs
+//! it and registers it. Ctrl-C or SIGTERM deregisters it and drains its streams.
+
+use std::process::ExitCode;
 
 use flowplane_sdk::{
-    Capability, Input, Output, Param, ParamError, Params, ProcessError, Processor, ProcessorHost,
-    RegistrationConfig, ServeOptions,
+    Capability, HostBuilder, Input, Output, Param, ParamError, Params, ProcessError, Processor,
     proto::data::v1::{DataTypeHint, JsonData, data_buffer::Payload},
+    serde_json,
 };
 
 /// One instance per `Process` stream: `total` is this stream's running count.
@@ -103,47 +106,23 @@ impl Processor for WordCount {
 }
 
 /// The host serving this processor; add more with further `.processor::<T>()` calls.
-fn host() -> flowplane_sdk::Result<ProcessorHost> {
-    ProcessorHost::builder("word-count-example")
+/// Its name is the binary's name in `--help`, logs and traces.
+fn host() -> HostBuilder {
+    HostBuilder::new("word-count-example")
+        .version(env!("CARGO_PKG_VERSION"))
         .processor::<WordCount>()
-        .build()
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().init();
-    let listen = env("FLOWPLANE_LISTEN").unwrap_or_else(|| "127.0.0.1:50071".into());
-    let registration = env("FLOWPLANE_CONTROL_PLANE").map(|control_plane| {
-        let mut registration = RegistrationConfig::new(control_plane);
-        registration.processor_id = env("FLOWPLANE_ID");
-        registration.join_token = env("FLOWPLANE_JOIN_TOKEN");
-        registration
-    });
-    // A token file makes Process and GetCapabilities need a token with role process.
-    let tokens = env("FLOWPLANE_TOKEN_FILE")
-        .map(|path| flowplane_grpc::auth::Tokens::load(path.as_ref()))
-        .transpose()?;
-    let options = ServeOptions {
-        advertise: env("FLOWPLANE_ADVERTISE"),
-        registration,
-        tokens,
-        ..ServeOptions::default()
-    };
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
-    let shutdown = flowplane_grpc::shutdown::on_signals();
-    flowplane_sdk::serve(host()?, options, listener, shutdown.cancelled_owned()).await?;
-    Ok(())
+fn main() -> ExitCode {
+    flowplane_sdk::main(host())
 }
 
 #[cfg(test)]
 mod tests {
     use flowplane_sdk::{
-        client::{ProcessStream, chunk, init},
+        client::chunk,
         proto::{data::v1::TextData, processor::v1::ProcessResult},
+        testing::LocalHost,
     };
 
     use super::*;
@@ -163,25 +142,12 @@ mod tests {
         serde_json::from_str(&json.json).unwrap()
     }
 
-    #[tokio::test]
+    // `flowplane_sdk::tokio` is tokio itself: no second dependency needed for tests.
+    #[flowplane_sdk::tokio::test(crate = "flowplane_sdk::tokio")]
     async fn counts_words_over_a_real_process_stream() {
-        let listener = flowplane_test_support::local_listener().await;
-        let addr = listener.local_addr().unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn(flowplane_sdk::serve(
-            host().unwrap(),
-            ServeOptions::default(),
-            listener,
-            stop.clone().cancelled_owned(),
-        ));
-        let channel = flowplane_grpc::client::connect(&addr.to_string(), &Default::default())
-            .await
-            .unwrap();
+        let server = LocalHost::start(host().build().unwrap()).await.unwrap();
         let params = serde_json::json!({"min_length": 2, "max_chars": 20});
-        let (mut stream, _ready) =
-            ProcessStream::open(channel.clone(), init("text.word_count", "wc", params))
-                .await
-                .unwrap();
+        let (mut stream, _ready) = server.open("text.word_count", "wc", params).await.unwrap();
 
         stream
             .send(chunk(1, "", text("a quick brown fox")))
@@ -201,21 +167,18 @@ mod tests {
         let third = stream.result().await.unwrap().unwrap();
         assert_eq!(counts(&third), serde_json::json!({"words": 2, "total": 5}));
 
-        let refused = ProcessStream::open(
-            channel,
-            init(
+        let refused = server
+            .open(
                 "text.word_count",
                 "wc",
                 serde_json::json!({"min_length": 0}),
-            ),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), flowplane_sdk::tonic::Code::InvalidArgument);
         assert!(refused.message().contains("\"min_length\""), "{refused:?}");
 
         drop(stream);
-        stop.cancel();
-        server.await.unwrap().unwrap();
+        server.stop().await.unwrap();
     }
 }

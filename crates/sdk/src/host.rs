@@ -137,6 +137,48 @@ impl HostBuilder {
         self
     }
 
+    /// Keeps only the processors named in `names` (`--processors`); an empty list keeps
+    /// them all. A name this builder does not serve fails, listing the ones it does.
+    pub fn only(mut self, names: &[String]) -> Result<Self> {
+        if names.is_empty() {
+            return Ok(self);
+        }
+        let known = self.processor_names();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+            return Err(Error::InvalidConfig {
+                setting: "--processors",
+                message: format!(
+                    "unknown processor {unknown:?}; this host serves: {}",
+                    known.join(", ")
+                ),
+            });
+        }
+        let mut kept = known.iter();
+        self.factories.retain(|_| {
+            kept.next()
+                .is_some_and(|name| names.iter().any(|n| n == name))
+        });
+        Ok(self)
+    }
+
+    /// The names of the processors added so far, in order.
+    pub fn processor_names(&self) -> Vec<String> {
+        self.factories
+            .iter()
+            .map(|f| f.capability().name().to_string())
+            .collect()
+    }
+
+    /// The host name given to [`HostBuilder::new`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host software version ([`HostBuilder::version`]).
+    pub fn host_version(&self) -> &str {
+        &self.version
+    }
+
     /// Checks every capability and builds the host.
     pub fn build(self) -> Result<ProcessorHost> {
         let mut processors: HashMap<String, Arc<Entry>> = HashMap::new();

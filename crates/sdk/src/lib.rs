@@ -3,8 +3,26 @@
 //! A processor implements [`Processor`]: [`Processor::capability`] says what it is,
 //! [`Processor::create`] builds one instance per `Process` stream from validated params,
 //! and [`Processor::process`] answers one chunk. [`ProcessorHost`] serves any number of
-//! processors; [`serve`] runs a host with health, reflection, registration with the
-//! control plane and graceful shutdown. `examples/custom_processor.rs` is a complete one.
+//! processors; [`main`] turns a host into a binary with every standard flag, logs,
+//! traces, /metrics and graceful shutdown, exactly like the built-in `flowplane-processor`
+//! (which is built on it); [`run`] and [`serve`] do the same inside a program or a test,
+//! and [`testing::LocalHost`] serves one on loopback for tests.
+//! `examples/custom_processor.rs` is a complete one; `crates/sdk/README.md` is the guide.
+//!
+//! # Features
+//!
+//! All on by default; a custom processor may trim them to build faster (the README
+//! measures each): `cli` ([`main`], [`Main`], [`HostArgs`]: the flags, with clap),
+//! `otlp` (OTLP trace export configured by `OTEL_*`; without it spans still get trace
+//! ids for logs and propagation, and a configured endpoint is warned about), `prometheus`
+//! (`--metrics-listen` and the /metrics endpoint; without it that flag is refused).
+//! `--no-default-features` keeps the host, [`run`], [`serve`] and the client.
+//!
+//! # Re-exports
+//!
+//! One dependency is enough: the generated types ([`proto`]), the gRPC stack ([`grpc`],
+//! with [`shutdown`] for signals), [`telemetry`], and the crates that appear in this
+//! API ([`bytes`], [`serde_json`], [`tokio`], [`tonic`]).
 //!
 //! # The `Process` stream, as a client sees it
 //!
@@ -91,7 +109,10 @@
 //! assert_eq!(host.capabilities()[0].name, "text.char_count");
 //! ```
 
+#[cfg(feature = "cli")]
+mod cli;
 pub mod client;
+mod config;
 mod error;
 mod host;
 mod params;
@@ -100,6 +121,11 @@ mod processor;
 mod registration;
 mod serve;
 pub mod stats;
+pub mod testing;
+
+#[cfg(feature = "cli")]
+pub use cli::{DEFAULT_LISTEN, HostArgs, Main, main};
+pub use config::{HostConfig, run};
 
 pub use error::{Error, ParamError, ProcessError, Result};
 pub use host::{
@@ -115,3 +141,24 @@ pub use serve::{HOST_ACCESS, ServeOptions, serve};
 
 /// The generated API types, so processor crates need no direct dependency on them.
 pub use flowplane_proto as proto;
+
+/// The shared gRPC stack: client connections, auth tokens, TLS settings, limits.
+pub use flowplane_grpc as grpc;
+/// Auth tokens by role, for [`ServeOptions::tokens`].
+pub use flowplane_grpc::auth::Tokens;
+/// Graceful shutdown: [`shutdown::on_signals`] is cancelled by the first SIGTERM or
+/// Ctrl-C (a second exits at once); [`shutdown::termination_signal`] waits for one.
+pub use flowplane_grpc::shutdown;
+/// The largest payload one chunk may carry, and the largest message either side accepts.
+pub use flowplane_grpc::{MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
+/// Logs, traces and metrics set-up, for a `main` of your own or `init_for_tests`.
+pub use flowplane_telemetry as telemetry;
+/// Cancelled to stop [`serve`] or [`run`]; [`shutdown::on_signals`] returns one.
+pub use tokio_util::sync::CancellationToken;
+pub use {bytes, serde_json, tokio, tonic};
+
+/// Every code block of `crates/sdk/README.md`, compiled (and run unless marked
+/// `no_run`) by `cargo test --doc`, so the guide cannot drift from the API.
+#[cfg(all(doctest, feature = "cli"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

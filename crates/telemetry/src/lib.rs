@@ -15,6 +15,11 @@
 //! ```
 
 pub mod grpc;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
+/// Built without the `prometheus` feature: the same calls, no recorder and no endpoint.
+#[cfg(not(feature = "prometheus"))]
+#[path = "metrics_off.rs"]
 pub mod metrics;
 pub mod rpc;
 
@@ -74,13 +79,18 @@ pub enum Error {
     MetricsRecorder(String),
     #[error("metrics endpoint: {0}")]
     ServeMetrics(std::io::Error),
+    #[error(
+        "--metrics-listen {addr}: this binary was built without the `prometheus` feature, so it serves no /metrics"
+    )]
+    MetricsNotBuilt { addr: std::net::SocketAddr },
 }
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LogFormat {
     /// Human-readable lines for a terminal.
     #[default]
@@ -91,36 +101,49 @@ pub enum LogFormat {
 
 /// Logging and tracing settings every flowplane binary flattens into its parser.
 /// Trace export itself is configured by the standard `OTEL_*` variables.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct TelemetryArgs {
     /// Log line format: plain for a terminal, json for containers.
-    #[arg(
-        long,
-        env = "FLOWPLANE_LOG_FORMAT",
-        value_enum,
-        default_value_t = LogFormat::Plain
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_LOG_FORMAT",
+            value_enum,
+            default_value_t = LogFormat::Plain
+        )
     )]
     pub log_format: LogFormat,
 
     /// Which log lines to write, in RUST_LOG syntax (e.g. `info,flowplane_pipeline=debug`).
     /// Unset: RUST_LOG, else `info`.
-    #[arg(long, env = "FLOWPLANE_LOG", value_name = "FILTER")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "FLOWPLANE_LOG", value_name = "FILTER")
+    )]
     pub log_filter: Option<String>,
 
     /// Which spans to export as traces, in RUST_LOG syntax; RPC spans are always kept.
-    #[arg(
-        long,
-        env = "FLOWPLANE_TRACE_FILTER",
-        value_name = "FILTER",
-        default_value = "info"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TRACE_FILTER",
+            value_name = "FILTER",
+            default_value = "info"
+        )
     )]
     pub trace_filter: String,
 
     /// Trace every control-plane heartbeat RPC on its own (off: they would flood the traces).
-    #[arg(
-        long,
-        env = "FLOWPLANE_TRACE_HEARTBEATS",
-        value_parser = clap::builder::BoolishValueParser::new()
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "FLOWPLANE_TRACE_HEARTBEATS",
+            value_parser = clap::builder::BoolishValueParser::new()
+        )
     )]
     pub trace_heartbeats: bool,
 }
@@ -176,6 +199,7 @@ pub fn init_with(
         "telemetry initialised"
     );
     otlp::warn_about_unsupported_protocol();
+    otlp::warn_about_missing_exporter();
     Ok(TelemetryGuard {
         provider: Some(pipeline.provider),
         export: pipeline.health,
@@ -360,26 +384,29 @@ impl Drop for TelemetryGuard {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
+    #[cfg(feature = "cli")]
+    #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         telemetry: TelemetryArgs,
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn defaults_are_plain_info_and_no_heartbeats() {
+        use clap::Parser;
         let cli = Cli::try_parse_from(["x"]).unwrap();
         assert_eq!(cli.telemetry.log_format, LogFormat::Plain);
         assert_eq!(cli.telemetry.trace_filter, "info");
         assert!(!cli.telemetry.trace_heartbeats);
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn flags_parse() {
+        use clap::Parser;
         let cli = Cli::try_parse_from([
             "x",
             "--log-format",
@@ -394,8 +421,10 @@ mod tests {
         assert!(cli.telemetry.trace_heartbeats);
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn a_bad_log_format_names_the_flag() {
+        use clap::Parser;
         let err = Cli::try_parse_from(["x", "--log-format", "xml"])
             .err()
             .unwrap()

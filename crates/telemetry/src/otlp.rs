@@ -12,11 +12,13 @@ use std::{
 };
 
 use opentelemetry::KeyValue;
+#[cfg(feature = "otlp")]
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::{
-    Resource,
     error::OTelSdkResult,
-    trace::{SdkTracerProvider, SpanData, SpanExporter},
+    trace::{SpanData, SpanExporter},
 };
 
 use crate::{Error, Result};
@@ -46,6 +48,7 @@ pub enum TraceExport {
 
 /// Whether the last export reached the collector.
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 pub(crate) struct ExportHealth {
     failing: AtomicBool,
 }
@@ -74,6 +77,35 @@ impl Pipeline {
                 endpoint: None,
             });
         };
+        Self::export(builder, endpoint, explicit)
+    }
+
+    /// Built without the exporter: an endpoint from the environment is ignored, with a
+    /// warning once logs are up; one given in code is a mistake worth failing for.
+    #[cfg(not(feature = "otlp"))]
+    fn export(
+        builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+        endpoint: String,
+        explicit: bool,
+    ) -> Result<Self> {
+        if explicit {
+            return Err(Error::Exporter(format!(
+                "cannot export traces to {endpoint}: built without the `otlp` feature"
+            )));
+        }
+        Ok(Self {
+            provider: builder.build(),
+            health: None,
+            endpoint: None,
+        })
+    }
+
+    #[cfg(feature = "otlp")]
+    fn export(
+        builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+        endpoint: String,
+        explicit: bool,
+    ) -> Result<Self> {
         // The tonic channel spawns its worker on the current runtime.
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
@@ -141,6 +173,20 @@ pub(crate) fn warn_about_unsupported_protocol() {
     }
 }
 
+/// Built without the `otlp` feature, an endpoint in the environment exports nothing;
+/// say so once instead of leaving the traces to vanish quietly.
+pub(crate) fn warn_about_missing_exporter() {
+    #[cfg(not(feature = "otlp"))]
+    if !export_disabled_by_env()
+        && let Some(variable) = ENDPOINT_VARS.iter().find(|v| non_empty_env(v).is_some())
+    {
+        tracing::warn!(
+            variable,
+            "built without the otlp feature: traces are not exported"
+        );
+    }
+}
+
 pub(crate) fn shutdown_timeout(health: Option<&ExportHealth>) -> Duration {
     match health {
         Some(health) if health.failing.load(Ordering::Relaxed) => SHUTDOWN_TIMEOUT_UNREACHABLE,
@@ -150,6 +196,7 @@ pub(crate) fn shutdown_timeout(health: Option<&ExportHealth>) -> Duration {
 
 /// Logs the first failed export of an outage as one warning and its end as one info
 /// line; the SDK would log an error for every batch.
+#[cfg(feature = "otlp")]
 #[derive(Debug)]
 struct QuietExporter<E> {
     inner: E,
@@ -157,6 +204,7 @@ struct QuietExporter<E> {
     endpoint: String,
 }
 
+#[cfg(feature = "otlp")]
 impl<E: SpanExporter> SpanExporter for QuietExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
@@ -195,82 +243,87 @@ impl<E: SpanExporter> SpanExporter for QuietExporter<E> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
-    use tracing_subscriber::{Layer, Registry, layer::SubscriberExt};
-
     use super::*;
 
-    /// An exporter whose collector is up or down at the test's command.
-    #[derive(Debug, Default)]
-    struct Flaky {
-        down: Arc<AtomicBool>,
-    }
+    #[cfg(feature = "otlp")]
+    mod quiet {
+        use std::sync::atomic::AtomicUsize;
 
-    impl SpanExporter for Flaky {
-        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-            if self.down.load(Ordering::Relaxed) {
-                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
-                    "connection refused".into(),
-                ))
-            } else {
-                Ok(())
+        use tracing_subscriber::{Layer, Registry, layer::SubscriberExt};
+
+        use super::*;
+
+        /// An exporter whose collector is up or down at the test's command.
+        #[derive(Debug, Default)]
+        struct Flaky {
+            down: Arc<AtomicBool>,
+        }
+
+        impl SpanExporter for Flaky {
+            async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+                if self.down.load(Ordering::Relaxed) {
+                    Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                        "connection refused".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
             }
         }
-    }
 
-    #[derive(Clone, Default)]
-    struct Warnings(Arc<AtomicUsize>);
+        #[derive(Clone, Default)]
+        struct Warnings(Arc<AtomicUsize>);
 
-    impl<S: tracing::Subscriber> Layer<S> for Warnings {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _ctx: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            if *event.metadata().level() == tracing::Level::WARN {
-                self.0.fetch_add(1, Ordering::Relaxed);
+        impl<S: tracing::Subscriber> Layer<S> for Warnings {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if *event.metadata().level() == tracing::Level::WARN {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-    }
 
-    #[test]
-    fn an_unreachable_collector_warns_once_per_outage() {
-        let down = Arc::new(AtomicBool::new(true));
-        let health = Arc::new(ExportHealth::default());
-        let exporter = QuietExporter {
-            inner: Flaky { down: down.clone() },
-            health: health.clone(),
-            endpoint: "http://127.0.0.1:9".into(),
-        };
-        let warnings = Warnings::default();
-        let subscriber = Registry::default().with(warnings.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        tracing::subscriber::with_default(subscriber, || {
-            runtime.block_on(async {
-                for _ in 0..3 {
+        #[test]
+        fn an_unreachable_collector_warns_once_per_outage() {
+            let down = Arc::new(AtomicBool::new(true));
+            let health = Arc::new(ExportHealth::default());
+            let exporter = QuietExporter {
+                inner: Flaky { down: down.clone() },
+                health: health.clone(),
+                endpoint: "http://127.0.0.1:9".into(),
+            };
+            let warnings = Warnings::default();
+            let subscriber = Registry::default().with(warnings.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            tracing::subscriber::with_default(subscriber, || {
+                runtime.block_on(async {
+                    for _ in 0..3 {
+                        assert!(exporter.export(Vec::new()).await.is_ok());
+                    }
+                    assert_eq!(warnings.0.load(Ordering::Relaxed), 1);
+                    assert_eq!(
+                        shutdown_timeout(Some(&health)),
+                        SHUTDOWN_TIMEOUT_UNREACHABLE
+                    );
+
+                    down.store(false, Ordering::Relaxed);
                     assert!(exporter.export(Vec::new()).await.is_ok());
-                }
-                assert_eq!(warnings.0.load(Ordering::Relaxed), 1);
-                assert_eq!(
-                    shutdown_timeout(Some(&health)),
-                    SHUTDOWN_TIMEOUT_UNREACHABLE
-                );
+                    assert_eq!(shutdown_timeout(Some(&health)), SHUTDOWN_TIMEOUT);
 
-                down.store(false, Ordering::Relaxed);
-                assert!(exporter.export(Vec::new()).await.is_ok());
-                assert_eq!(shutdown_timeout(Some(&health)), SHUTDOWN_TIMEOUT);
-
-                down.store(true, Ordering::Relaxed);
-                for _ in 0..3 {
-                    assert!(exporter.export(Vec::new()).await.is_ok());
-                }
-                assert_eq!(warnings.0.load(Ordering::Relaxed), 2);
+                    down.store(true, Ordering::Relaxed);
+                    for _ in 0..3 {
+                        assert!(exporter.export(Vec::new()).await.is_ok());
+                    }
+                    assert_eq!(warnings.0.load(Ordering::Relaxed), 2);
+                });
             });
-        });
-        assert_eq!(shutdown_timeout(None), SHUTDOWN_TIMEOUT);
+            assert_eq!(shutdown_timeout(None), SHUTDOWN_TIMEOUT);
+        }
     }
 
     #[test]

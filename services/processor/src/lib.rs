@@ -9,20 +9,16 @@
 
 pub mod processors;
 
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::future::Future;
 
-use flowplane_grpc::{auth::Tokens, config::ClientArgs};
-use flowplane_sdk::{HostBuilder, ProcessorHost, RegistrationConfig, ServeOptions};
+use flowplane_sdk::{HostBuilder, ProcessorHost};
 use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 
 /// Errors of the processor service.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A setting is invalid; the message names the flag.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The SDK host failed (bind, TLS, registration set-up).
+    /// The SDK host failed: a setting (the message names the flag), bind, TLS,
+    /// registration set-up.
     #[error(transparent)]
     Sdk(#[from] flowplane_sdk::Error),
 }
@@ -30,114 +26,22 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything the processor service needs to run.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Host name shown by `GetCapabilities`.
-    pub name: String,
-    /// Processors to serve; empty serves every built-in.
-    pub processors: Vec<String>,
-    /// Control plane to register with; `None` serves without registering.
-    pub control_plane: Option<String>,
-    /// TLS trust for an `https://` control plane.
-    pub client: ClientArgs,
-    /// Wanted component id; `None` lets the control plane assign one.
-    pub id: Option<String>,
-    /// Join token presented to the control plane.
-    pub join_token: Option<String>,
-    /// Labels registered with the host.
-    pub labels: HashMap<String, String>,
-    /// Address registered with the control plane; `None` uses the bound address.
-    pub advertise: Option<String>,
-    /// TLS identity; `None` serves plaintext.
-    pub tls: Option<ServerTlsConfig>,
-    /// How long open streams may go on after shutdown.
-    pub grace_period: Duration,
-    /// Open streams above which the host reports DEGRADED.
-    pub max_streams: usize,
-    /// Processor calls run at once over all streams (the blocking pool's share).
-    pub max_concurrent_calls: usize,
-    /// Tokens by role (`--token-file`); when set, `Process` and `GetCapabilities` need a
-    /// `process` token. `None` serves every caller.
-    pub tokens: Option<Tokens>,
-    /// Serve reflection (`--reflection`), listing the host service, health and reflection.
-    pub reflection: bool,
+/// Everything the processor service needs to run: the SDK's host settings, the same
+/// for this binary and every custom host. `processors` selects built-ins by name.
+pub type Config = flowplane_sdk::HostConfig;
+
+/// Every built-in processor on a host named `flowplane-processor`, in the order hosts
+/// list them.
+pub fn built_ins() -> HostBuilder {
+    processors::BUILT_INS.iter().fold(
+        HostBuilder::new("flowplane-processor").version(processors::VERSION),
+        |builder, (_, register)| register(builder),
+    )
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            name: "flowplane-processor".into(),
-            processors: Vec::new(),
-            control_plane: None,
-            client: ClientArgs::default(),
-            id: None,
-            join_token: None,
-            labels: HashMap::new(),
-            advertise: None,
-            tls: None,
-            grace_period: Duration::from_secs(10),
-            max_streams: 1024,
-            max_concurrent_calls: 64,
-            tokens: None,
-            reflection: true,
-        }
-    }
-}
-
-impl Config {
-    /// Checks the settings, naming the flag of the first bad one.
-    pub fn validate(&self) -> Result<()> {
-        let known = processors::names();
-        for name in &self.processors {
-            if !known.contains(&name.as_str()) {
-                return Err(Error::Config(format!(
-                    "--processors: unknown processor {name:?}; built-ins are: {}",
-                    known.join(", ")
-                )));
-            }
-        }
-        if self.max_streams == 0 {
-            return Err(Error::Config("--max-streams must be at least 1".into()));
-        }
-        if self.max_concurrent_calls == 0 {
-            return Err(Error::Config(
-                "--max-concurrent-calls must be at least 1".into(),
-            ));
-        }
-        if self.id.as_deref().is_some_and(str::is_empty) {
-            return Err(Error::Config("--id must not be empty".into()));
-        }
-        if let Some(control_plane) = &self.control_plane {
-            flowplane_grpc::replicas::check(control_plane, "--control-plane", &self.client)
-                .map_err(|e| Error::Config(e.to_string()))?;
-        }
-        if let Some(token) = &self.join_token
-            && token.chars().any(|c| !c.is_ascii_graphic())
-        {
-            return Err(Error::Config(
-                "--join-token must be printable ascii without spaces".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The host serving the configured processors.
-    pub fn host(&self) -> Result<ProcessorHost> {
-        let mut builder = HostBuilder::new(&self.name)
-            .version(env!("CARGO_PKG_VERSION"))
-            .max_streams(self.max_streams)
-            .max_concurrent_calls(self.max_concurrent_calls);
-        if let Some(id) = &self.id {
-            builder = builder.host_id(id);
-        }
-        for (name, register) in processors::BUILT_INS {
-            if self.processors.is_empty() || self.processors.iter().any(|p| p == name) {
-                builder = register(builder);
-            }
-        }
-        Ok(builder.build()?)
-    }
+/// The host serving the configured built-ins.
+pub fn host(config: &Config) -> Result<ProcessorHost> {
+    Ok(config.host(built_ins())?)
 }
 
 /// Serves the processors on `listener` until `shutdown` resolves; registers with the
@@ -148,25 +52,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    config.validate()?;
-    let host = config.host()?;
-    let registration = config.control_plane.as_ref().map(|control_plane| {
-        let mut registration = RegistrationConfig::new(control_plane.clone());
-        registration.client = config.client.clone();
-        registration.join_token = config.join_token.clone();
-        registration.processor_id = config.id.clone();
-        registration.metadata = config.labels.clone();
-        registration
-    });
-    let options = ServeOptions {
-        tls: config.tls,
-        advertise: config.advertise,
-        registration,
-        grace_period: config.grace_period,
-        tokens: config.tokens,
-        reflection: config.reflection,
-    };
-    flowplane_sdk::serve(host, options, listener, shutdown).await?;
+    flowplane_sdk::run(built_ins(), config, listener, shutdown).await?;
     Ok(())
 }
 
@@ -180,58 +66,29 @@ mod tests {
             processors: vec!["binary.digest".into(), "passthrough".into()],
             ..Config::default()
         };
-        let names: Vec<String> = config
-            .host()
+        let names: Vec<String> = host(&config)
             .unwrap()
             .capabilities()
             .into_iter()
             .map(|c| c.name)
             .collect();
         assert_eq!(names, ["passthrough", "binary.digest"]);
-        assert_eq!(Config::default().host().unwrap().capabilities().len(), 10);
+        let all = host(&Config::default()).unwrap().capabilities();
+        assert_eq!(all.len(), processors::BUILT_INS.len());
+        assert_eq!(all.len(), 10);
     }
 
     #[test]
-    fn invalid_settings_name_their_flag() {
+    fn an_unknown_processor_names_the_flag_and_the_built_ins() {
         let unknown = Config {
             processors: vec!["audio.gian".into()],
             ..Config::default()
         };
-        let message = unknown.validate().unwrap_err().to_string();
+        let message = host(&unknown).unwrap_err().to_string();
         assert!(
             message.contains("--processors: unknown processor \"audio.gian\""),
             "{message}"
         );
-        let bad_endpoint = Config {
-            control_plane: Some("not a uri".into()),
-            ..Config::default()
-        };
-        assert!(
-            bad_endpoint
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--control-plane")
-        );
-        let bad_entry = Config {
-            control_plane: Some("http://127.0.0.1:1,https://127.0.0.1:2/v1".into()),
-            ..Config::default()
-        };
-        let message = bad_entry.validate().unwrap_err().to_string();
-        assert!(
-            message.contains("--control-plane: invalid entry \"https://127.0.0.1:2/v1\""),
-            "{message}"
-        );
-        let no_streams = Config {
-            max_streams: 0,
-            ..Config::default()
-        };
-        assert!(
-            no_streams
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("--max-streams")
-        );
+        assert!(message.contains("audio.gain"), "{message}");
     }
 }
