@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod decode;
 pub mod lifecycle;
+pub mod process;
 pub mod replicas;
 pub mod retry;
 pub mod server;

@@ -2,6 +2,7 @@
 //! result per chunk. For tests, tools and simple callers; it adds no retries, no
 //! reordering and no buffering beyond one bounded channel.
 
+use flowplane_grpc::process::{self, NotReady};
 use flowplane_proto::{
     data::v1::{DataBuffer, DataChunk, data_buffer::Payload},
     processor::v1::{
@@ -34,27 +35,28 @@ impl ProcessStream {
     /// host's status (NOT_FOUND, INVALID_ARGUMENT, ...).
     pub async fn open(channel: Channel, init: ProcessInit) -> Result<(Self, ProcessReady), Status> {
         let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
-        tx.send(ProcessRequest {
-            request: Some(process_request::Request::Init(init)),
-        })
-        .await
-        .map_err(|_| Status::internal("request channel closed before init"))?;
+        tx.send(process::init_request(init))
+            .await
+            .map_err(|_| Status::internal("request channel closed before init"))?;
         let mut client = ProcessorServiceClient::new(channel)
             .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
         let mut inbound = client.process(ReceiverStream::new(rx)).await?.into_inner();
-        match inbound.message().await?.and_then(|m| m.response) {
-            Some(process_response::Response::Ready(ready)) => Ok((
+        match process::await_ready(&mut inbound).await {
+            Ok(ready) => Ok((
                 Self {
                     tx: Some(ChunkSender(tx)),
                     rx: ResultReceiver(inbound),
                 },
                 ready,
             )),
-            Some(process_response::Response::Result(_)) => {
-                Err(Status::internal("host answered a result before ready"))
+            Err(NotReady::Failed(status)) => Err(status),
+            Err(NotReady::Unexpected(what)) => Err(Status::internal(format!(
+                "host answered init with {what} before ready"
+            ))),
+            Err(NotReady::Closed) => {
+                Err(Status::unavailable("host closed the stream before ready"))
             }
-            None => Err(Status::unavailable("host closed the stream before ready")),
         }
     }
 

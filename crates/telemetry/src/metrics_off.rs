@@ -22,3 +22,8 @@ pub async fn spawn(
         Some(addr) => Err(Error::MetricsNotBuilt { addr }),
     }
 }
+
+/// Nothing records without the exporter, so there is no build info to set.
+pub fn build_info(_service: &str, _version: &str) -> Result<()> {
+    Ok(())
+}

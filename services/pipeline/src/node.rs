@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use flowplane_grpc::process::{self, NotReady};
 use flowplane_manifest::PlanNode;
 use flowplane_proto::{
     data::v1::DataChunk,
@@ -108,14 +109,12 @@ impl NodeLink {
             .processor_client(&instance.endpoint)
             .map_err(OpenError::Unreachable)?;
         let (requests, rx) = mpsc::unbounded_channel();
-        let init = ProcessRequest {
-            request: Some(process_request::Request::Init(ProcessInit {
-                processor: node.processor.clone(),
-                node_id: node.id.clone(),
-                params: Some(flowplane_proto::json_to_struct(&node.params)),
-                session_id: session_id.to_string(),
-            })),
-        };
+        let init = process::init_request(ProcessInit {
+            processor: node.processor.clone(),
+            node_id: node.id.clone(),
+            params: Some(flowplane_proto::json_to_struct(&node.params)),
+            session_id: session_id.to_string(),
+        });
         requests
             .send(init)
             .expect("receiver is alive until the call starts");
@@ -133,18 +132,21 @@ impl NodeLink {
                 .await
                 .map_err(classify)?
                 .into_inner();
-            match stream.message().await.map_err(classify)? {
-                Some(response) => match response.response {
-                    Some(process_response::Response::Ready(_)) => Ok(stream),
-                    other => Err(OpenError::Refused(tonic::Status::internal(format!(
-                        "processor {:?} on {} answered init with {other:?} instead of ready",
+            match process::await_ready(&mut stream).await {
+                Ok(_) => Ok(stream),
+                Err(NotReady::Failed(status)) => Err(classify(status)),
+                Err(NotReady::Unexpected(what)) => {
+                    Err(OpenError::Refused(tonic::Status::internal(format!(
+                        "processor {:?} on {} answered init with {what} instead of ready",
                         node.processor, instance.id
-                    )))),
-                },
-                None => Err(OpenError::Unreachable(tonic::Status::unavailable(format!(
-                    "processor host {} closed the stream before ready",
-                    instance.id
-                )))),
+                    ))))
+                }
+                Err(NotReady::Closed) => {
+                    Err(OpenError::Unreachable(tonic::Status::unavailable(format!(
+                        "processor host {} closed the stream before ready",
+                        instance.id
+                    ))))
+                }
             }
         };
         let mut stream = match tokio::time::timeout(ready_timeout, opening).await {

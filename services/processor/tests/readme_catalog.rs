@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use flowplane_processor::Config;
+use flowplane_processor::{Config, host};
 use flowplane_proto::{
     data::v1::DataTypeHint,
     processor::v1::{ParamSpec, PortSpec, ProcessorCapability},
@@ -80,7 +80,7 @@ fn row(p: &ProcessorCapability) -> String {
 }
 
 fn table() -> String {
-    let host = Config::default().host().expect("every built-in registers");
+    let host = host(&Config::default()).expect("every built-in registers");
     let mut lines = vec![
         BEGIN.to_string(),
         "| processor | what it does | inputs | outputs | params | stateless |".to_string(),
