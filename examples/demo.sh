@@ -73,6 +73,12 @@ done
 if [ "${DEMO_UPDATE_EXPECTED:-0}" = 1 ]; then
   # `make examples-expected`: this run's results become examples/expected (review the diff).
   "$here/run-all.sh" "$bin/flowplane" "$work/samples" "$work/results" >/dev/null 2>&1 || true
+  # Differences are the point here, but every run must have completed: a file without its
+  # closing summary line (a run that failed as a whole) rewrites nothing.
+  for f in "$here"/expected/*.jsonl; do
+    r="$work/results/$(basename "$f")"
+    grep -q '"event":"summary"' "$r" 2>/dev/null || { echo "no complete run for $(basename "$f"); examples/expected/ left as it was" >&2; exit 1; }
+  done
   cp "$work/results"/*.jsonl "$here/expected/"
   echo "examples/expected/ rewritten from this run; review it with git diff"
 elif [ "${DEMO_CHECK:-0}" = 1 ]; then

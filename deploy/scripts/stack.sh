@@ -34,13 +34,15 @@ observability_images() {
 # Every image of the observability profile is here or can be pulled; otherwise stop before
 # starting anything, naming what is missing and what to do instead.
 check_observability_images() {
-    local image missing=()
+    local image missing=() images
+    images="$(observability_images)"
+    [[ -n "$images" ]] || die "cannot list the observability profile's images (compose config failed): $(compose --profile observability config -q 2>&1 | head -n 3)"
     while read -r image; do
         [[ -n "$image" ]] || continue
         docker image inspect "$image" >/dev/null 2>&1 && continue
         timeout 10 docker manifest inspect "$image" >/dev/null 2>&1 && continue
         missing+=("$image")
-    done < <(observability_images)
+    done <<<"$images"
     ((${#missing[@]} == 0)) && return 0
     die "OBSERVABILITY=1 needs images that are neither here nor pullable from this machine: ${missing[*]}.
   Load them (docker load) or pull them where a registry answers; or start without the profile

@@ -361,6 +361,16 @@ fn npy(d: &[u8]) -> Result<Vec<Payload>> {
     let shape = file.shape().to_vec();
     let width = ty.size_field() as usize;
     let values = usize::try_from(file.len()).context("array too large")?;
+    // Checked before anything is decoded: a header may claim any shape.
+    let needed = values
+        .checked_mul(width)
+        .filter(|n| *n <= d.len())
+        .with_context(|| {
+            format!(
+                "shape {shape:?} of {ty} needs more data than the file's {} bytes",
+                d.len()
+            )
+        })?;
     let data: Vec<u8> = if ty.endianness() == Endianness::Big && width > 1 {
         let le = |bytes: &[u8]| bytes.iter().rev().copied().collect::<Vec<u8>>();
         match dtype {
@@ -396,10 +406,9 @@ fn npy(d: &[u8]) -> Result<Vec<Payload>> {
         file.into_inner().to_vec()
     };
     ensure!(
-        data.len() == values * width,
-        "{} data bytes, but shape {shape:?} of {ty} needs {}",
+        data.len() == needed,
+        "{} data bytes, but shape {shape:?} of {ty} needs {needed}",
         data.len(),
-        values * width
     );
     Ok(vec![Payload::Tensor(TensorBuffer {
         data: Bytes::from(data),

@@ -31,14 +31,28 @@ fn distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// Longest name that gets a suggestion: typos are made in names people write.
+pub const MAX_SUGGEST_LEN: usize = 128;
+
 /// The known name closest to `name` when it is within a third of `name`'s length (at
 /// least one edit, at most three) and no other name is as close.
+/// Names longer than [`MAX_SUGGEST_LEN`] get no suggestion, so the distance table stays small
+/// whatever a request carries.
 pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).clamp(1, 3);
+    let len = name.chars().count();
+    if len > MAX_SUGGEST_LEN {
+        return None;
+    }
+    let limit = (len / 3).clamp(1, 3);
     let mut best: Option<(&str, usize)> = None;
     let mut tied = false;
     for candidate in known {
         if candidate == name {
+            continue;
+        }
+        // Lengths further apart than the limit cannot be within it; this also keeps a long
+        // candidate out of the table.
+        if candidate.chars().count().abs_diff(len) > limit {
             continue;
         }
         let d = distance(name, candidate);
@@ -65,6 +79,15 @@ pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_get_no_suggestion_and_build_no_table() {
+        let long = "m".repeat(MAX_SUGGEST_LEN + 1);
+        assert_eq!(closest(&long, [long[1..].as_ref()]), None);
+        // A short name against a huge candidate: skipped by length.
+        let huge = "x".repeat(1 << 20);
+        assert_eq!(closest("mode", [huge.as_str(), "mdoe"]), Some("mdoe"));
+    }
 
     #[test]
     fn distance_counts_insertions_deletions_and_substitutions() {

@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming, transport::Channel};
 
+/// Longest [`ProcessStream::open`] waits for the host's `ready`.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One open `Process` stream.
 #[derive(Debug)]
 pub struct ProcessStream {
@@ -31,9 +34,20 @@ pub struct ChunkSender(mpsc::Sender<ProcessRequest>);
 pub struct ResultReceiver(Streaming<ProcessResponse>);
 
 impl ProcessStream {
-    /// Opens a stream and waits for `ready`. An init the host refuses comes back as the
-    /// host's status (NOT_FOUND, INVALID_ARGUMENT, ...).
+    /// Opens a stream and waits for `ready`, at most [`READY_TIMEOUT`] (then
+    /// DEADLINE_EXCEEDED). An init the host refuses comes back as the host's status
+    /// (NOT_FOUND, INVALID_ARGUMENT, ...).
     pub async fn open(channel: Channel, init: ProcessInit) -> Result<(Self, ProcessReady), Status> {
+        tokio::time::timeout(READY_TIMEOUT, Self::open_now(channel, init))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the host sent no ready within {READY_TIMEOUT:?} of the init"
+                )))
+            })
+    }
+
+    async fn open_now(channel: Channel, init: ProcessInit) -> Result<(Self, ProcessReady), Status> {
         let (tx, rx) = mpsc::channel(crate::STREAM_BUFFER);
         tx.send(process::init_request(init))
             .await
@@ -79,6 +93,30 @@ impl ProcessStream {
     /// The next result; `None` once the host ended the stream cleanly.
     pub async fn result(&mut self) -> Result<Option<ProcessResult>, Status> {
         self.rx.result().await
+    }
+
+    /// Sends one chunk and waits for its result: call and answer, for tests and simple
+    /// tools. A stream that ends first is UNAVAILABLE; a result for another sequence is
+    /// INTERNAL, naming both.
+    pub async fn call(
+        &mut self,
+        sequence: u64,
+        input: &str,
+        payload: Payload,
+    ) -> Result<ProcessResult, Status> {
+        self.send(chunk(sequence, input, payload)).await?;
+        let result = self.result().await?.ok_or_else(|| {
+            Status::unavailable(format!(
+                "the host ended the stream before answering sequence {sequence}"
+            ))
+        })?;
+        if result.input_sequence != sequence {
+            return Err(Status::internal(format!(
+                "the host answered sequence {} where {sequence} was due",
+                result.input_sequence
+            )));
+        }
+        Ok(result)
     }
 
     /// Closes the send side: the host answers what it has, then ends the stream.

@@ -207,6 +207,33 @@ impl SharedSettings {
         ]
     }
 
+    /// `--control-plane` of a binary that dials the control plane: one URL or a replica
+    /// list, each entry checked, from the flag and from `FLOWPLANE_CONTROL_PLANE`.
+    pub fn control_plane(&self) -> Vec<Case> {
+        vec![
+            Case::flags(&["--control-plane", "not a uri"], "--control-plane"),
+            Case::env(&[("FLOWPLANE_CONTROL_PLANE", "::bad::")], "--control-plane"),
+            Case::flags(
+                &["--control-plane", "http://127.0.0.1:1,,http://127.0.0.1:2"],
+                "--control-plane: invalid entry \"\": empty entry",
+            ),
+            Case::env(
+                &[(
+                    "FLOWPLANE_CONTROL_PLANE",
+                    "http://127.0.0.1:1,http://127.0.0.1:99999",
+                )],
+                "invalid entry \"http://127.0.0.1:99999\"",
+            ),
+            Case::env(
+                &[(
+                    "FLOWPLANE_CONTROL_PLANE",
+                    "http://127.0.0.1:1,ftp://127.0.0.1:2",
+                )],
+                "invalid entry \"ftp://127.0.0.1:2\"",
+            ),
+        ]
+    }
+
     /// Client settings of a server that also dials others (`ClientArgs`): TLS trust,
     /// client certificate, client token file.
     pub fn client(&self) -> Vec<Case> {

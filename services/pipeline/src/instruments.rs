@@ -1,12 +1,10 @@
 //! The pipeline service's metric names, their descriptions and the series that exist
-//! from start (at zero), in one place. Labels stay bounded: codes, a capped set of error
-//! reasons, and the pipeline, node and processor names of the manifests that ran; never a
-//! session id or a sequence number.
+//! from start (at zero), in one place. Labels stay bounded: codes, processor names (of
+//! live processors only), and capped sets of error reasons, pipeline names and node ids
+//! (the first ones seen keep their series, later ones share `other`); never a session id
+//! or a sequence number.
 
-use std::{
-    collections::HashSet,
-    sync::{Mutex, OnceLock},
-};
+use std::sync::Mutex;
 
 /// Gauge: sessions open now.
 pub const SESSIONS_ACTIVE: &str = "flowplane_pipeline_sessions_active";
@@ -121,6 +119,60 @@ pub fn describe() {
     }
 }
 
+/// A label whose values come from outside (processors' reasons, clients' pipeline names and
+/// node ids): a value keeps its own series while it has the label's shape, at most 64
+/// bytes, and is one of the first `max` distinct values this process saw; every other
+/// value shares the `other` series, so no client can grow the series without bound.
+struct BoundedLabel {
+    max: usize,
+    other: &'static str,
+    shaped: fn(u8) -> bool,
+    seen: Mutex<Vec<String>>,
+}
+
+impl BoundedLabel {
+    const fn new(max: usize, other: &'static str, shaped: fn(u8) -> bool) -> Self {
+        Self {
+            max,
+            other,
+            shaped,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn label(&self, value: &str) -> String {
+        if value.len() > 64 || !value.bytes().all(self.shaped) {
+            return self.other.to_string();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.iter().any(|s| s == value) {
+            return value.to_string();
+        }
+        if seen.len() < self.max {
+            seen.push(value.to_string());
+            return value.to_string();
+        }
+        self.other.to_string()
+    }
+}
+
+/// Distinct pipeline names and node ids with series of their own; later ones are `other`.
+pub const MAX_PIPELINE_LABELS: usize = 64;
+/// Distinct node ids with series of their own.
+pub const MAX_NODE_LABELS: usize = 256;
+
+fn reason_byte(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+}
+
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+}
+
+static REASONS: BoundedLabel = BoundedLabel::new(MAX_REASONS, OTHER_REASON, reason_byte);
+static PIPELINES: BoundedLabel = BoundedLabel::new(MAX_PIPELINE_LABELS, "other", name_byte);
+static NODES: BoundedLabel = BoundedLabel::new(MAX_NODE_LABELS, "other", name_byte);
+
 /// The `reason` label for a chunk error's reason: the reason itself while it is an
 /// UPPER_SNAKE word of at most 64 characters and one of the first [`MAX_REASONS`] seen,
 /// else [`OTHER_REASON`].
@@ -128,33 +180,21 @@ pub fn reason_label(reason: &str) -> String {
     if reason.is_empty() {
         return UNSPECIFIED_REASON.to_string();
     }
-    let word = reason.len() <= 64
-        && reason
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if !word {
-        return OTHER_REASON.to_string();
-    }
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let mut seen = SEEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if seen.contains(reason) || seen.len() < MAX_REASONS {
-        seen.insert(reason.to_string());
-        reason.to_string()
-    } else {
-        OTHER_REASON.to_string()
-    }
+    REASONS.label(reason)
 }
 
-/// The `pipeline` label for a manifest's name; `unnamed` for a pipeline without one.
+/// The `pipeline` label for a manifest's name: `unnamed` for a pipeline without one,
+/// `other` past [`MAX_PIPELINE_LABELS`] names or for a name that is not a plain word.
 pub fn pipeline_label(name: &str) -> String {
     if name.is_empty() {
-        "unnamed".to_string()
-    } else {
-        name.to_string()
+        return "unnamed".to_string();
     }
+    PIPELINES.label(name)
+}
+
+/// The `node` label for a node id, bounded like [`pipeline_label`] ([`MAX_NODE_LABELS`]).
+pub fn node_label(id: &str) -> String {
+    NODES.label(id)
 }
 
 #[cfg(test)]
@@ -173,5 +213,24 @@ mod tests {
         assert_eq!(reason_label("ONE_REASON_TOO_MANY"), OTHER_REASON);
         // A reason seen before the cap keeps its label.
         assert_eq!(reason_label("INVALID_JSON"), "INVALID_JSON");
+    }
+
+    #[test]
+    fn client_chosen_names_get_a_bounded_set_of_series() {
+        assert_eq!(pipeline_label(""), "unnamed");
+        assert_eq!(pipeline_label("has space"), "other");
+        assert_eq!(pipeline_label(&"p".repeat(65)), "other");
+        assert_eq!(pipeline_label("audio-chain"), "audio-chain");
+        for i in 0..2 * MAX_PIPELINE_LABELS {
+            let label = pipeline_label(&format!("pipeline-{i}"));
+            assert!(label == format!("pipeline-{i}") || label == "other");
+        }
+        assert_eq!(pipeline_label("one-too-many"), "other");
+        assert_eq!(pipeline_label("audio-chain"), "audio-chain");
+        for i in 0..2 * MAX_NODE_LABELS {
+            let label = node_label(&format!("n{i}"));
+            assert!(label == format!("n{i}") || label == "other");
+        }
+        assert_eq!(node_label("one-too-many"), "other");
     }
 }

@@ -192,7 +192,7 @@ impl Session {
             });
             let labels = [
                 ("pipeline", instruments::pipeline_label(&plan.name)),
-                ("node", node.id.clone()),
+                ("node", instruments::node_label(&node.id)),
                 ("processor", node.processor.clone()),
             ];
             nodes.push(NodeSlot {

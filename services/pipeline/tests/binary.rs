@@ -13,20 +13,8 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
     let shared = SharedSettings::new();
     let mut cases = shared.server();
     cases.extend(shared.client());
+    cases.extend(shared.control_plane());
     cases.extend([
-        Case::flags(&["--control-plane", "not a uri"], "--control-plane"),
-        Case::env(&[("FLOWPLANE_CONTROL_PLANE", "::bad::")], "--control-plane"),
-        Case::flags(
-            &["--control-plane", "http://127.0.0.1:1,,http://127.0.0.1:2"],
-            "--control-plane: invalid entry \"\": empty entry",
-        ),
-        Case::env(
-            &[(
-                "FLOWPLANE_CONTROL_PLANE",
-                "http://127.0.0.1:1,http://127.0.0.1:99999",
-            )],
-            "invalid entry \"http://127.0.0.1:99999\"",
-        ),
         Case::flags(&["--max-sessions", "0"], "--max-sessions"),
         Case::flags(&["--session-window", "none"], "--session-window"),
         Case::flags(&["--session-window-mib", "1"], "--session-window-mib"),

@@ -31,6 +31,7 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
     let shared = SharedSettings::new();
     let mut cases = shared.server();
     cases.extend(shared.client());
+    cases.extend(shared.control_plane());
     cases.extend([
         Case::flags(&["--processors", "audio.gian"], "--processors"),
         Case::env(
@@ -40,18 +41,6 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
         Case::flags(&["--grace-period", "soon"], "--grace-period"),
         Case::flags(&["--max-streams", "0"], "--max-streams"),
         Case::flags(&["--max-concurrent-calls", "0"], "--max-concurrent-calls"),
-        Case::flags(&["--control-plane", "not a uri"], "--control-plane"),
-        Case::flags(
-            &["--control-plane", "http://127.0.0.1:1,,http://127.0.0.1:2"],
-            "--control-plane: invalid entry \"\": empty entry",
-        ),
-        Case::env(
-            &[(
-                "FLOWPLANE_CONTROL_PLANE",
-                "http://127.0.0.1:1,ftp://127.0.0.1:2",
-            )],
-            "invalid entry \"ftp://127.0.0.1:2\"",
-        ),
         Case::flags(&["--label", "novalue"], "--label"),
         Case::flags(&["--join-token", "has space"], "--join-token"),
         Case::flags(&["--id", ""], "--id"),

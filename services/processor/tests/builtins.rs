@@ -70,10 +70,7 @@ async fn one(
     input: &str,
     payload: Payload,
 ) -> ProcessResult {
-    stream.send(chunk(sequence, input, payload)).await.unwrap();
-    let result = stream.result().await.unwrap().expect("a result");
-    assert_eq!(result.input_sequence, sequence);
-    result
+    stream.call(sequence, input, payload).await.unwrap()
 }
 
 /// The only output's payload and its port, checking it carries the input's sequence.

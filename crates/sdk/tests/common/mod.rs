@@ -13,7 +13,7 @@ use flowplane_grpc::config::ClientArgs;
 use flowplane_sdk::{
     Capability, Input, Output, ParamError, Params, ProcessError, Processor, ProcessorHost,
     ServeOptions,
-    client::{ProcessStream, chunk, init},
+    client::{ProcessStream, init},
     proto::{
         data::v1::{BinaryData, DataTypeHint, TextData, data_buffer::Payload},
         processor::v1::{ProcessReady, ProcessResult},
@@ -103,10 +103,7 @@ pub async fn one(
     input: &str,
     payload: Payload,
 ) -> ProcessResult {
-    stream.send(chunk(sequence, input, payload)).await.unwrap();
-    let result = stream.result().await.unwrap().expect("a result");
-    assert_eq!(result.input_sequence, sequence);
-    result
+    stream.call(sequence, input, payload).await.unwrap()
 }
 
 pub fn text(s: &str) -> Payload {

@@ -236,8 +236,18 @@ fn never_sent(error: &etcd_client::Error) -> bool {
 
 /// A status the client made itself because it could not connect.
 fn connect_failure(status: &tonic::Status) -> bool {
+    // Only what a failed connect says: "connection error" or "connection closed" can come
+    // from a connection that broke after the request went out.
     let message = status.message().to_ascii_lowercase();
-    if message.contains("connect") || message.contains("dns error") {
+    if [
+        "dns error",
+        "tcp connect error",
+        "error trying to connect",
+        "connection refused",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+    {
         return true;
     }
     let mut source = std::error::Error::source(status);
@@ -1484,6 +1494,12 @@ mod tests {
     fn a_call_that_may_have_applied_is_tried_again_only_when_safe_to_repeat() {
         let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
         for maybe_applied in [
+            status(tonic::Status::unavailable(
+                "h2 protocol error: connection error received: not a result of an error",
+            )),
+            status(tonic::Status::unavailable(
+                "connection closed before message completed",
+            )),
             status(tonic::Status::unavailable("etcdserver: leader changed")),
             status(tonic::Status::unavailable("etcdserver: request timed out")),
             status(tonic::Status::from_error(Box::new(broken))),

@@ -23,6 +23,10 @@ pub const MAX_SAMPLE_RATE: u64 = 768_000;
 /// target rate. Beyond it an input `sample_rate` is surely wrong (1 Hz to 768 kHz would
 /// turn every input frame into 768000).
 pub const MAX_UPSAMPLE_RATIO: u64 = 96;
+/// Largest downsampling factor `audio.resample` accepts, the same 96: the anti-aliasing
+/// filter grows with the factor (16,384 taps and a 1 MiB table per stream at 96), so a
+/// larger one would let a chunk's `sample_rate` claim memory the output never needs.
+pub const MAX_DOWNSAMPLE_RATIO: u64 = 96;
 /// Reason of an audio chunk whose sample rate is too low for the target rate.
 pub const RATIO_TOO_LARGE: &str = "RATIO_TOO_LARGE";
 
@@ -491,6 +495,24 @@ impl Resample {
     /// for it.
     fn check_output(&self, layout: &AudioLayout) -> Result<(), ProcessError> {
         let (rate, target) = (u64::from(layout.sample_rate), u64::from(self.target));
+        if rate > MAX_SAMPLE_RATE {
+            return Err(ProcessError::invalid(
+                RATIO_TOO_LARGE,
+                "chunk.buffer.audio.sample_rate",
+                format!(
+                    "audio.sample_rate {rate} Hz is over the {MAX_SAMPLE_RATE} Hz audio.resample takes"
+                ),
+            ));
+        }
+        if rate > target.saturating_mul(MAX_DOWNSAMPLE_RATIO) {
+            return Err(ProcessError::invalid(
+                RATIO_TOO_LARGE,
+                "chunk.buffer.audio.sample_rate",
+                format!(
+                    "audio.sample_rate {rate} Hz to target_rate {target} Hz downsamples more than {MAX_DOWNSAMPLE_RATIO} times; check audio.sample_rate and target_rate"
+                ),
+            ));
+        }
         if target > rate.saturating_mul(MAX_UPSAMPLE_RATIO) {
             return Err(ProcessError::invalid(
                 RATIO_TOO_LARGE,
@@ -768,6 +790,18 @@ mod tests {
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert_eq!(error.reason(), RATIO_TOO_LARGE);
         assert_eq!(error.field(), "chunk.buffer.audio.sample_rate");
+        // Downsampling 48 kHz to 1 Hz would need an 8-million-tap filter; a chunk that
+        // claims a rate over the highest one is refused as well.
+        for (target, rate) in [(1, 48_000), (8_000, 4_000_000_000)] {
+            let error = resample_chunk(target, i16_mono(320, rate)).unwrap_err();
+            assert_eq!(
+                error.code(),
+                tonic::Code::InvalidArgument,
+                "{rate} -> {target}"
+            );
+            assert_eq!(error.reason(), RATIO_TOO_LARGE);
+            assert_eq!(error.field(), "chunk.buffer.audio.sample_rate");
+        }
         // 8 kHz to 768 kHz is allowed, but not for 1 MiB at once (100 MB out).
         let error = resample_chunk(768_000, i16_mono(512 * 1024, 8000)).unwrap_err();
         assert_eq!(error.code(), tonic::Code::ResourceExhausted);
