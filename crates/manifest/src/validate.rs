@@ -671,7 +671,7 @@ impl Validator {
                 .iter()
                 .map(flowplane_proto::value_to_json)
                 .collect();
-            if !allowed.is_empty() && !allowed.iter().any(|a| same_value(a, value)) {
+            if !flowplane_proto::param_value_allowed(&spec.allowed_values, value) {
                 let shown: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
                 let strings: Vec<&str> = allowed.iter().filter_map(|a| a.as_str()).collect();
                 let hint = value
@@ -708,13 +708,6 @@ impl Validator {
 }
 
 /// JSON equality where numbers compare by value (`3` in YAML is `3.0` on the wire).
-fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 fn or_default(port: &str) -> &str {
     if port.is_empty() { "<default>" } else { port }
 }

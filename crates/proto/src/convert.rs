@@ -141,6 +141,19 @@ pub fn json_type_name(value: &serde_json::Value) -> &'static str {
     }
 }
 
+/// True when `value` is one of a `ParamSpec`'s `allowed_values` (numbers by value, so a
+/// YAML `-6` matches a declared `-6.0`), or when the spec allows any value (none listed).
+pub fn param_value_allowed(allowed: &[Value], value: &serde_json::Value) -> bool {
+    allowed.is_empty()
+        || allowed
+            .iter()
+            .map(value_to_json)
+            .any(|a| match (a.as_f64(), value.as_f64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => a == *value,
+            })
+}
+
 /// A `google.protobuf.Struct` as a JSON object.
 pub fn struct_to_json(value: &Struct) -> serde_json::Map<String, serde_json::Value> {
     value

@@ -4,8 +4,8 @@
 
 mod convert;
 pub use convert::{
-    any_accepts, json_to_struct, json_to_value, json_type_name, param_type_matches, struct_to_json,
-    type_set_name, value_to_json,
+    any_accepts, json_to_struct, json_to_value, json_type_name, param_type_matches,
+    param_value_allowed, struct_to_json, type_set_name, value_to_json,
 };
 
 /// The encoded `FileDescriptorSet` of every flowplane package, for gRPC reflection.

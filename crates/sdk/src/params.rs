@@ -1,6 +1,6 @@
 //! Processor parameters: the `google.protobuf.Struct` of a stream's init, checked once
-//! against the declared [`ParamSpec`]s (unknown names, missing required ones, JSON types)
-//! with defaults filled in. Range and enumeration checks belong to the processor.
+//! against the declared [`ParamSpec`]s (unknown names, missing required ones, JSON types,
+//! declared allowed values) with defaults filled in. Ranges belong to the processor.
 
 use flowplane_proto::{json_type_name, processor::v1::ParamSpec};
 use prost_types::Struct;
@@ -47,6 +47,17 @@ impl Params {
                     return Err(ParamError::new(
                         name,
                         format!("must be a {}, got {}", spec.r#type, json_type_name(&value)),
+                    ));
+                }
+                if !flowplane_proto::param_value_allowed(&spec.allowed_values, &value) {
+                    let allowed: Vec<String> = spec
+                        .allowed_values
+                        .iter()
+                        .map(|a| flowplane_proto::value_to_json(a).to_string())
+                        .collect();
+                    return Err(ParamError::new(
+                        name,
+                        format!("must be one of {}, got {value}", allowed.join(", ")),
                     ));
                 }
                 values.insert(name.clone(), value);
@@ -152,6 +163,24 @@ mod tests {
         assert_eq!(params.f64("gain_db").unwrap(), 6.0);
         assert_eq!(params.u64("gain_db").unwrap(), 6);
         assert_eq!(params.str("mode").unwrap(), "upper");
+    }
+
+    #[test]
+    fn a_value_outside_the_declared_ones_is_refused_naming_them() {
+        let specs = vec![
+            Param::string("mode", "upper or lower")
+                .one_of([json!("upper"), json!("lower")])
+                .to_proto(),
+        ];
+        let refused = Params::validate(&specs, Some(&raw(json!({"mode": "shout"})))).unwrap_err();
+        assert_eq!(refused.param(), "mode");
+        assert!(
+            refused.message().contains("\"upper\", \"lower\""),
+            "{refused}"
+        );
+        assert!(refused.message().contains("shout"), "{refused}");
+        let kept = Params::validate(&specs, Some(&raw(json!({"mode": "lower"})))).unwrap();
+        assert_eq!(kept.str("mode").unwrap(), "lower");
     }
 
     #[test]

@@ -408,7 +408,7 @@ async fn text_transform_upper_lower_and_reverse_by_grapheme() {
     assert_eq!(wrong.code(), Code::InvalidArgument);
     assert_eq!(
         wrong.message(),
-        "processor \"text.transform\": invalid param \"mode\": must be one of upper, lower, reverse; got \"sideways\""
+        "processor \"text.transform\": invalid param \"mode\": must be one of \"upper\", \"lower\", \"reverse\", got \"sideways\""
     );
 }
 
