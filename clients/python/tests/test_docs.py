@@ -61,5 +61,5 @@ def test_audio_levels_example(stack: Stack) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 20, done.stdout
-    assert lines[0] == "#0 audio 320 frames, peak 0.251"
-    assert lines[1] == "#0 level -15.02 dBFS"
+    # The resampler's first chunk is short: its output lags by half the filter.
+    assert lines[:2] == ["#0 audio 234 frames, peak 0.251", "#0 level -14.99 dBFS"], lines

@@ -267,11 +267,13 @@ impl Registration {
                 let request = request.clone();
                 async move { call(RPC_TIMEOUT, client.register_processor(request)).await }
             });
-            let outcome = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return None,
-                outcome = attempt => outcome,
-            };
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            // An attempt under way when shutdown comes is finished (it is bounded by
+            // RPC_TIMEOUT): a registration that went through is then deregistered at once
+            // by the caller, instead of being left to expire.
+            let outcome = attempt.await;
             let delay = match outcome {
                 Ok(response) => {
                     let lease = lease_from(response);
