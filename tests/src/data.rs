@@ -15,10 +15,7 @@ use flowplane_proto::{
 
 /// A buffer around a payload.
 pub fn buffer(payload: Payload) -> DataBuffer {
-    DataBuffer {
-        payload: Some(payload),
-        metadata: Default::default(),
-    }
+    payload.into()
 }
 
 /// A chunk for pipeline input `input`.

@@ -434,10 +434,7 @@ mod tests {
     use flowplane_proto::data::v1::{AudioBuffer, BinaryData, JsonData, TextData};
 
     fn buffer(payload: Payload) -> DataBuffer {
-        DataBuffer {
-            payload: Some(payload),
-            metadata: Default::default(),
-        }
+        payload.into()
     }
 
     fn audio(samples: &[i16], rate: u32) -> DataBuffer {

@@ -621,10 +621,7 @@ mod tests {
     use flowplane_proto::data::v1::{JsonData, TextData};
 
     fn buffer(payload: Payload) -> DataBuffer {
-        DataBuffer {
-            payload: Some(payload),
-            metadata: Default::default(),
-        }
+        payload.into()
     }
 
     #[test]

@@ -35,6 +35,16 @@ impl Payload {
     }
 }
 
+impl From<Payload> for DataBuffer {
+    /// A buffer carrying `payload` and no metadata.
+    fn from(payload: Payload) -> Self {
+        DataBuffer {
+            payload: Some(payload),
+            metadata: Default::default(),
+        }
+    }
+}
+
 impl DataBuffer {
     /// The payload's type, or UNSPECIFIED when no payload is set.
     pub fn type_hint(&self) -> DataTypeHint {
