@@ -118,6 +118,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) ->
         .http2_adaptive_window(Some(false))
         .initial_connection_window_size(flowplane_grpc::server::CONNECTION_WINDOW)
         .initial_stream_window_size(flowplane_grpc::server::STREAM_WINDOW)
+        .max_frame_size(flowplane_grpc::server::MAX_FRAME_SIZE)
         .max_concurrent_streams(flowplane_grpc::server::MAX_CONCURRENT_STREAMS)
         .http2_max_pending_accept_reset_streams(Some(
             flowplane_grpc::server::MAX_PENDING_ACCEPT_RESET_STREAMS,

@@ -5,6 +5,7 @@
 pub mod echo;
 mod error;
 pub mod load;
+pub mod peer;
 pub mod platform;
 pub mod report;
 pub mod scenarios;
@@ -43,6 +44,8 @@ pub enum Scenario {
     D1,
     /// Sessions per client channel until the first failure, and a burst on one channel.
     B8,
+    /// One session like the in-process peer comparison: 100 B and 64 KiB, lockstep to all in flight.
+    B9,
 }
 
 /// What [`run`] needs.
@@ -118,7 +121,7 @@ pub async fn run(config: RunConfig) -> Result<Report> {
         scenario(
             "B1",
             "64 KiB chunks through [passthrough] vs raw bidi echo",
-            Duration::from_secs(90),
+            Duration::from_secs(240),
             &mut rows,
             scenarios::b1(p),
         )
@@ -128,7 +131,7 @@ pub async fn run(config: RunConfig) -> Result<Report> {
         scenario(
             "B2",
             "100 B JSON chunks through [passthrough] vs raw bidi echo",
-            Duration::from_secs(90),
+            Duration::from_secs(240),
             &mut rows,
             scenarios::b2(p),
         )
@@ -218,6 +221,16 @@ pub async fn run(config: RunConfig) -> Result<Report> {
             Duration::from_secs(300),
             &mut rows,
             scenarios::b8(p),
+        )
+        .await;
+    }
+    if wanted(Scenario::B9) {
+        scenario(
+            "B9",
+            "one session like the in-process peer comparison, raw echo and each placement",
+            Duration::from_secs(600),
+            &mut rows,
+            peer::b9(p),
         )
         .await;
     }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use flowplane_manifest::{Manifest, Node, PipelineInput, PipelineOutput, PortRef};
+use flowplane_manifest::{Manifest, Node, PipelineInput, PipelineOutput, Placement, PortRef};
 use flowplane_proto::{
     data::v1::{
         AudioBuffer, AudioFormat, BinaryData, DataBuffer, DataChunk, JsonData, data_buffer::Payload,
@@ -153,6 +153,24 @@ impl ChunkKind {
 
 /// A one-node pipeline: input `in` -> `processor` -> output `out`.
 pub fn one_node_manifest(processor: &str, params: serde_json::Value) -> PipelineManifest {
+    placed_manifest(processor, params, Placement::Remote)
+}
+
+/// [`one_node_manifest`] with the node on the pipeline's embedded host (`placement: local`).
+pub fn local_manifest(processor: &str) -> PipelineManifest {
+    local_manifest_with(processor, serde_json::json!({}))
+}
+
+/// [`local_manifest`] with params.
+pub fn local_manifest_with(processor: &str, params: serde_json::Value) -> PipelineManifest {
+    placed_manifest(processor, params, Placement::Local)
+}
+
+fn placed_manifest(
+    processor: &str,
+    params: serde_json::Value,
+    placement: Placement,
+) -> PipelineManifest {
     let params = match params {
         serde_json::Value::Object(map) => map,
         _ => serde_json::Map::new(),
@@ -163,6 +181,7 @@ pub fn one_node_manifest(processor: &str, params: serde_json::Value) -> Pipeline
             id: "n".into(),
             processor: processor.into(),
             params,
+            placement,
         }],
         edges: Vec::new(),
         inputs: vec![PipelineInput {
@@ -440,6 +459,9 @@ pub struct PacedSpec {
     pub chunks: u64,
     /// Connections and sessions opened at once while ramping up.
     pub open_concurrency: usize,
+    /// Client connections the sessions share, round robin, as a gateway multiplexes its
+    /// users; 0 gives every session its own.
+    pub connections: usize,
 }
 
 /// What a paced step did.
@@ -472,8 +494,22 @@ pub async fn paced(spec: &PacedSpec) -> PacedOutcome {
     let (start_tx, start_rx) = watch::channel(None::<Instant>);
     let send_lag = Arc::new(Mutex::new(Latency::new()));
     let open_started = Instant::now();
+    let mut shared = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        match connect(spec.target.addr()).await {
+            Ok(channel) => shared.push(channel),
+            Err(error) => {
+                return PacedOutcome {
+                    open_failures: n,
+                    first_failure: Some(error.to_string()),
+                    ..Default::default()
+                };
+            }
+        }
+    }
     let opened: Vec<Result<(usize, Responses, tonic::transport::Channel)>> = stream::iter(0..n)
         .map(|i| {
+            let shared = (!shared.is_empty()).then(|| shared[i % shared.len()].clone());
             let target = spec.target.clone();
             let kind = kind.clone();
             let start_rx = start_rx.clone();
@@ -481,7 +517,10 @@ pub async fn paced(spec: &PacedSpec) -> PacedOutcome {
             let chunks = spec.chunks;
             let offset = AUDIO_PERIOD * i as u32 / n as u32;
             async move {
-                let channel = connect(target.addr()).await?;
+                let channel = match shared {
+                    Some(channel) => channel,
+                    None => connect(target.addr()).await?,
+                };
                 let pace = paced_sequence(start_rx, offset, chunks, send_lag);
                 let responses = open_stream(&target, channel.clone(), &kind, pace).await?;
                 Ok((i, responses, channel))

@@ -198,6 +198,8 @@ impl InProcess {
         let mut pipeline_config = flowplane_pipeline::Config::new(control_plane.url());
         pipeline_config.limits.max_sessions = max_sessions;
         pipeline_config.grace_period = Duration::from_secs(1);
+        // Every built-in can also run co-located (B9's and B1/B2's `local` rows).
+        pipeline_config.local_processors = vec!["all".into()];
         let pipeline = Running::spawn(
             local_listener().await?,
             "pipeline",

@@ -43,6 +43,8 @@ async fn every_chunk_through_the_raw_echo_is_answered() {
         sessions: 4,
         chunks: 5,
         open_concurrency: 4,
+        // Four sessions over two shared connections (B3-mux).
+        connections: 2,
     })
     .await;
     assert_eq!(paced.opened, 4, "{paced:?}");
@@ -123,6 +125,7 @@ async fn chunks_through_the_pipeline_are_all_answered_legacy_audio_too() {
         sessions: 3,
         chunks: 4,
         open_concurrency: 3,
+        connections: 0,
     })
     .await;
     assert_eq!(

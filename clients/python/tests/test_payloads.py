@@ -11,6 +11,7 @@ import pytest
 import flowplane
 from conftest import EXAMPLES
 from flowplane.data.v1 import data_pb2
+from flowplane.streaming.v1 import streaming_pb2
 from flowplane.files import read_file
 from flowplane.payloads import from_proto, to_proto
 
@@ -95,6 +96,22 @@ def test_manifests_from_a_file_a_dict_or_the_proto() -> None:
     assert flowplane.load_manifest(from_file) is from_file
     from_dict = flowplane.load_manifest({"name": "x", "nodes": [{"id": "a", "processor": "p"}]})
     assert from_dict.nodes[0].processor == "p"
+
+
+def test_placement_reads_as_manifests_write_it_and_as_the_proto_json_does() -> None:
+    nodes = [
+        {"id": "a", "processor": "p", "placement": "local"},
+        {"id": "b", "processor": "p", "placement": "PLACEMENT_AUTO"},
+        {"id": "c", "processor": "p"},
+    ]
+    placed = flowplane.load_manifest({"name": "x", "nodes": nodes})
+    assert [n.placement for n in placed.nodes] == [
+        streaming_pb2.PLACEMENT_LOCAL,
+        streaming_pb2.PLACEMENT_AUTO,
+        streaming_pb2.PLACEMENT_UNSPECIFIED,
+    ]
+    with pytest.raises(flowplane.ManifestError, match="nearby"):
+        flowplane.load_manifest({"nodes": [{"id": "a", "processor": "p", "placement": "nearby"}]})
 
 
 def test_manifest_errors_name_the_file_and_the_field(tmp_path: pathlib.Path) -> None:

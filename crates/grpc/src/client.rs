@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     Error, Result,
     config::ClientArgs,
-    server::{CONNECTION_WINDOW, STREAM_WINDOW},
+    server::{CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW},
 };
 
 /// Timeout for establishing a connection.
@@ -48,7 +48,8 @@ pub(crate) fn plain_endpoint(uri: String, address: &str) -> Result<Endpoint> {
         // channel reading responses of 1,000 sessions would exhaust.
         .http2_adaptive_window(false)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE))
 }
 
 /// The address to dial for an endpoint a peer advertised in the registry (`host:port`,

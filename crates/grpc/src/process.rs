@@ -1,11 +1,11 @@
 //! The opening of a `Process` stream as every caller sees it (the pipeline's nodes, the
 //! SDK's client): the init is the first request, and the host's first message must be
-//! `ready`. Callers keep their own error mapping; what counts as ready is decided here.
+//! `ready`, whether the stream is a gRPC call or in memory. Callers keep their own error mapping; what counts as ready is decided here.
 
 use flowplane_proto::processor::v1::{
     ProcessInit, ProcessReady, ProcessRequest, ProcessResponse, process_request, process_response,
 };
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 /// The request that opens a stream.
 pub fn init_request(init: ProcessInit) -> ProcessRequest {
@@ -26,10 +26,12 @@ pub enum NotReady {
 }
 
 /// Reads the host's first message: its `ready`, or why the stream did not open.
-pub async fn await_ready(
-    inbound: &mut Streaming<ProcessResponse>,
-) -> Result<ProcessReady, NotReady> {
-    match inbound.message().await.map_err(NotReady::Failed)? {
+pub async fn await_ready<S>(inbound: &mut S) -> Result<ProcessReady, NotReady>
+where
+    S: futures::Stream<Item = Result<ProcessResponse, Status>> + Unpin,
+{
+    use futures::StreamExt as _;
+    match inbound.next().await.transpose().map_err(NotReady::Failed)? {
         Some(ProcessResponse {
             response: Some(process_response::Response::Ready(ready)),
         }) => Ok(ready),

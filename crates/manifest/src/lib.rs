@@ -7,7 +7,7 @@ mod model;
 mod suggest;
 mod validate;
 
-pub use model::{Edge, Manifest, Node, PipelineInput, PipelineOutput, PortRef};
+pub use model::{Edge, Manifest, Node, PipelineInput, PipelineOutput, Placement, PortRef};
 pub use suggest::closest;
 pub use validate::{
     Capabilities, Destination, Offline, Plan, PlanNode, Problem, ProblemKind, Problems, validate,

@@ -40,6 +40,65 @@ pub struct Node {
     /// Processor parameters.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Where the processor runs: `remote` (the default), `local` or `auto`.
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
+}
+
+/// Where a node's processor runs (`flowplane.streaming.v1.Placement`). Ordering, type
+/// checks, limits, deadlines and failover are the same whichever a node gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// On a processor host found through the control plane, over gRPC.
+    #[default]
+    #[serde(alias = "PLACEMENT_REMOTE")]
+    Remote,
+    /// On the processor host embedded in the pipeline service, in memory.
+    #[serde(alias = "PLACEMENT_LOCAL")]
+    Local,
+    /// Local when the pipeline service hosts the processor, remote otherwise.
+    #[serde(alias = "PLACEMENT_AUTO")]
+    Auto,
+    /// A value this version does not know (from a newer client): validation refuses it.
+    #[serde(skip)]
+    Unknown(i32),
+}
+
+impl Placement {
+    fn is_default(&self) -> bool {
+        *self == Self::Remote
+    }
+
+    /// From the proto enum's number; unset is remote.
+    pub fn from_proto(value: i32) -> Self {
+        match pb::Placement::try_from(value) {
+            Ok(pb::Placement::Unspecified | pb::Placement::Remote) => Self::Remote,
+            Ok(pb::Placement::Local) => Self::Local,
+            Ok(pb::Placement::Auto) => Self::Auto,
+            Err(_) => Self::Unknown(value),
+        }
+    }
+
+    /// The proto enum's number.
+    pub fn to_proto(self) -> i32 {
+        match self {
+            Self::Remote => pb::Placement::Unspecified as i32,
+            Self::Local => pb::Placement::Local as i32,
+            Self::Auto => pb::Placement::Auto as i32,
+            Self::Unknown(value) => value,
+        }
+    }
+
+    /// As the manifest writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Remote => "remote",
+            Self::Local => "local",
+            Self::Auto => "auto",
+            Self::Unknown(_) => "unknown",
+        }
+    }
 }
 
 /// One connection from a node output to a node input.
@@ -122,6 +181,7 @@ impl Manifest {
                     processor: n.processor.clone(),
                     params: (!n.params.is_empty())
                         .then(|| flowplane_proto::json_to_struct(&n.params)),
+                    placement: n.placement.to_proto(),
                 })
                 .collect(),
             edges: self
@@ -168,6 +228,7 @@ impl Manifest {
                         .as_ref()
                         .map(flowplane_proto::struct_to_json)
                         .unwrap_or_default(),
+                    placement: Placement::from_proto(n.placement),
                 })
                 .collect(),
             edges: m

@@ -11,7 +11,7 @@ use flowplane_proto::{
     type_set_name,
 };
 
-use crate::{Manifest, suggest::did_you_mean};
+use crate::{Manifest, Placement, suggest::did_you_mean};
 
 /// What validation needs to know about the live platform: the capability of the
 /// processor of each name that some live instance offers.
@@ -28,6 +28,19 @@ pub trait Capabilities {
     /// capability is then not a problem, and only the checks that need none run.
     fn knows_processors(&self) -> bool {
         true
+    }
+
+    /// The capability a node of `placement` would run with. By default placement makes
+    /// no difference; a pipeline service with an embedded host answers `local` from it.
+    fn capability_for(&self, processor: &str, placement: Placement) -> Option<ProcessorCapability> {
+        let _ = placement;
+        self.capability(processor)
+    }
+
+    /// The processors that can run with `placement: local`, or `None` when that is not
+    /// known here (a client validating on its own): then placement is not checked.
+    fn local_processors(&self) -> Option<Vec<String>> {
+        None
     }
 }
 
@@ -151,6 +164,8 @@ pub struct PlanNode {
     pub processor: String,
     /// Processor parameters.
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Where the processor runs.
+    pub placement: Placement,
     /// What the processor declared.
     pub capability: ProcessorCapability,
     /// Where each output of this node goes, by output name.
@@ -259,6 +274,20 @@ impl Validator {
                     format!("node id {:?} is used more than once", node.id),
                 );
             }
+            if let Placement::Unknown(value) = node.placement {
+                self.invalid(
+                    "INVALID_PLACEMENT",
+                    &node.id,
+                    format!("{field}.placement"),
+                    format!(
+                        "node {:?}: placement {value} is not remote (1), local (2) or auto (3)",
+                        node.id
+                    ),
+                );
+            }
+            let local = (node.placement == Placement::Local)
+                .then(|| caps.local_processors())
+                .flatten();
             let cap = if node.processor.is_empty() {
                 self.invalid(
                     "MISSING_PROCESSOR",
@@ -267,8 +296,25 @@ impl Validator {
                     format!("node {:?} names no processor", node.id),
                 );
                 None
+            } else if let Some(local) = local.filter(|l| !l.contains(&node.processor)) {
+                let hosted = if local.is_empty() {
+                    "no processor in-process".to_string()
+                } else {
+                    format!("only {} in-process", local.join(", "))
+                };
+                self.problems.push(Problem {
+                    kind: ProblemKind::Unavailable,
+                    reason: "LOCAL_PLACEMENT_UNAVAILABLE",
+                    message: format!(
+                        "node {:?}: placement local, but this pipeline service hosts {hosted} (its --local-processors), not {:?}; use placement auto or remote",
+                        node.id, node.processor
+                    ),
+                    node_id: node.id.clone(),
+                    field: format!("{field}.placement"),
+                });
+                None
             } else {
-                let cap = caps.capability(&node.processor);
+                let cap = caps.capability_for(&node.processor, node.placement);
                 if cap.is_none() && caps.knows_processors() {
                     let names = caps.processor_names();
                     self.problems.push(Problem {
@@ -746,6 +792,7 @@ fn build_plan(
             id: m.nodes[old].id.clone(),
             processor: m.nodes[old].processor.clone(),
             params: m.nodes[old].params.clone(),
+            placement: m.nodes[old].placement,
             capability: capabilities[old].take().unwrap_or_default(),
             routes: std::mem::take(&mut routes[old])
                 .into_iter()

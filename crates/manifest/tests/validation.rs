@@ -515,3 +515,90 @@ outputs: [{ name: out, source: { node: nowhere } }]"#,
     assert!(problems.to_string().contains("\"nowhere\""), "{problems}");
     assert!(!reasons.contains(&"PROCESSOR_UNAVAILABLE"), "{reasons:?}");
 }
+
+/// A platform whose pipeline service hosts only `passthrough` in-process.
+struct WithLocal(HashMap<String, ProcessorCapability>);
+
+impl flowplane_manifest::Capabilities for WithLocal {
+    fn capability(&self, processor: &str) -> Option<ProcessorCapability> {
+        self.0.get(processor).cloned()
+    }
+
+    fn local_processors(&self) -> Option<Vec<String>> {
+        Some(vec!["passthrough".into()])
+    }
+}
+
+const PLACED: &str = r#"
+name: placed
+nodes:
+  - { id: a, processor: passthrough, placement: local }
+  - { id: b, processor: passthrough, placement: PLACEMENT_AUTO }
+  - { id: c, processor: passthrough }
+edges:
+  - { from_node: a, to_node: b }
+  - { from_node: b, to_node: c }
+inputs: [{ name: in, targets: [{ node: a }] }]
+outputs: [{ name: out, source: { node: c } }]
+"#;
+
+#[test]
+fn placement_reads_as_written_and_survives_the_proto() {
+    use flowplane_manifest::Placement;
+    let m = Manifest::from_text(PLACED).unwrap();
+    let placements: Vec<Placement> = m.nodes.iter().map(|n| n.placement).collect();
+    assert_eq!(
+        placements,
+        [Placement::Local, Placement::Auto, Placement::Remote]
+    );
+    assert_eq!(Manifest::from_proto(&m.to_proto()), m);
+    // The default is not written out; the others are, as the manifest spells them.
+    let yaml = serde_yaml::to_string(&m).unwrap();
+    assert_eq!(yaml.matches("placement").count(), 2, "{yaml}");
+    assert!(
+        yaml.contains("placement: local") && yaml.contains("placement: auto"),
+        "{yaml}"
+    );
+    let plan = validate(&m, &WithLocal(catalog())).unwrap();
+    assert_eq!(plan.nodes[0].placement, Placement::Local);
+    let bad = Manifest::from_text(&PLACED.replace("placement: local", "placement: nearby"));
+    assert!(bad.unwrap_err().contains("nearby"));
+}
+
+#[test]
+fn a_local_node_the_service_cannot_host_and_an_unknown_placement_are_named() {
+    let mut m = Manifest::from_text(&PLACED.replace(
+        "{ id: a, processor: passthrough, placement: local }",
+        "{ id: a, processor: audio.level, placement: local }",
+    ))
+    .unwrap();
+    m.nodes[2].placement = flowplane_manifest::Placement::from_proto(7);
+    let problems = validate(&m, &WithLocal(catalog())).unwrap_err();
+    let found: Vec<(&str, &str, &str)> = problems
+        .0
+        .iter()
+        .map(|p| (p.reason, p.node_id.as_str(), p.field.as_str()))
+        .collect();
+    assert!(
+        found.contains(&("LOCAL_PLACEMENT_UNAVAILABLE", "a", "nodes[0].placement")),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("INVALID_PLACEMENT", "c", "nodes[2].placement")),
+        "{found:?}"
+    );
+    assert_eq!(problems.code(), tonic::Code::InvalidArgument);
+    let local = problems
+        .0
+        .iter()
+        .find(|p| p.reason == "LOCAL_PLACEMENT_UNAVAILABLE")
+        .unwrap();
+    assert!(
+        local.message.contains("only passthrough in-process"),
+        "{}",
+        local.message
+    );
+    // Offline and a plain catalog know nothing of the service: placement is not checked.
+    m.nodes[2].placement = flowplane_manifest::Placement::Remote;
+    assert!(validate(&m, &Offline).is_ok());
+}

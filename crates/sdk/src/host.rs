@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::{
     Capability, Error, Input, Output, Params, ProcessError, Processor, ProcessorFactory, Result,
@@ -62,6 +63,10 @@ const MAX_BATCH_OUTPUT_BYTES: usize = flowplane_grpc::MAX_MESSAGE_BYTES;
 /// Processing time after which a batch returns, so a slow processor's results are
 /// sent chunk by chunk instead of after the whole batch.
 const BATCH_TIME: Duration = Duration::from_millis(1);
+
+/// Processing time of one batch on a stream's own task (a processor declared
+/// [`Capability::inline`]) past which the stream's later batches go to the blocking pool.
+pub const INLINE_BUDGET: Duration = Duration::from_micros(500);
 
 /// Reason of a chunk whose payload type the input port does not accept.
 pub const TYPE_MISMATCH: &str = "TYPE_MISMATCH";
@@ -503,6 +508,113 @@ impl ProcessorHost {
     }
 }
 
+/// The responses of one `Process` stream: `ready`, then one result per chunk, in order;
+/// a stream that fails ends with its status.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessResponse, Status>> + Send>>;
+
+impl ProcessorHost {
+    /// Opens a `Process` stream inside this process: the same stream machinery as a
+    /// gRPC call (init and ready, type checks, order, one result per chunk, limits,
+    /// metrics, draining), with the messages handed over in memory: no socket, no
+    /// encoding, no copy of a payload. The stream does its work when it is polled, on
+    /// the caller's task, so a request and its result cross no task boundary (a
+    /// processor not declared [`Capability::inline`] still runs on the blocking pool).
+    /// The stream of `requests` ending is the client's half-close; dropping the
+    /// responses is its reset. A pipeline service embeds a host this way for co-located
+    /// (`placement: local`) nodes.
+    pub fn process_local<S>(&self, requests: S) -> Result<ResponseStream, Status>
+    where
+        S: Stream<Item = ProcessRequest> + Send + Unpin + 'static,
+    {
+        let (work, responses) = self.stream_parts(requests.map(Ok))?;
+        Ok(Box::pin(LocalStream {
+            work: Some(Box::pin(self.inner.tasks.track_future(work))),
+            responses,
+        }))
+    }
+
+    /// Admits a stream (refused at once while draining, so the client goes to another
+    /// host) and starts its task. The response starts at once; init errors arrive as the
+    /// stream's status, so a client that waits for response headers before sending its
+    /// init cannot deadlock.
+    fn open_stream<S>(&self, inbound: S) -> Result<ResponseStream, Status>
+    where
+        S: Stream<Item = Result<ProcessRequest, Status>> + Send + Unpin + 'static,
+    {
+        let (work, responses) = self.stream_parts(inbound)?;
+        self.inner.tasks.spawn(work);
+        Ok(Box::pin(responses))
+    }
+
+    /// A stream's work (reading requests, calling the processor, queueing responses)
+    /// and its responses.
+    fn stream_parts<S>(
+        &self,
+        inbound: S,
+    ) -> Result<(impl Future<Output = ()> + Send + 'static, Responses), Status>
+    where
+        S: Stream<Item = Result<ProcessRequest, Status>> + Send + Unpin + 'static,
+    {
+        let admitted = self
+            .inner
+            .lifecycle
+            .admit()
+            .map_err(|_| Status::from(Error::Draining))?;
+        let (tx, rx) = mpsc::channel::<Queued>(STREAM_BUFFER);
+        let tx = Tx {
+            tx,
+            bytes: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
+            abort: self.inner.lifecycle.aborted(),
+        };
+        // The caller's span (a pipeline node's, for a local stream) covers the stream.
+        let work =
+            run_stream(self.clone(), inbound, tx, admitted).instrument(tracing::Span::current());
+        // Dropping the permit as the response is taken returns its bytes to the queue.
+        Ok((work, ReceiverStream::new(rx).map(drop_permit)))
+    }
+}
+
+/// The responses of a stream, each giving its queue bytes back as it is taken.
+type Responses = tokio_stream::adapters::Map<
+    ReceiverStream<Queued>,
+    fn(Queued) -> Result<ProcessResponse, Status>,
+>;
+
+fn drop_permit((response, _permit): Queued) -> Result<ProcessResponse, Status> {
+    response
+}
+
+/// A local stream: its work runs when its responses are polled, on the caller's task.
+struct LocalStream {
+    /// `None` once the work has finished (its responses may still be queued).
+    work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    responses: Responses,
+}
+
+impl Stream for LocalStream {
+    type Item = Result<ProcessResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if let Some(work) = self.work.as_mut()
+            && work.as_mut().poll(cx).is_ready()
+        {
+            self.work = None;
+        }
+        Pin::new(&mut self.responses).poll_next(cx)
+    }
+}
+
+/// The next request of a stream; `Ok(None)` is the client's half-close.
+async fn next_request<S>(inbound: &mut S) -> Result<Option<ProcessRequest>, Status>
+where
+    S: Stream<Item = Result<ProcessRequest, Status>> + Unpin,
+{
+    inbound.next().await.transpose()
+}
+
 /// One queued response and the stream's queue bytes it holds until tonic takes it.
 type Queued = (
     Result<ProcessResponse, Status>,
@@ -511,33 +623,13 @@ type Queued = (
 
 #[tonic::async_trait]
 impl ProcessorService for ProcessorHost {
-    type ProcessStream = Pin<Box<dyn Stream<Item = Result<ProcessResponse, Status>> + Send>>;
+    type ProcessStream = ResponseStream;
 
     async fn process(
         &self,
         request: Request<Streaming<ProcessRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        // Refused at once while draining, so the client goes to another host.
-        let admitted = self
-            .inner
-            .lifecycle
-            .admit()
-            .map_err(|_| Status::from(Error::Draining))?;
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Queued>(STREAM_BUFFER);
-        let tx = Tx {
-            tx,
-            bytes: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
-            abort: self.inner.lifecycle.aborted(),
-        };
-        // The response starts at once; init errors arrive as the stream's status, so a
-        // client that waits for response headers before sending its init cannot deadlock.
-        self.inner
-            .tasks
-            .spawn(run_stream(self.clone(), inbound, tx, admitted));
-        // Dropping the permit as tonic takes the response returns its bytes to the queue.
-        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
-        Ok(Response::new(Box::pin(responses)))
+        self.open_stream(request.into_inner()).map(Response::new)
     }
 
     async fn get_capabilities(
@@ -567,8 +659,27 @@ impl Tx {
     async fn send(&self, response: ProcessResponse) -> bool {
         // Results are checked against MAX_MESSAGE_BYTES before, so this always fits.
         let size = response.encoded_len().clamp(1, STREAM_BUFFER_BYTES) as u32;
+        if self.abort.is_cancelled() {
+            return false;
+        }
+        // Room in bytes and results: queued without a wait (and without registering on
+        // the shutdown token, which a wait needs).
+        let held = self.bytes.clone().try_acquire_many_owned(size).ok();
+        if held.is_some() {
+            match self.tx.try_reserve() {
+                Ok(slot) => {
+                    slot.send((Ok(response), held));
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return false,
+                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
+        }
         let queue = async {
-            let permit = self.bytes.clone().acquire_many_owned(size).await.ok()?;
+            let permit = match held {
+                Some(permit) => permit,
+                None => self.bytes.clone().acquire_many_owned(size).await.ok()?,
+            };
             self.tx.send((Ok(response), Some(permit))).await.ok()
         };
         tokio::select! {
@@ -625,17 +736,15 @@ fn read_error(status: &Status, position: String) -> Option<Error> {
     }
 }
 
-async fn run_stream(
-    host: ProcessorHost,
-    mut inbound: Streaming<ProcessRequest>,
-    tx: Tx,
-    _admitted: Admitted,
-) {
+async fn run_stream<S>(host: ProcessorHost, mut inbound: S, tx: Tx, _admitted: Admitted)
+where
+    S: Stream<Item = Result<ProcessRequest, Status>> + Unpin,
+{
     let mut abort = pin!(tx.abort.clone().cancelled_owned());
     let first = tokio::select! {
         biased;
         () = &mut abort => return tx.end(Error::ShuttingDown).await,
-        first = inbound.message() => first,
+        first = next_request(&mut inbound) => first,
     };
     let init = match first {
         Ok(Some(ProcessRequest {
@@ -689,7 +798,7 @@ async fn run_stream(
             None => tokio::select! {
                 biased;
                 () = &mut abort => return tx.end(Error::ShuttingDown).await,
-                message = inbound.message() => message,
+                message = next_request(&mut inbound) => message,
             },
         };
         let chunk = match message {
@@ -738,7 +847,7 @@ async fn run_stream(
         {
             let next = tokio::select! {
                 biased;
-                next = inbound.message() => next,
+                next = next_request(&mut inbound) => next,
                 () = std::future::ready(()) => break,
             };
             match next {
@@ -814,6 +923,8 @@ struct StreamState {
     /// stream's, so a stream that ends with chunks unanswered takes them off the gauge.
     in_flight: metrics::Gauge,
     in_flight_here: u64,
+    /// Batches run on this task ([`Capability::inline`]) until one is over budget.
+    inline: bool,
 }
 
 /// A chunk that passed the host's checks, waiting for its processor call.
@@ -867,6 +978,7 @@ impl StreamState {
             active,
             in_flight: metrics::gauge!(stats::IN_FLIGHT_CHUNKS),
             in_flight_here: 0,
+            inline: entry.capability.is_inline(),
             entry,
             processor: Some(processor),
             node_id,
@@ -1026,42 +1138,54 @@ impl StreamState {
         let entry = self.entry.clone();
         let mut processor = self.processor.take()?;
         let mut batch = std::mem::take(jobs);
-        let (processor, answered, rest) = host
-            .blocking(move || {
-                let started = Instant::now();
-                let mut answered: Vec<(Envelope, Answer)> = Vec::new();
-                let mut output_bytes = 0usize;
-                while let Some(Job {
-                    envelope,
-                    port,
+        let work = move || {
+            let started = Instant::now();
+            let mut answered: Vec<(Envelope, Answer)> = Vec::new();
+            let mut output_bytes = 0usize;
+            while let Some(Job {
+                envelope,
+                port,
+                payload,
+            }) = batch.pop_front()
+            {
+                let input = Input {
+                    port: entry.inputs[port].name.as_str(),
+                    sequence: envelope.sequence,
                     payload,
-                }) = batch.pop_front()
-                {
-                    let input = Input {
-                        port: entry.inputs[port].name.as_str(),
-                        sequence: envelope.sequence,
-                        payload,
-                    };
-                    let answer = catch_unwind(AssertUnwindSafe(|| processor.process(input)));
-                    let stop = match &answer {
-                        Ok(Ok(outputs)) => {
-                            output_bytes += outputs
-                                .iter()
-                                .map(|o| o.payload.payload_len())
-                                .sum::<usize>();
-                            output_bytes > MAX_BATCH_OUTPUT_BYTES
-                        }
-                        Ok(Err(_)) => false,
-                        Err(_) => true,
-                    };
-                    answered.push((envelope, answer));
-                    if stop || started.elapsed() > BATCH_TIME {
-                        break;
+                };
+                let answer = catch_unwind(AssertUnwindSafe(|| processor.process(input)));
+                let stop = match &answer {
+                    Ok(Ok(outputs)) => {
+                        output_bytes += outputs
+                            .iter()
+                            .map(|o| o.payload.payload_len())
+                            .sum::<usize>();
+                        output_bytes > MAX_BATCH_OUTPUT_BYTES
                     }
+                    Ok(Err(_)) => false,
+                    Err(_) => true,
+                };
+                answered.push((envelope, answer));
+                if stop || started.elapsed() > BATCH_TIME {
+                    break;
                 }
-                (processor, answered, batch)
-            })
-            .await?;
+            }
+            (processor, answered, batch)
+        };
+        let (processor, answered, rest) = if self.inline {
+            if host.inner.lifecycle.aborted().is_cancelled() {
+                return None;
+            }
+            let started = Instant::now();
+            let done = work();
+            if started.elapsed() > INLINE_BUDGET {
+                self.inline = false;
+                tracing::debug!(processor = %self.entry.name, node_id = %self.node_id, took = ?started.elapsed(), "inline batch over budget; the stream's later batches run on the blocking pool");
+            }
+            done
+        } else {
+            host.blocking(work).await?
+        };
         *jobs = rest;
         let mut responses = Vec::with_capacity(answered.len());
         for (envelope, answer) in answered {

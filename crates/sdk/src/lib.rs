@@ -129,9 +129,9 @@ pub use config::{HostConfig, run};
 
 pub use error::{Error, ParamError, ProcessError, Result};
 pub use host::{
-    AMBIGUOUS_INPUT, DEFAULT_MAX_CONCURRENT_CALLS, HostBuilder, MISSING_PAYLOAD, ProcessorHost,
-    RESULT_TOO_LARGE, SEQUENCE_OUT_OF_ORDER, STREAM_BUFFER, STREAM_BUFFER_BYTES, TYPE_MISMATCH,
-    UNDECLARED_OUTPUT, UNKNOWN_INPUT,
+    AMBIGUOUS_INPUT, DEFAULT_MAX_CONCURRENT_CALLS, HostBuilder, INLINE_BUDGET, MISSING_PAYLOAD,
+    ProcessorHost, RESULT_TOO_LARGE, ResponseStream, SEQUENCE_OUT_OF_ORDER, STREAM_BUFFER,
+    STREAM_BUFFER_BYTES, TYPE_MISMATCH, UNDECLARED_OUTPUT, UNKNOWN_INPUT,
 };
 pub use params::Params;
 pub(crate) use processor::TypedFactory;

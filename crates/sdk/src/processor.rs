@@ -116,6 +116,7 @@ impl<P: Processor> ProcessorFactory for TypedFactory<P> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Capability {
     proto: ProcessorCapability,
+    inline: bool,
 }
 
 impl Capability {
@@ -129,6 +130,7 @@ impl Capability {
                 version: "0.1.0".into(),
                 ..Default::default()
             },
+            inline: false,
         }
     }
 
@@ -165,6 +167,22 @@ impl Capability {
     pub fn stateless(mut self) -> Self {
         self.proto.stateless = true;
         self
+    }
+
+    /// Declares that `process` takes microseconds and never blocks (no I/O, no sleeping,
+    /// no lock held for long): the host then calls it on the stream's own task instead of
+    /// the blocking pool, saving two thread hand-offs per batch of chunks. A batch that
+    /// takes longer than [`crate::INLINE_BUDGET`] sends the stream's later batches to the
+    /// blocking pool, so a wrong declaration costs one slow batch, not a stalled host.
+    /// Host-side only: it is not part of the wire capability.
+    pub fn inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Whether [`Capability::inline`] was declared.
+    pub fn is_inline(&self) -> bool {
+        self.inline
     }
 
     /// Declares a parameter.

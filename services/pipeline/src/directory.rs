@@ -1,6 +1,8 @@
 //! The live view of processor instances, kept from the control plane's WatchComponents
 //! stream (never a poll per session). Sessions pick instances here; when the control
-//! plane is unreachable the last view stays in use, so new sessions still start. With
+//! plane is unreachable the last view stays in use, so new sessions still start. Beside
+//! the remote instances it holds the pipeline service's embedded host, when it has one:
+//! the one local instance, for nodes placed `local` (or `auto`). With
 //! several control-plane replicas the watch follows the one in use; when it fails the
 //! watch opens on the next (`flowplane_grpc::replicas`), whose first message is a full
 //! snapshot that replaces the view. This module never blocks a session on the control
@@ -22,7 +24,7 @@ use flowplane_grpc::{
     replicas::Replicas,
     retry::{self, Backoff, Retry},
 };
-use flowplane_manifest::Capabilities;
+use flowplane_manifest::{Capabilities, Placement};
 use flowplane_proto::{
     common::v1::{ComponentKind, HealthStatus},
     controlplane::v1::{
@@ -45,7 +47,16 @@ pub struct Instance {
     /// under the same id is a new registration, so a session that gave up on the old
     /// one may use it again.
     pub registration: String,
+    /// The embedded host, reached in memory instead of over gRPC.
+    pub local: bool,
 }
+
+/// The instance id a local node reports.
+pub const LOCAL_INSTANCE: &str = "local";
+/// The endpoint a local node reports.
+pub const LOCAL_ENDPOINT: &str = "in-process";
+/// The embedded host's registration key: no component id has parentheses.
+const LOCAL_REGISTRATION: &str = "(in-process)";
 
 /// Counts node streams per instance while a guard lives, for least-loaded picking.
 pub struct LoadGuard {
@@ -72,18 +83,67 @@ pub struct Directory {
     channels: Mutex<HashMap<String, TracedChannel>>,
     round_robin: AtomicUsize,
     client: ClientArgs,
+    local: Option<flowplane_sdk::ProcessorHost>,
 }
 
 impl Directory {
     /// An empty directory; fill it with [`Directory::watch`] or [`Directory::replace`].
     pub fn new(client: ClientArgs) -> Arc<Self> {
+        Self::with_local(client, None)
+    }
+
+    /// An empty directory whose `local` host runs the nodes placed on it.
+    pub fn with_local(
+        client: ClientArgs,
+        local: Option<flowplane_sdk::ProcessorHost>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             components: RwLock::new(HashMap::new()),
             load: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             round_robin: AtomicUsize::new(0),
             client,
+            local,
         })
+    }
+
+    /// The embedded host, if the service has one.
+    pub fn local_host(&self) -> Option<&flowplane_sdk::ProcessorHost> {
+        self.local.as_ref()
+    }
+
+    fn hosts_locally(&self, processor: &str) -> bool {
+        self.local
+            .as_ref()
+            .is_some_and(|h| h.capabilities().iter().any(|c| c.name == processor))
+    }
+
+    /// Picks where a node of `placement` runs: the embedded host for `local`, and for
+    /// `auto` when it hosts the processor, else a remote instance ([`Directory::pick`]).
+    /// A registration in `exclude` is not picked again, the local one included, so a
+    /// local node that failed moves to a remote host under `auto`.
+    pub fn place(
+        &self,
+        processor: &str,
+        placement: Placement,
+        exclude: &[String],
+    ) -> Option<Instance> {
+        let local_ok = self.hosts_locally(processor)
+            && !exclude.iter().any(|r| r == LOCAL_REGISTRATION)
+            && self.local.as_ref().is_some_and(|h| !h.is_draining());
+        let local = || Instance {
+            id: LOCAL_INSTANCE.into(),
+            endpoint: LOCAL_ENDPOINT.into(),
+            registration: LOCAL_REGISTRATION.into(),
+            local: true,
+        };
+        match placement {
+            Placement::Local => local_ok.then(local),
+            Placement::Auto if local_ok => Some(local()),
+            Placement::Auto | Placement::Remote | Placement::Unknown(_) => {
+                self.pick(processor, exclude)
+            }
+        }
     }
 
     /// Keeps the view in step with the control plane at `replicas` until `stop` fires,
@@ -249,6 +309,7 @@ impl Directory {
             id: chosen.id.clone(),
             endpoint: chosen.endpoint.clone(),
             registration: registration(chosen),
+            local: false,
         })
     }
 
@@ -313,8 +374,8 @@ impl Directory {
     }
 }
 
-impl Capabilities for Directory {
-    fn capability(&self, processor: &str) -> Option<ProcessorCapability> {
+impl Directory {
+    fn remote_capability(&self, processor: &str) -> Option<ProcessorCapability> {
         let view = self.components.read().expect("view lock");
         let mut offering: Vec<&Component> = view
             .values()
@@ -326,14 +387,52 @@ impl Capabilities for Directory {
             .and_then(|c| c.capabilities.iter().find(|p| p.name == processor).cloned())
     }
 
+    fn local_capability(&self, processor: &str) -> Option<ProcessorCapability> {
+        self.local
+            .as_ref()?
+            .capabilities()
+            .into_iter()
+            .find(|c| c.name == processor)
+    }
+}
+
+impl Capabilities for Directory {
+    /// A live remote instance's, else the embedded host's.
+    fn capability(&self, processor: &str) -> Option<ProcessorCapability> {
+        self.remote_capability(processor)
+            .or_else(|| self.local_capability(processor))
+    }
+
+    /// What the node will run with: the embedded host's for `local` (and for `auto`
+    /// when it hosts the processor), a remote instance's for `remote`.
+    fn capability_for(&self, processor: &str, placement: Placement) -> Option<ProcessorCapability> {
+        match placement {
+            Placement::Local => self.local_capability(processor),
+            Placement::Auto => self
+                .local_capability(processor)
+                .or_else(|| self.remote_capability(processor)),
+            Placement::Remote | Placement::Unknown(_) => self.remote_capability(processor),
+        }
+    }
+
+    fn local_processors(&self) -> Option<Vec<String>> {
+        Some(
+            self.local
+                .as_ref()
+                .map(|h| h.capabilities().into_iter().map(|c| c.name).collect())
+                .unwrap_or_default(),
+        )
+    }
+
     fn processor_names(&self) -> Vec<String> {
         let view = self.components.read().expect("view lock");
-        let names: std::collections::BTreeSet<&str> = view
+        let mut names: std::collections::BTreeSet<String> = view
             .values()
             .filter(|c| available(c))
-            .flat_map(|c| c.capabilities.iter().map(|p| p.name.as_str()))
+            .flat_map(|c| c.capabilities.iter().map(|p| p.name.clone()))
             .collect();
-        names.into_iter().map(str::to_string).collect()
+        names.extend(self.local_processors().unwrap_or_default());
+        names.into_iter().collect()
     }
 }
 
@@ -402,6 +501,70 @@ mod tests {
         );
         assert!(dir.capability("q").is_some());
         assert!(dir.capability("nope").is_none());
+    }
+
+    #[test]
+    fn placement_picks_the_embedded_host_or_a_remote_one() {
+        let remote_only = Directory::new(ClientArgs::default());
+        remote_only.replace(vec![host("a", HealthStatus::Healthy, &["passthrough"])]);
+        assert!(
+            remote_only
+                .place("passthrough", Placement::Local, &[])
+                .is_none()
+        );
+        assert_eq!(
+            remote_only
+                .place("passthrough", Placement::Auto, &[])
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert_eq!(remote_only.local_processors(), Some(Vec::new()));
+
+        let local = flowplane_processors::local_host(&["passthrough".into()], "--local-processors")
+            .unwrap();
+        let dir = Directory::with_local(ClientArgs::default(), Some(local));
+        dir.replace(vec![host(
+            "a",
+            HealthStatus::Healthy,
+            &["passthrough", "q"],
+        )]);
+        let here = dir.place("passthrough", Placement::Local, &[]).unwrap();
+        assert!(here.local);
+        assert_eq!(
+            (here.id.as_str(), here.endpoint.as_str()),
+            ("local", "in-process")
+        );
+        assert!(
+            dir.place("passthrough", Placement::Auto, &[])
+                .unwrap()
+                .local
+        );
+        assert_eq!(
+            dir.place("passthrough", Placement::Remote, &[]).unwrap().id,
+            "a"
+        );
+        // Failed over: `auto` moves to a remote host, `local` has nowhere to go.
+        let failed = [here.registration.clone()];
+        assert_eq!(
+            dir.place("passthrough", Placement::Auto, &failed)
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert!(
+            dir.place("passthrough", Placement::Local, &failed)
+                .is_none()
+        );
+        // Not hosted locally: `auto` is remote, `local` nothing.
+        assert_eq!(dir.place("q", Placement::Auto, &[]).unwrap().id, "a");
+        assert!(dir.place("q", Placement::Local, &[]).is_none());
+        assert!(dir.capability_for("q", Placement::Local).is_none());
+        assert!(dir.capability_for("q", Placement::Remote).is_some());
+        assert_eq!(
+            dir.local_processors(),
+            Some(vec!["passthrough".to_string()])
+        );
     }
 
     #[test]

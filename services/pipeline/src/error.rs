@@ -54,6 +54,9 @@ pub enum Error {
     /// The server itself could not start or serve.
     #[error(transparent)]
     Server(#[from] flowplane_grpc::Error),
+    /// The embedded host could not be built (`--local-processors` names the flag).
+    #[error(transparent)]
+    LocalHost(#[from] flowplane_sdk::Error),
 }
 
 /// Result alias for this crate.
@@ -123,7 +126,7 @@ impl Error {
             Error::Cancelled => plain(tonic::Code::Cancelled, "CANCELLED", ""),
             Error::ShuttingDown => plain(tonic::Code::Unavailable, "SHUTTING_DOWN", ""),
             Error::Draining => plain(tonic::Code::Unavailable, "DRAINING", ""),
-            Error::Server(_) => plain(tonic::Code::Internal, "SERVER", ""),
+            Error::Server(_) | Error::LocalHost(_) => plain(tonic::Code::Internal, "SERVER", ""),
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct Config {
     pub limits: ServiceLimits,
     /// How long open sessions may run on after shutdown starts.
     pub grace_period: Duration,
+    /// Built-in processors this service hosts in-process for nodes placed `local` or
+    /// `auto` (`--local-processors`; `all` is every one, empty is none).
+    pub local_processors: Vec<String>,
     /// Filled with the running service, so tests and embedders can read its state.
     pub probe: ServiceProbe,
 }
@@ -138,6 +141,7 @@ impl Config {
             reflection: true,
             limits: ServiceLimits::default(),
             grace_period: Duration::from_secs(10),
+            local_processors: Vec::new(),
             probe: ServiceProbe::default(),
         }
     }
@@ -158,7 +162,17 @@ pub async fn run(
     )?;
     instruments::describe();
     let stop = CancellationToken::new();
-    let directory = Directory::new(config.client.clone());
+    let local = if config.local_processors.is_empty() {
+        None
+    } else {
+        let host =
+            flowplane_processors::local_host(&config.local_processors, "--local-processors")?;
+        // Its streams count in this service's /metrics, as a remote host's do in its own.
+        flowplane_sdk::stats::describe();
+        tracing::info!(processors = ?host.capabilities().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "hosting processors in-process for local placement");
+        Some(host)
+    };
+    let directory = Directory::with_local(config.client.clone(), local.clone());
     directory.watch(replicas, stop.child_token());
     let lifecycle = Lifecycle::new();
     let service = PipelineService::new(directory, config.limits.clone(), lifecycle.clone());
@@ -188,6 +202,11 @@ pub async fn run(
         let left = lifecycle.drain(grace).await;
         if left > 0 {
             tracing::warn!(sessions = left, "grace period over, ending open sessions");
+        }
+        // Every session has ended, and with it every local stream but one still
+        // answering its last chunks: those end now.
+        if let Some(local) = &local {
+            local.abort_streams();
         }
         stop.cancel();
     };

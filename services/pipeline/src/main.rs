@@ -67,6 +67,12 @@ struct Cli {
     #[arg(long, env = "FLOWPLANE_CHUNK_SPAN_EVERY", default_value_t = 1000)]
     chunk_span_every: u64,
 
+    /// Built-in processors this service hosts in-process, for nodes placed `local` (or
+    /// `auto`): comma-separated names, or `all`. Unset hosts none, and every node runs on
+    /// a remote processor host.
+    #[arg(long, env = "FLOWPLANE_LOCAL_PROCESSORS", value_delimiter = ',')]
+    local_processors: Vec<String>,
+
     /// Seconds open sessions may run on after SIGTERM.
     #[arg(long, env = "FLOWPLANE_GRACE_PERIOD_SECS", default_value_t = 10)]
     grace_period_secs: u64,
@@ -102,9 +108,19 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
             },
         },
         grace_period: Duration::from_secs(cli.grace_period_secs),
+        local_processors: cli
+            .local_processors
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
         probe: Default::default(),
     };
     flowplane_grpc::replicas::check(&config.control_plane, "--control-plane", &config.client)?;
+    if !config.local_processors.is_empty() {
+        // Names checked before any port is bound.
+        flowplane_processors::local_host(&config.local_processors, "--local-processors")?;
+    }
     Ok(config)
 }
 

@@ -1,10 +1,17 @@
-//! One node's link to a processor instance: a `Process` stream opened with an init,
-//! confirmed by `ready` within a deadline, fed from an unbounded sender (the session's
-//! window bounds what is in it) and read by a task that forwards every result to the
-//! session, charging it to the service's memory budget and reading no further while the
-//! budget is full. Links never decide what a failure means; the session does.
+//! One node's link to a processor instance: a `Process` stream opened with an init
+//! (over gRPC to a remote host, or in memory to the service's embedded host: the same
+//! stream either way, and everything below is placement-blind), confirmed by `ready`
+//! within a deadline, fed from an unbounded sender (the session's window bounds what is
+//! in it) and read by the session's own task through [`NodeLink::poll_event`], which
+//! charges every result to the service's memory budget (the session reads no further
+//! while the budget is full). No task or channel stands between the stream and the
+//! session. Links never decide what a failure means; the session does.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use flowplane_grpc::process::{self, NotReady};
 use flowplane_manifest::PlanNode;
@@ -16,13 +23,16 @@ use flowplane_proto::{
 };
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{StreamExt as _, wrappers::UnboundedReceiverStream};
 use tracing::Instrument;
 
 use crate::{
     budget::{Budget, Charge},
     directory::{Directory, Instance, LoadGuard},
 };
+
+/// A node's responses, whichever transport carries them.
+type Responses = flowplane_sdk::ResponseStream;
 
 /// What a node link reports to its session.
 #[derive(Debug)]
@@ -39,8 +49,10 @@ pub struct NodeLink {
     pub instance: Instance,
     requests: mpsc::UnboundedSender<ProcessRequest>,
     _load: LoadGuard,
-    reader: tokio::task::JoinHandle<()>,
+    /// `None` once the stream has ended (it is never polled again).
+    responses: Option<Responses>,
     graceful: bool,
+    span: tracing::Span,
 }
 
 /// How long a dropped link's processor gets to end its stream after the half-close.
@@ -51,17 +63,20 @@ impl Drop for NodeLink {
     /// to that end; a processor that does not end within the grace is cut off. A link
     /// dropped after [`NodeLink::abort`] is cut off at once (the stream is reset).
     fn drop(&mut self) {
+        let Some(mut responses) = self.responses.take() else {
+            return;
+        };
         if !self.graceful {
-            self.reader.abort();
             return;
         }
-        let abort = self.reader.abort_handle();
-        let reader = std::mem::replace(&mut self.reader, tokio::spawn(async {}));
-        tokio::spawn(async move {
-            if tokio::time::timeout(CLOSE_GRACE, reader).await.is_err() {
-                abort.abort();
+        // The request sender drops with the link, right after this: that is the half-close.
+        tokio::spawn(
+            async move {
+                let drained = async { while responses.next().await.is_some() {} };
+                let _ = tokio::time::timeout(CLOSE_GRACE, drained).await;
             }
-        });
+            .instrument(self.span.clone()),
+        );
     }
 }
 
@@ -81,7 +96,7 @@ impl NodeLink {
     }
 
     /// Sends a chunk to the processor. Fails only when the stream is already gone, which
-    /// the reader reports as [`NodeEvent::Ended`].
+    /// [`NodeLink::poll_event`] reports as [`NodeEvent::Ended`].
     pub fn send(&self, chunk: DataChunk) -> bool {
         self.requests
             .send(ProcessRequest {
@@ -90,24 +105,39 @@ impl NodeLink {
             .is_ok()
     }
 
-    /// Opens `node` on `instance` and waits up to `ready_timeout` for `ready`. Events
-    /// carry `tag` so the session can tell a replaced link's late events from the
-    /// current one's.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn open<T: Clone + Send + 'static>(
+    /// The processor's next result (charged to `budget`) or the end of its stream;
+    /// pending forever once the stream has ended. The caller checks the budget first.
+    pub fn poll_event(&mut self, cx: &mut Context<'_>, budget: &Arc<Budget>) -> Poll<NodeEvent> {
+        let Some(stream) = self.responses.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            let ended = match std::task::ready!(stream.as_mut().poll_next(cx)) {
+                Some(Ok(response)) => match response.response {
+                    Some(process_response::Response::Result(result)) => {
+                        let charge = budget.charge(result.encoded_len());
+                        return Poll::Ready(NodeEvent::Result(result, charge));
+                    }
+                    // A second ready or an empty message carries nothing to route.
+                    _ => continue,
+                },
+                Some(Err(status)) => Some(status),
+                None => None,
+            };
+            self.responses = None;
+            return Poll::Ready(NodeEvent::Ended(ended));
+        }
+    }
+
+    /// Opens `node` on `instance` and waits up to `ready_timeout` for `ready`.
+    pub async fn open(
         directory: &Arc<Directory>,
         instance: Instance,
         node: &PlanNode,
         session_id: &str,
-        tag: T,
-        events: mpsc::UnboundedSender<(T, NodeEvent)>,
-        budget: Arc<Budget>,
         ready_timeout: Duration,
     ) -> Result<Self, OpenError> {
         let load = directory.hold(&instance);
-        let mut client = directory
-            .processor_client(&instance.endpoint)
-            .map_err(OpenError::Unreachable)?;
         let (requests, rx) = mpsc::unbounded_channel();
         let init = process::init_request(ProcessInit {
             processor: node.processor.clone(),
@@ -126,12 +156,28 @@ impl NodeLink {
             flowplane.endpoint = %instance.endpoint,
         );
         let opening = async {
-            let mut stream = client
-                .process(UnboundedReceiverStream::new(rx))
-                .instrument(span.clone())
-                .await
-                .map_err(classify)?
-                .into_inner();
+            let requests = UnboundedReceiverStream::new(rx);
+            let mut stream: Responses = if instance.local {
+                let host = directory.local_host().ok_or_else(|| {
+                    OpenError::Unreachable(tonic::Status::unavailable(
+                        "this pipeline service hosts no processor in-process",
+                    ))
+                })?;
+                let _entered = span.enter();
+                host.process_local(requests).map_err(classify)?
+            } else {
+                let mut client = directory
+                    .processor_client(&instance.endpoint)
+                    .map_err(OpenError::Unreachable)?;
+                Box::pin(
+                    client
+                        .process(requests)
+                        .instrument(span.clone())
+                        .await
+                        .map_err(classify)?
+                        .into_inner(),
+                )
+            };
             match process::await_ready(&mut stream).await {
                 Ok(_) => Ok(stream),
                 Err(NotReady::Failed(status)) => Err(classify(status)),
@@ -149,7 +195,7 @@ impl NodeLink {
                 }
             }
         };
-        let mut stream = match tokio::time::timeout(ready_timeout, opening).await {
+        let stream = match tokio::time::timeout(ready_timeout, opening).await {
             Ok(opened) => opened?,
             Err(_) => {
                 return Err(OpenError::Unreachable(tonic::Status::deadline_exceeded(
@@ -160,38 +206,13 @@ impl NodeLink {
                 )));
             }
         };
-        let reader = tokio::spawn(
-            async move {
-                loop {
-                    // Read no further while the service is over its memory budget: the
-                    // processor then meets HTTP/2 flow control.
-                    budget.room().await;
-                    let event = match stream.message().await {
-                        Ok(Some(response)) => match response.response {
-                            Some(process_response::Response::Result(result)) => {
-                                let charge = budget.charge(result.encoded_len());
-                                NodeEvent::Result(result, charge)
-                            }
-                            // A second ready or an empty message carries nothing to route.
-                            _ => continue,
-                        },
-                        Ok(None) => NodeEvent::Ended(None),
-                        Err(status) => NodeEvent::Ended(Some(status)),
-                    };
-                    let ended = matches!(event, NodeEvent::Ended(_));
-                    if events.send((tag.clone(), event)).is_err() || ended {
-                        return;
-                    }
-                }
-            }
-            .instrument(span),
-        );
         Ok(Self {
             instance,
             requests,
             _load: load,
-            reader,
+            responses: Some(stream),
             graceful: true,
+            span,
         })
     }
 }

@@ -502,34 +502,43 @@ async fn read_client(
     idle_timeout: Duration,
     audio_input: String,
 ) {
+    // One waiter on the session and one idle timer for the whole stream, not one per
+    // message: the timer is pushed back only when it fires before the stream has been
+    // idle for the whole timeout.
+    let session_gone = events.closed();
+    tokio::pin!(session_gone);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut reading_since = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(idle_timeout, inbound.message()) => next,
-            _ = events.closed() => return,
-        };
-        let chunk = |chunk: DataChunk| async {
-            tokio::select! {
-                admitted = windows.admit(&chunk) => Some(match admitted {
-                    Ok(holds) => ClientEvent::Chunk(chunk, holds),
-                    Err(err) => ClientEvent::Failed(err),
-                }),
-                _ = events.closed() => None,
+            biased;
+            _ = &mut session_gone => return,
+            next = inbound.message() => Some(next),
+            () = &mut idle => {
+                let quiet_until = reading_since + idle_timeout;
+                if tokio::time::Instant::now() < quiet_until {
+                    idle.as_mut().reset(quiet_until);
+                    continue;
+                }
+                None
             }
         };
         let event = match next {
-            Err(_) => ClientEvent::Failed(Error::Timeout(format!(
+            None => ClientEvent::Failed(Error::Timeout(format!(
                 "session idle for {idle_timeout:?}: no client message (idle_timeout)"
             ))),
-            Ok(Err(status)) => ClientEvent::Failed(Error::from(status)),
-            Ok(Ok(None)) => ClientEvent::Ended,
-            Ok(Ok(Some(message))) => match message.request {
-                Some(Request::Chunk(c)) => match chunk(c).await {
+            Some(Err(status)) => ClientEvent::Failed(Error::from(status)),
+            Some(Ok(None)) => ClientEvent::Ended,
+            Some(Ok(Some(message))) => match message.request {
+                Some(Request::Chunk(c)) => match admit(&windows, c, session_gone.as_mut()).await {
                     Some(event) => event,
                     None => return,
                 },
                 #[allow(deprecated)]
                 Some(Request::AudioChunk(legacy)) => {
-                    match chunk(legacy_audio(legacy, &audio_input)).await {
+                    let chunk = legacy_audio(legacy, &audio_input);
+                    match admit(&windows, chunk, session_gone.as_mut()).await {
                         Some(event) => event,
                         None => return,
                     }
@@ -550,6 +559,25 @@ async fn read_client(
         if events.send(event).await.is_err() || last {
             return;
         }
+        // Idle is counted from here, where the next read starts, as before any wait for
+        // the window.
+        reading_since = tokio::time::Instant::now();
+    }
+}
+
+/// Waits for room for `chunk` in the window and the budget; `None` when the session
+/// went away first.
+async fn admit<F: std::future::Future>(
+    windows: &Windows,
+    chunk: DataChunk,
+    session_gone: Pin<&mut F>,
+) -> Option<ClientEvent> {
+    tokio::select! {
+        admitted = windows.admit(&chunk) => Some(match admitted {
+            Ok(holds) => ClientEvent::Chunk(chunk, holds),
+            Err(err) => ClientEvent::Failed(err),
+        }),
+        _ = session_gone => None,
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowplane_manifest::Plan;
+use flowplane_manifest::{Placement, Plan};
 use flowplane_proto::{
     common::v1::ErrorDetail,
     streaming::v1::{
@@ -114,11 +114,8 @@ pub enum ClientEvent {
 /// Sender of responses to the client, each with the holds it releases once taken.
 pub type Outbound = mpsc::Sender<(StreamPipelineResponse, Vec<Hold>)>;
 
-type NodeTag = (usize, u64);
-
 struct NodeSlot {
     link: NodeLink,
-    generation: u64,
     /// Registrations this node gave up on in this session.
     failed: Vec<String>,
     failovers: u32,
@@ -157,8 +154,8 @@ pub struct Session {
     nodes: Vec<NodeSlot>,
     client_open: bool,
     out: Outbound,
-    node_tx: mpsc::UnboundedSender<(NodeTag, NodeEvent)>,
-    node_rx: mpsc::UnboundedReceiver<(NodeTag, NodeEvent)>,
+    /// The node polled first next time, so one busy node cannot starve the others.
+    turn: usize,
     started: Instant,
     chunks_in: metrics::Counter,
     bytes_in: metrics::Counter,
@@ -173,10 +170,8 @@ impl Session {
         cx: SessionContext,
         out: Outbound,
     ) -> Result<(Self, StreamReady)> {
-        let (node_tx, node_rx) = mpsc::unbounded_channel();
         let opened = futures::future::join_all(
-            (0..plan.nodes.len())
-                .map(|i| open_node(&cx, &plan, i, &id, 0, Vec::new(), node_tx.clone())),
+            (0..plan.nodes.len()).map(|i| open_node(&cx, &plan, i, &id, Vec::new())),
         )
         .await;
         let mut nodes = Vec::with_capacity(opened.len());
@@ -197,7 +192,6 @@ impl Session {
             ];
             nodes.push(NodeSlot {
                 link,
-                generation: 0,
                 failed,
                 failovers: 0,
                 deadline: None,
@@ -220,8 +214,7 @@ impl Session {
                 nodes,
                 client_open: true,
                 out,
-                node_tx,
-                node_rx,
+                turn: 0,
                 started: Instant::now(),
                 chunks_in: metrics::counter!(instruments::CHUNKS_TOTAL),
                 bytes_in: metrics::counter!(instruments::BYTES_TOTAL),
@@ -243,16 +236,44 @@ impl Session {
     }
 
     async fn serve(&mut self, client: &mut mpsc::Receiver<ClientEvent>) -> Result<()> {
+        // Waits that last the whole session are made once, not per turn of the loop: a
+        // timer or a waiter registered and dropped per chunk costs more than the chunk's
+        // routing. The timer serves every node deadline; deadlines only move later as
+        // answers come, so it is re-armed only when it fires early (at most once per
+        // node timeout) or a new deadline is earlier than the one armed.
+        let out = self.out.clone();
+        let client_gone = out.closed();
+        tokio::pin!(client_gone);
+        let timer = tokio::time::sleep(self.cx.limits.node_timeout);
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
             let deadline = self.nodes.iter().filter_map(|n| n.deadline).min();
+            if let Some(d) = deadline
+                && armed.is_none_or(|a| d < a)
+            {
+                timer.as_mut().reset(d);
+                armed = Some(d);
+            }
+            // Node streams are read here, on the session's task: no reader task and no
+            // channel per node. While the memory budget is full they wait unread (HTTP/2
+            // flow control then slows the processors) until room is freed.
+            let budget = self.cx.budget.clone();
+            let budget_full = budget.is_full();
+            let (nodes, turn) = (&mut self.nodes, &mut self.turn);
+            let node_event = std::future::poll_fn(|cx| poll_nodes(nodes, turn, &budget, cx));
             tokio::select! {
                 biased;
-                () = self.out.closed() => return Err(Error::Cancelled),
-                Some((tag, event)) = self.node_rx.recv() => self.on_node(tag, event).await?,
+                () = &mut client_gone => return Err(Error::Cancelled),
+                (node, event) = node_event, if !budget_full => self.on_node(node, event).await?,
+                () = budget.room(), if budget_full => {}
                 event = client.recv(), if self.client_open => {
                     self.on_client(event.unwrap_or(ClientEvent::Ended))?;
                 }
-                () = sleep_until(deadline), if deadline.is_some() => self.on_deadline().await?,
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.on_deadline().await?;
+                }
             }
             self.carry_out().await?;
             if self.seq.is_done() {
@@ -351,10 +372,7 @@ impl Session {
         }
     }
 
-    async fn on_node(&mut self, (node, generation): NodeTag, event: NodeEvent) -> Result<()> {
-        if self.nodes[node].generation != generation {
-            return Ok(()); // a replaced link's last words
-        }
+    async fn on_node(&mut self, node: usize, event: NodeEvent) -> Result<()> {
         match event {
             NodeEvent::Result(result, charge) => {
                 let failed = result.error.is_some();
@@ -476,18 +494,8 @@ impl Session {
         let slot = &mut self.nodes[node];
         slot.link.abort();
         slot.failed.push(lost.registration.clone());
-        let generation = slot.generation + 1;
         let exclude = slot.failed.clone();
-        let opened = open_node(
-            &self.cx,
-            &plan,
-            node,
-            &self.id,
-            generation,
-            exclude,
-            self.node_tx.clone(),
-        )
-        .await;
+        let opened = open_node(&self.cx, &plan, node, &self.id, exclude).await;
         let (link, failed) = match opened {
             Ok(opened) => opened,
             Err(Error::NodeUnavailable { message, .. }) => {
@@ -515,7 +523,6 @@ impl Session {
         let slot = &mut self.nodes[node];
         slot.failed = failed;
         slot.failovers += 1;
-        slot.generation = generation;
         slot.link = link;
         slot.deadline = None;
         for chunk in replay {
@@ -539,6 +546,12 @@ impl Session {
         let message = StreamPipelineResponse {
             response: Some(response),
         };
+        // Room in the queue: no wait, so no timer.
+        let (message, holds) = match self.out.try_send((message, holds)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Cancelled),
+            Err(mpsc::error::TrySendError::Full(held)) => held,
+        };
         let sent = self.out.send((message, holds));
         match tokio::time::timeout(self.cx.limits.idle_timeout, sent).await {
             Ok(Ok(())) => Ok(()),
@@ -551,11 +564,22 @@ impl Session {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The next event of any node's stream, starting the round at `turn`.
+fn poll_nodes(
+    nodes: &mut [NodeSlot],
+    turn: &mut usize,
+    budget: &Arc<Budget>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<(usize, NodeEvent)> {
+    let n = nodes.len();
+    for k in 0..n {
+        let i = (*turn + k) % n;
+        if let std::task::Poll::Ready(event) = nodes[i].link.poll_event(cx, budget) {
+            *turn = (i + 1) % n;
+            return std::task::Poll::Ready((i, event));
+        }
     }
+    std::task::Poll::Pending
 }
 
 /// Places node `index` on a live instance, trying others when one is unreachable.
@@ -565,21 +589,28 @@ async fn open_node(
     plan: &Plan,
     index: usize,
     session_id: &str,
-    generation: u64,
     mut exclude: Vec<String>,
-    events: mpsc::UnboundedSender<(NodeTag, NodeEvent)>,
 ) -> Result<(NodeLink, Vec<String>)> {
     let node = &plan.nodes[index];
     let mut last_error = None;
     loop {
-        let Some(instance) = cx.directory.pick(&node.processor, &exclude) else {
+        let Some(instance) = cx
+            .directory
+            .place(&node.processor, node.placement, &exclude)
+        else {
             let why = last_error.map_or_else(String::new, |s: tonic::Status| {
                 format!(" (last error: {:?}: {})", s.code(), s.message())
             });
-            let message = format!(
-                "node {:?}: no live instance of processor {:?} could be reached{why}",
-                node.id, node.processor
-            );
+            let message = match node.placement {
+                Placement::Local => format!(
+                    "node {:?}: placement local, and the in-process host cannot run processor {:?}{why}",
+                    node.id, node.processor
+                ),
+                _ => format!(
+                    "node {:?}: no live instance of processor {:?} could be reached{why}",
+                    node.id, node.processor
+                ),
+            };
             return Err(Error::NodeUnavailable {
                 detail: Box::new(ErrorDetail {
                     reason: "NODE_UNAVAILABLE".into(),
@@ -599,9 +630,6 @@ async fn open_node(
             instance,
             node,
             session_id,
-            (index, generation),
-            events.clone(),
-            cx.budget.clone(),
             cx.limits.node_timeout,
         )
         .await

@@ -46,8 +46,25 @@ def load_manifest(manifest: ManifestLike) -> streaming_pb2.PipelineManifest:
     )
 
 
+_PLACEMENTS = {"remote": "PLACEMENT_REMOTE", "local": "PLACEMENT_LOCAL", "auto": "PLACEMENT_AUTO"}
+
+
+def _with_placements(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`placement: local` as manifests write it, `PLACEMENT_LOCAL` as the proto's JSON does."""
+    data = dict(data)
+    nodes = data.get("nodes")
+    if isinstance(nodes, list):
+        data["nodes"] = [
+            {**node, "placement": _PLACEMENTS[node["placement"]]}
+            if isinstance(node, Mapping) and node.get("placement") in _PLACEMENTS
+            else node
+            for node in nodes
+        ]
+    return data
+
+
 def _from_dict(data: Mapping[str, Any], what: str) -> streaming_pb2.PipelineManifest:
     try:
-        return json_format.ParseDict(dict(data), streaming_pb2.PipelineManifest())
+        return json_format.ParseDict(_with_placements(data), streaming_pb2.PipelineManifest())
     except json_format.ParseError as bad:
         raise ManifestError(f"{what}: {bad}") from None

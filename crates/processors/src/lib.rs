@@ -1,4 +1,6 @@
-//! The built-in processors, one module each. Every one validates its params in `create`
+//! The built-in processors, one module each, on the SDK: `flowplane-processor` serves
+//! them over gRPC, and the pipeline service hosts them in-process for co-located
+//! (`placement: local`) nodes. Every one validates its params in `create`
 //! and reports bad input as a per-chunk error naming the field; none may panic on input,
 //! and none may allocate from a size the input claims before checking it: an output
 //! over `flowplane_grpc::MAX_PAYLOAD_BYTES` is refused (RESOURCE_EXHAUSTED,
@@ -13,7 +15,7 @@ pub mod text_transform;
 pub mod video_grayscale;
 
 use flowplane_sdk::{
-    HostBuilder, ProcessError, Processor,
+    HostBuilder, ProcessError, Processor, ProcessorHost,
     proto::data::v1::{JsonData, data_buffer::Payload},
 };
 
@@ -49,6 +51,35 @@ pub const BUILT_INS: &[(&str, Register)] = &[
     ("tensor.normalize", register::<tensor_normalize::Normalize>),
     ("binary.digest", register::<binary_digest::Digest>),
 ];
+
+/// Every built-in processor on a host named `flowplane-processor`, in the order hosts
+/// list them.
+pub fn built_ins() -> HostBuilder {
+    BUILT_INS.iter().fold(
+        HostBuilder::new("flowplane-processor").version(VERSION),
+        |builder, (_, register)| register(builder),
+    )
+}
+
+/// A host of the built-ins named in `names` (`all` among them: every one), for a
+/// pipeline service's co-located nodes; an unknown name is an error naming `flag`.
+pub fn local_host(names: &[String], flag: &'static str) -> flowplane_sdk::Result<ProcessorHost> {
+    let builder = built_ins().host_id("local");
+    let builder = if names.iter().any(|n| n == "all") {
+        builder
+    } else {
+        builder.only(names).map_err(|error| match error {
+            flowplane_sdk::Error::InvalidConfig { message, .. } => {
+                flowplane_sdk::Error::InvalidConfig {
+                    setting: flag,
+                    message,
+                }
+            }
+            other => other,
+        })?
+    };
+    builder.build()
+}
 
 /// The names of every built-in processor.
 pub fn names() -> Vec<&'static str> {

@@ -13,6 +13,7 @@ impl Processor for Passthrough {
     fn capability() -> Capability {
         Capability::new("passthrough", "returns every chunk unchanged")
             .version(super::VERSION)
+            .inline()
             .input("data", [DataTypeHint::Any], "any payload")
             .output("data", [DataTypeHint::Any], "the same payload, unchanged")
             .stateless()

@@ -38,6 +38,7 @@ impl Processor for TextTransform {
             "upper-cases, lower-cases or reverses text",
         )
         .version(super::VERSION)
+        .inline()
         .input("text", [DataTypeHint::Text], "text to transform")
         .output(
             "text",

@@ -30,6 +30,7 @@ impl Processor for JsonCalculator {
             r#"{"op": "add"|"sub"|"mul"|"div", "operands": [numbers]} -> {"result": x}"#,
         )
         .version(super::VERSION)
+        .inline()
         .input("json", [DataTypeHint::Json], "an arithmetic request")
         .output("json", [DataTypeHint::Json], r#"{"result": x}"#)
         .stateless()

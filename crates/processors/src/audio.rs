@@ -77,6 +77,7 @@ impl Processor for Gain {
             "multiplies samples by a gain in dB; integers clip",
         )
         .version(super::VERSION)
+        .inline()
         .input(
             "audio",
             [DataTypeHint::Audio],
@@ -115,6 +116,7 @@ impl Processor for Level {
             r#"RMS and peak of each chunk over all channels in dBFS: {"rms_dbfs", "peak_dbfs", "frames", "channels"}; null for silence"#,
         )
         .version(super::VERSION)
+        .inline()
         .input("audio", [DataTypeHint::Audio], "F32LE, I16LE or I32LE audio")
         .output("level", [DataTypeHint::Json], r#"{"rms_dbfs": x, "peak_dbfs": y, "frames": n, "channels": c}"#)
         .stateless()
