@@ -2,7 +2,7 @@
 //! own metrics registry, its own RSS): start on 127.0.0.1 ports, kill on drop, scrape
 //! `/metrics`.
 
-use std::{collections::BTreeMap, net::TcpListener, process::Stdio};
+use std::{collections::BTreeMap, process::Stdio};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -18,14 +18,8 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
-/// A free port on 127.0.0.1 (released at once; the service binds it right after).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A free port on 127.0.0.1 for a child to bind: see [`flowplane_test_support::ports`].
+pub use flowplane_test_support::ports::free_port;
 
 /// A child process, killed when dropped.
 pub struct Process(pub std::process::Child);

