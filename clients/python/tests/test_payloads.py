@@ -11,9 +11,9 @@ import pytest
 import flowplane
 from conftest import EXAMPLES
 from flowplane.data.v1 import data_pb2
-from flowplane.streaming.v1 import streaming_pb2
 from flowplane.files import read_file
 from flowplane.payloads import from_proto, to_proto
+from flowplane.streaming.v1 import streaming_pb2
 
 
 def test_audio_from_numpy_int16_and_float32() -> None:
