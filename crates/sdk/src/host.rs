@@ -516,21 +516,17 @@ impl ProcessorHost {
     /// Opens a `Process` stream inside this process: the same stream machinery as a
     /// gRPC call (init and ready, type checks, order, one result per chunk, limits,
     /// metrics, draining), with the messages handed over in memory: no socket, no
-    /// encoding, no copy of a payload. The stream does its work when it is polled, on
-    /// the caller's task, so a request and its result cross no task boundary (a
-    /// processor not declared [`Capability::inline`] still runs on the blocking pool).
-    /// The stream of `requests` ending is the client's half-close; dropping the
-    /// responses is its reset. A pipeline service embeds a host this way for co-located
+    /// encoding, no copy of a payload. The stream's work runs on its own task, as a gRPC
+    /// stream's does: measured against running it on the caller's task when polled
+    /// (docs/benchmarks.md, issue 18), that was as fast or faster in every pattern. The
+    /// stream of `requests` ending is the client's half-close; dropping the responses is
+    /// its reset. A pipeline service embeds a host this way for co-located
     /// (`placement: local`) nodes.
     pub fn process_local<S>(&self, requests: S) -> Result<ResponseStream, Status>
     where
         S: Stream<Item = ProcessRequest> + Send + Unpin + 'static,
     {
-        let (work, responses) = self.stream_parts(requests.map(Ok))?;
-        Ok(Box::pin(LocalStream {
-            work: Some(Box::pin(self.inner.tasks.track_future(work))),
-            responses,
-        }))
+        self.open_stream(requests.map(Ok))
     }
 
     /// Admits a stream (refused at once while draining, so the client goes to another
@@ -538,20 +534,6 @@ impl ProcessorHost {
     /// stream's status, so a client that waits for response headers before sending its
     /// init cannot deadlock.
     fn open_stream<S>(&self, inbound: S) -> Result<ResponseStream, Status>
-    where
-        S: Stream<Item = Result<ProcessRequest, Status>> + Send + Unpin + 'static,
-    {
-        let (work, responses) = self.stream_parts(inbound)?;
-        self.inner.tasks.spawn(work);
-        Ok(Box::pin(responses))
-    }
-
-    /// A stream's work (reading requests, calling the processor, queueing responses)
-    /// and its responses.
-    fn stream_parts<S>(
-        &self,
-        inbound: S,
-    ) -> Result<(impl Future<Output = ()> + Send + 'static, Responses), Status>
     where
         S: Stream<Item = Result<ProcessRequest, Status>> + Send + Unpin + 'static,
     {
@@ -567,43 +549,12 @@ impl ProcessorHost {
             abort: self.inner.lifecycle.aborted(),
         };
         // The caller's span (a pipeline node's, for a local stream) covers the stream.
-        let work =
-            run_stream(self.clone(), inbound, tx, admitted).instrument(tracing::Span::current());
+        self.inner.tasks.spawn(
+            run_stream(self.clone(), inbound, tx, admitted).instrument(tracing::Span::current()),
+        );
         // Dropping the permit as the response is taken returns its bytes to the queue.
-        Ok((work, ReceiverStream::new(rx).map(drop_permit)))
-    }
-}
-
-/// The responses of a stream, each giving its queue bytes back as it is taken.
-type Responses = tokio_stream::adapters::Map<
-    ReceiverStream<Queued>,
-    fn(Queued) -> Result<ProcessResponse, Status>,
->;
-
-fn drop_permit((response, _permit): Queued) -> Result<ProcessResponse, Status> {
-    response
-}
-
-/// A local stream: its work runs when its responses are polled, on the caller's task.
-struct LocalStream {
-    /// `None` once the work has finished (its responses may still be queued).
-    work: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    responses: Responses,
-}
-
-impl Stream for LocalStream {
-    type Item = Result<ProcessResponse, Status>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        if let Some(work) = self.work.as_mut()
-            && work.as_mut().poll(cx).is_ready()
-        {
-            self.work = None;
-        }
-        Pin::new(&mut self.responses).poll_next(cx)
+        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
+        Ok(Box::pin(responses))
     }
 }
 
