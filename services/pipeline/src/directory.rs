@@ -84,6 +84,8 @@ pub struct Directory {
     round_robin: AtomicUsize,
     client: ClientArgs,
     local: Option<flowplane_sdk::ProcessorHost>,
+    /// What the embedded host serves, read once: every session start asks.
+    local_capabilities: Vec<ProcessorCapability>,
 }
 
 impl Directory {
@@ -103,6 +105,10 @@ impl Directory {
             channels: Mutex::new(HashMap::new()),
             round_robin: AtomicUsize::new(0),
             client,
+            local_capabilities: local
+                .as_ref()
+                .map(flowplane_sdk::ProcessorHost::capabilities)
+                .unwrap_or_default(),
             local,
         })
     }
@@ -113,9 +119,7 @@ impl Directory {
     }
 
     fn hosts_locally(&self, processor: &str) -> bool {
-        self.local
-            .as_ref()
-            .is_some_and(|h| h.capabilities().iter().any(|c| c.name == processor))
+        self.local_capabilities.iter().any(|c| c.name == processor)
     }
 
     /// Picks where a node of `placement` runs: the embedded host for `local`, and for
@@ -388,11 +392,10 @@ impl Directory {
     }
 
     fn local_capability(&self, processor: &str) -> Option<ProcessorCapability> {
-        self.local
-            .as_ref()?
-            .capabilities()
-            .into_iter()
+        self.local_capabilities
+            .iter()
             .find(|c| c.name == processor)
+            .cloned()
     }
 }
 
@@ -417,10 +420,10 @@ impl Capabilities for Directory {
 
     fn local_processors(&self) -> Option<Vec<String>> {
         Some(
-            self.local
-                .as_ref()
-                .map(|h| h.capabilities().into_iter().map(|c| c.name).collect())
-                .unwrap_or_default(),
+            self.local_capabilities
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
         )
     }
 
