@@ -151,6 +151,7 @@ print(int(total))
 PY
 }
 heartbeats_on() { metric_sum "$1" flowplane_controlplane_heartbeats_total; }
+heartbeats_grew() { (($(heartbeats_on "$1") > $2)); } # PORT COUNT: the replica counted more than COUNT
 
 # session PIPELINE_URL NAME: a text session of SESSION_LINES lines, every result once, in order.
 session() {
@@ -279,8 +280,12 @@ step_partition() {
     beats_before="$(heartbeats_on "$FLOWPLANE_METRICS_PORT_HA_CONTROL_PLANE_2")"
     ((beats_cp1 > 0)) || { echo "precondition: the processors heartbeat through control-plane-1 (it counted $beats_cp1)"; return 1; }
 
-    at=$(now_ms)
+    local started
+    started=$(now_ms)
     docker network disconnect "$NETWORK" "$cp1" || { echo "docker network disconnect failed"; return 1; }
+    # From here on control-plane-1 takes no heartbeat: one it took while the disconnect was under
+    # way carries an earlier time, so a later one came through control-plane-2.
+    at=$(now_ms)
     # Partitioned from its clients: a processor no longer reaches it by name. (The host still can:
     # Docker keeps the published port forwarding to the container, which stays on the etcd network.)
     ! reachable_from ha-processor-1 https://control-plane-1:50051 ||
@@ -289,11 +294,11 @@ step_partition() {
     # after the disconnect.
     wait_for 15000 heartbeats_after "$CP2" "$at" ||
         { echo "no heartbeat after the disconnect: $(processors_on "$CP2" | tr '\n' ';')"; return 1; }
-    took=$(($(now_ms) - at))
+    wait_for 5000 heartbeats_grew "$FLOWPLANE_METRICS_PORT_HA_CONTROL_PLANE_2" "$beats_before" ||
+        { echo "control-plane-2 counted no heartbeats ($beats_before before, $(heartbeats_on "$FLOWPLANE_METRICS_PORT_HA_CONTROL_PLANE_2") after)"; return 1; }
+    took=$(($(now_ms) - started))
     local beats_after
     beats_after="$(heartbeats_on "$FLOWPLANE_METRICS_PORT_HA_CONTROL_PLANE_2")"
-    ((beats_after > beats_before)) ||
-        { echo "control-plane-2 counted no heartbeats ($beats_before before, $beats_after after)"; return 1; }
     # Watched over two lease TTLs: HEALTHY throughout, and nothing registered again.
     local deadline=$(($(now_ms) + 2 * $(duration_ms "$FLOWPLANE_LEASE_TTL"))) lines
     while (($(now_ms) < deadline)); do

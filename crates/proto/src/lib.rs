@@ -43,6 +43,14 @@ pub mod controlplane {
     }
 }
 
+/// `flowplane.connect.v1`: the source and consumer services standing pipelines use.
+pub mod connect {
+    #[allow(clippy::all, missing_docs)]
+    pub mod v1 {
+        tonic::include_proto!("flowplane.connect.v1");
+    }
+}
+
 /// `flowplane.streaming.v1`: the streaming pipeline service.
 pub mod streaming {
     #[allow(clippy::all, missing_docs)]
