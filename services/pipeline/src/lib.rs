@@ -10,6 +10,7 @@ mod node;
 pub mod sequencer;
 mod service;
 mod session;
+pub mod standing;
 
 use std::{
     future::Future,
@@ -32,6 +33,7 @@ pub use directory::{Directory, Instance};
 pub use error::{Error, Result};
 pub use service::{PipelineService, ServiceLimits, SessionStream};
 pub use session::SessionLimits;
+pub use standing::RunnerSettings;
 
 /// The gRPC service name health reports on.
 pub const SERVICE_NAME: &str = "flowplane.streaming.v1.StreamingPipelineService";
@@ -92,6 +94,8 @@ pub struct Config {
     /// Built-in processors this service hosts in-process for nodes placed `local` or
     /// `auto` (`--local-processors`; `all` is every one, empty is none).
     pub local_processors: Vec<String>,
+    /// How this replica runs standing pipelines (claimed from the control plane).
+    pub standing: RunnerSettings,
     /// Filled with the running service, so tests and embedders can read its state.
     pub probe: ServiceProbe,
 }
@@ -142,6 +146,7 @@ impl Config {
             limits: ServiceLimits::default(),
             grace_period: Duration::from_secs(10),
             local_processors: Vec::new(),
+            standing: RunnerSettings::default(),
             probe: ServiceProbe::default(),
         }
     }
@@ -173,9 +178,30 @@ pub async fn run(
         Some(host)
     };
     let directory = Directory::with_local(config.client.clone(), local.clone());
-    directory.watch(replicas, stop.child_token());
+    directory.watch(replicas.clone(), stop.child_token());
     let lifecycle = Lifecycle::new();
-    let service = PipelineService::new(directory, config.limits.clone(), lifecycle.clone());
+    let service = PipelineService::new(
+        directory.clone(),
+        config.limits.clone(),
+        lifecycle.clone(),
+    );
+    let runner_stop = CancellationToken::new();
+    let runner = if config.standing.enabled {
+        standing::describe();
+        tracing::info!(runner_id = %config.standing.runner_id, "running standing pipelines");
+        Some(
+            standing::spawn(
+                service.clone(),
+                directory,
+                replicas,
+                config.standing.clone(),
+                runner_stop.clone(),
+            )
+            .map_err(|status| Error::InvalidInput(status.message().to_string()))?,
+        )
+    } else {
+        None
+    };
     let _ = config.probe.service.set(service.clone());
     let server = GrpcServer::new()?
         .with_tls(config.tls.clone())
@@ -194,6 +220,12 @@ pub async fn run(
     let drain = async move {
         shutdown.await;
         set_not_serving(&health, SERVICE_NAME).await;
+        // Standing runs first: each commits what it finished and gives its claim back,
+        // so another replica takes over at once instead of after the claim's ttl.
+        runner_stop.cancel();
+        if let Some(runner) = runner {
+            let _ = runner.await;
+        }
         tracing::info!(
             sessions = service.active_sessions(),
             grace_period = ?grace,

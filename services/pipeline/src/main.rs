@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use flowplane_grpc::config::{ClientArgs, ServeArgs};
-use flowplane_pipeline::{Config, ServiceLimits, SessionLimits};
+use flowplane_pipeline::{Config, RunnerSettings, ServiceLimits, SessionLimits};
 
 /// The flowplane streaming pipeline service.
 #[derive(Debug, Parser)]
@@ -73,6 +73,25 @@ struct Cli {
     #[arg(long, env = "FLOWPLANE_LOCAL_PROCESSORS", value_delimiter = ',')]
     local_processors: Vec<String>,
 
+    /// Run standing pipelines: claim stored pipelines nobody runs and run them
+    /// (`--standing false` leaves them to other replicas).
+    #[arg(long, env = "FLOWPLANE_STANDING", default_value_t = true, action = clap::ArgAction::Set)]
+    standing: bool,
+
+    /// This replica's id in standing pipeline claims; unset picks a unique one.
+    #[arg(long, env = "FLOWPLANE_RUNNER_ID")]
+    runner_id: Option<String>,
+
+    /// How long a standing pipeline's claim lasts without renewal: after a runner dies,
+    /// another takes its pipelines over within about this long.
+    #[arg(long, env = "FLOWPLANE_CLAIM_TTL", default_value = "5s", value_parser = flowplane_grpc::config::parse_duration)]
+    claim_ttl: Duration,
+
+    /// How long a consumer may take to acknowledge a delivery before the run starts
+    /// over from the committed offsets.
+    #[arg(long, env = "FLOWPLANE_ACK_TIMEOUT", default_value = "60s", value_parser = flowplane_grpc::config::parse_duration)]
+    ack_timeout: Duration,
+
     /// Seconds open sessions may run on after SIGTERM.
     #[arg(long, env = "FLOWPLANE_GRACE_PERIOD_SECS", default_value_t = 10)]
     grace_period_secs: u64,
@@ -114,6 +133,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
             .collect(),
+        standing: standing_settings(cli)?,
         probe: Default::default(),
     };
     flowplane_grpc::replicas::check(&config.control_plane, "--control-plane", &config.client)?;
@@ -122,6 +142,29 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         flowplane_processors::local_host(&config.local_processors, "--local-processors")?;
     }
     Ok(config)
+}
+
+fn standing_settings(cli: &Cli) -> anyhow::Result<RunnerSettings> {
+    let mut settings = RunnerSettings {
+        enabled: cli.standing,
+        ..RunnerSettings::default()
+    };
+    if let Some(id) = cli.runner_id.as_deref().map(str::trim) {
+        if id.is_empty() {
+            anyhow::bail!("--runner-id must not be empty");
+        }
+        settings.runner_id = id.to_string();
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&cli.claim_ttl) {
+        anyhow::bail!("--claim-ttl must be between 1s and 60s");
+    }
+    if cli.ack_timeout < Duration::from_secs(1) {
+        anyhow::bail!("--ack-timeout must be at least 1s");
+    }
+    settings.claim_ttl = cli.claim_ttl;
+    settings.commit_interval = settings.commit_interval.min(cli.claim_ttl / 4);
+    settings.ack_timeout = cli.ack_timeout;
+    Ok(settings)
 }
 
 fn main() -> ExitCode {

@@ -121,7 +121,7 @@ impl PipelineService {
     }
 
     /// Validates, opens and starts a session fed by `events`; returns its response stream.
-    async fn start(
+    pub(crate) async fn start(
         &self,
         manifest: &Manifest,
         events: mpsc::Receiver<ClientEvent>,
@@ -220,7 +220,7 @@ impl PipelineService {
 }
 
 /// A response with the holds it releases once the client has it.
-type Held = (StreamPipelineResponse, Vec<Hold>);
+pub(crate) type Held = (StreamPipelineResponse, Vec<Hold>);
 
 /// How a failed session ends its response stream.
 struct Ending {
@@ -265,7 +265,7 @@ impl SessionStream {
 
     /// The next response with the holds it carries, for a caller that keeps results
     /// charged to the budget while it gathers them.
-    async fn next_held(&mut self) -> Option<std::result::Result<Held, tonic::Status>> {
+    pub(crate) async fn next_held(&mut self) -> Option<std::result::Result<Held, tonic::Status>> {
         std::future::poll_fn(|cx| self.poll_held(cx)).await
     }
 

@@ -86,6 +86,9 @@ pub enum Hold {
     /// Told when the response stream takes the message that carries it; dropped unsent
     /// when the stream goes away with the message still queued.
     Delivered(Option<tokio::sync::oneshot::Sender<()>>),
+    /// Holds nothing: a caller that reads responses with their holds (a standing
+    /// pipeline's runner) learns from it which response is its chunk's last.
+    Marker,
 }
 
 /// Tells every [`Hold::Delivered`] among `holds` that its message was taken.

@@ -1,0 +1,1078 @@
+//! One run of one standing pipeline under its claim: read the source with credits,
+//! feed each record to a session of the pipeline's DAG (the same session engine a
+//! client's stream gets: order, failover, deadlines), deliver every result to the
+//! consumer of its output, retry and dead-letter within bounds, and commit each
+//! partition's contiguous low watermark. Nothing is dropped quietly: a record leaves
+//! the window only acknowledged, dead-lettered, or (when the dead-letter consumer
+//! refuses it too) logged at error and counted.
+//!
+//! A run ends at the first failure of its source, a consumer stream or the session;
+//! the caller starts a new one from the committed offsets, so every recovery is a
+//! replay of at most the window, deduped downstream by lineage.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use flowplane_manifest::Manifest;
+use flowplane_proto::{
+    common::v1::{ComponentKind, ErrorDetail},
+    connect::v1::{
+        AckOutcome, DeliverOpen, DeliverRequest, DeliverResponse, Delivery, Lineage, ReadAck,
+        ReadCredit, ReadOpen, ReadRequest, ReadResponse, deliver_request, deliver_response,
+        read_request, read_response,
+    },
+    controlplane::v1::{
+        CommitPipelineRequest, ConnectorRef, PipelineStats, StandingPipeline,
+        StandingPipelineSpec,
+    },
+    data::v1::{DataBuffer, DataChunk},
+    streaming::v1::{ControlCommand, stream_pipeline_response::Response},
+};
+use futures::StreamExt;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::StreamMap;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::{
+    RunnerSettings,
+    connect::{ControlPlane, describe, open_consumer, open_source},
+    offsets::Watermarks,
+};
+use crate::{
+    directory::Directory,
+    service::{PipelineService, SessionStream},
+    session::{ClientEvent, Hold},
+};
+
+/// What a run needs from its runner.
+pub struct RunEnv {
+    pub service: PipelineService,
+    pub directory: Arc<Directory>,
+    pub control: ControlPlane,
+    pub settings: RunnerSettings,
+}
+
+/// Why a run stopped without failing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The pipeline was paused.
+    Paused,
+    /// The pipeline was deleted.
+    Deleted,
+    /// Another runner holds the claim now, or it could not be renewed in time.
+    Lost(String),
+    /// A new spec was applied: run again with it.
+    Respec,
+    /// The runner is shutting down.
+    Shutdown,
+}
+
+/// How a run ended.
+pub enum Outcome {
+    Stopped(Stop),
+    /// A failure the next run may not meet (a consumer down, a processor lost): the
+    /// caller backs off and runs again from the committed offsets.
+    Failed(ErrorDetail),
+}
+
+/// The stream name a dead-letter consumer is opened with.
+pub const DEAD_LETTER_OUTPUT: &str = "dead-letter";
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+/// Index of the dead-letter consumer among the run's delivery streams.
+const DLQ: usize = usize::MAX;
+
+fn failure(reason: &str, message: impl Into<String>) -> ErrorDetail {
+    ErrorDetail {
+        reason: reason.into(),
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+fn from_status(reason: &str, what: &str, status: &Status) -> ErrorDetail {
+    ErrorDetail {
+        reason: reason.into(),
+        message: format!("{what}: {} ({:?})", status.message(), status.code()),
+        code: status.code() as i32,
+        ..Default::default()
+    }
+}
+
+struct Record {
+    partition: u32,
+    offset: u64,
+    /// The source's payload, kept for the dead-letter consumer if a node rejects it.
+    input: DataBuffer,
+    /// Deliveries sent or waiting for a retry.
+    pending: u32,
+    /// Results seen so far per output, for each result's `output_index`.
+    outputs: HashMap<String, u32>,
+}
+
+struct Outgoing {
+    consumer: usize,
+    sequence: u64,
+    delivery: Delivery,
+    sent_at: Instant,
+}
+
+struct ConsumerLink {
+    component_id: String,
+    tx: mpsc::UnboundedSender<DeliverRequest>,
+}
+
+#[derive(Default)]
+struct Delta {
+    read: u64,
+    delivered: u64,
+    retries: u64,
+    dead_lettered: u64,
+    committed: u64,
+}
+
+struct Counters {
+    read: metrics::Counter,
+    delivered: metrics::Counter,
+    retries: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    dropped: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+impl Counters {
+    fn new(pipeline: &str) -> Self {
+        let labels = [("pipeline", pipeline.to_string())];
+        Self {
+            read: metrics::counter!(super::RECORDS_READ, &labels),
+            delivered: metrics::counter!(super::RESULTS_DELIVERED, &labels),
+            retries: metrics::counter!(super::RETRIES, &labels),
+            dead_lettered: metrics::counter!(super::DEAD_LETTERED, &labels),
+            dropped: metrics::counter!(super::DEAD_LETTER_FAILED, &labels),
+            lag: metrics::gauge!(super::CONSUMER_LAG, &labels),
+        }
+    }
+}
+
+/// Runs `pipeline` (as the claim returned it) until it stops or fails.
+pub async fn run(env: &RunEnv, pipeline: StandingPipeline, stop: CancellationToken) -> Outcome {
+    let spec = pipeline.spec.clone().unwrap_or_default();
+    let name = spec.name.clone();
+    let epoch = pipeline.runner.as_ref().map_or(0, |r| r.epoch);
+    let mut state = match Run::open(env, &pipeline, spec).await {
+        Ok(state) => state,
+        Err(detail) => return Outcome::Failed(detail),
+    };
+    tracing::info!(
+        flowplane.pipeline = %name,
+        epoch,
+        source = %state.source_id,
+        offsets = ?state.marks.committed(),
+        "standing pipeline running"
+    );
+    let outcome = state.serve(&stop).await;
+    // What finished before the end is committed now, so the next run replays less.
+    if matches!(
+        outcome,
+        Outcome::Failed(_) | Outcome::Stopped(Stop::Shutdown | Stop::Respec)
+    ) {
+        if let Outcome::Failed(detail) = &outcome {
+            state.last_error = Some(detail.clone());
+        }
+        let _ = state.commit().await;
+    }
+    outcome
+}
+
+struct Run<'a> {
+    env: &'a RunEnv,
+    name: String,
+    epoch: u64,
+    generation: u64,
+    source_input: String,
+    source_id: String,
+    max_in_flight: u32,
+    max_attempts: u32,
+    backoff: Duration,
+    source_tx: mpsc::UnboundedSender<ReadRequest>,
+    source_rx: tonic::Streaming<ReadResponse>,
+    session: SessionStream,
+    events: mpsc::Sender<ClientEvent>,
+    consumers: Vec<ConsumerLink>,
+    dead_letter: Option<ConsumerLink>,
+    acks: StreamMap<usize, tonic::Streaming<DeliverResponse>>,
+    by_output: HashMap<String, usize>,
+    records: BTreeMap<u64, Record>,
+    next_sequence: u64,
+    /// Every record up to this sequence has had all of its session responses.
+    session_through: Option<u64>,
+    /// Records up to here were checked for being finished when `session_through` moved.
+    swept_through: Option<u64>,
+    flush_through: Option<u64>,
+    session_moved: bool,
+    marks: Watermarks,
+    last_committed: BTreeMap<u32, u64>,
+    /// Credit granted to the source and not yet used.
+    credit: u64,
+    to_grant: u32,
+    sent: HashMap<u64, Outgoing>,
+    parked: HashMap<u64, Outgoing>,
+    retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
+    next_delivery: u64,
+    delta: Delta,
+    lag: u64,
+    last_error: Option<ErrorDetail>,
+    last_commit_ok: Instant,
+    counters: Counters,
+}
+
+impl<'a> Run<'a> {
+    async fn open(
+        env: &'a RunEnv,
+        pipeline: &StandingPipeline,
+        spec: StandingPipelineSpec,
+    ) -> Result<Run<'a>, ErrorDetail> {
+        let settings = &env.settings;
+        let name = spec.name.clone();
+        let delivery = spec.delivery.unwrap_or_default();
+        let max_in_flight = match delivery.max_in_flight {
+            0 => DEFAULT_MAX_IN_FLIGHT,
+            n => n,
+        };
+        let manifest = spec.manifest.clone().unwrap_or_default();
+        let source_input = if spec.source_input.is_empty() {
+            match manifest.inputs.as_slice() {
+                [only] => only.name.clone(),
+                _ => {
+                    return Err(failure(
+                        "INVALID_SPEC",
+                        "source_input is empty and the manifest has not exactly one input",
+                    ));
+                }
+            }
+        } else {
+            spec.source_input.clone()
+        };
+        let source_ref = spec.source.clone().unwrap_or_default();
+        let offsets: HashMap<u32, u64> = pipeline.offsets.clone();
+
+        // The session first: a DAG that cannot run now (a processor missing) is the
+        // likeliest failure, and it needs no source stream to find out.
+        let (events, events_rx) = mpsc::channel(max_in_flight as usize + 4);
+        let session = env
+            .service
+            .start(&Manifest::from_proto(&manifest), events_rx)
+            .await
+            .map_err(|err| {
+                let status = Status::from(err);
+                from_status("SESSION_FAILED", "the pipeline's DAG cannot start", &status)
+            })?;
+
+        let (source, source_rx, source_id) = open_one(
+            env,
+            ComponentKind::Source,
+            &source_ref,
+            |id| ReadRequest {
+                request: Some(read_request::Request::Open(ReadOpen {
+                    pipeline: name.clone(),
+                    start_offsets: offsets.clone(),
+                    params: source_ref.params.clone(),
+                    source_id: id.to_string(),
+                })),
+            },
+            |directory, component, open| Box::pin(open_source(directory, component, open)),
+            |message: &ReadResponse| {
+                matches!(message.response, Some(read_response::Response::Opened(_)))
+            },
+            settings.open_timeout,
+        )
+        .await?;
+
+        let mut consumers = Vec::new();
+        let mut acks = StreamMap::new();
+        let mut by_output = HashMap::new();
+        for (i, binding) in spec.consumers.iter().enumerate() {
+            let connector = binding.consumer.clone().unwrap_or_default();
+            let (tx, rx, component_id) =
+                open_delivery(env, &name, &binding.output, &connector).await?;
+            by_output.insert(binding.output.clone(), i);
+            consumers.push(ConsumerLink { component_id, tx });
+            acks.insert(i, rx);
+        }
+        let dead_letter = match &spec.dead_letter {
+            Some(connector) if connector.selector.is_some() => {
+                let (tx, rx, component_id) =
+                    open_delivery(env, &name, DEAD_LETTER_OUTPUT, connector).await?;
+                acks.insert(DLQ, rx);
+                Some(ConsumerLink { component_id, tx })
+            }
+            _ => None,
+        };
+        let _ = source.send(ReadRequest {
+            request: Some(read_request::Request::Credit(ReadCredit {
+                records: max_in_flight,
+            })),
+        });
+        let backoff = delivery
+            .retry_backoff
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_BACKOFF);
+        let marks = Watermarks::new(&offsets);
+        Ok(Run {
+            env,
+            epoch: pipeline.runner.as_ref().map_or(0, |r| r.epoch),
+            generation: pipeline.generation,
+            source_input,
+            source_id,
+            max_in_flight,
+            max_attempts: match delivery.max_attempts {
+                0 => DEFAULT_MAX_ATTEMPTS,
+                n => n,
+            },
+            backoff,
+            source_tx: source,
+            source_rx,
+            session,
+            events,
+            consumers,
+            dead_letter,
+            acks,
+            by_output,
+            records: BTreeMap::new(),
+            next_sequence: 0,
+            session_through: None,
+            swept_through: None,
+            flush_through: None,
+            session_moved: false,
+            last_committed: marks.committed(),
+            marks,
+            credit: u64::from(max_in_flight),
+            to_grant: 0,
+            sent: HashMap::new(),
+            parked: HashMap::new(),
+            retry_at: BinaryHeap::new(),
+            next_delivery: 0,
+            delta: Delta::default(),
+            lag: 0,
+            last_error: None,
+            last_commit_ok: Instant::now(),
+            counters: Counters::new(&name),
+            name,
+        })
+    }
+
+    async fn serve(&mut self, stop: &CancellationToken) -> Outcome {
+        let mut tick = tokio::time::interval(self.env.settings.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let retry = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(retry);
+        let mut armed: Option<Instant> = None;
+        loop {
+            if let Some(&Reverse((due, _))) = self.retry_at.peek()
+                && armed.is_none_or(|a| due < a)
+            {
+                retry.as_mut().reset(due);
+                armed = Some(due);
+            }
+            let step = tokio::select! {
+                biased;
+                () = stop.cancelled() => Err(Outcome::Stopped(Stop::Shutdown)),
+                held = self.session.next_held() => self.on_session(held),
+                Some((index, message)) = self.acks.next() => self.on_ack(index, message),
+                message = self.source_rx.message() => self.on_source(message),
+                () = &mut retry, if armed.is_some() => {
+                    armed = None;
+                    self.resend_due();
+                    Ok(())
+                }
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Err(outcome) = step {
+                return outcome;
+            }
+        }
+    }
+
+    fn on_source(
+        &mut self,
+        message: Result<Option<ReadResponse>, Status>,
+    ) -> Result<(), Outcome> {
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                return Err(Outcome::Failed(failure(
+                    "SOURCE_LOST",
+                    format!("source {} ended its stream", self.source_id),
+                )));
+            }
+            Err(status) => {
+                return Err(Outcome::Failed(from_status(
+                    "SOURCE_LOST",
+                    &format!("source {} stream failed", self.source_id),
+                    &status,
+                )));
+            }
+        };
+        match message.response {
+            Some(read_response::Response::Record(record)) => {
+                if self.credit == 0 {
+                    return Err(Outcome::Failed(failure(
+                        "SOURCE_PROTOCOL",
+                        format!(
+                            "source {} sent partition {} offset {} without credit",
+                            self.source_id, record.partition, record.offset
+                        ),
+                    )));
+                }
+                self.credit -= 1;
+                if let Err(e) = self.marks.read(record.partition, record.offset) {
+                    return Err(Outcome::Failed(failure(
+                        "SOURCE_PROTOCOL",
+                        format!(
+                            "source {} sent partition {} offset {} where offset {} was next",
+                            self.source_id, e.partition, e.got, e.expected
+                        ),
+                    )));
+                }
+                self.delta.read += 1;
+                self.counters.read.increment(1);
+                let sequence = self.next_sequence;
+                self.next_sequence += 1;
+                let input = record.buffer.unwrap_or_default();
+                let chunk = DataChunk {
+                    sequence,
+                    input: self.source_input.clone(),
+                    buffer: Some(input.clone()),
+                    ..Default::default()
+                };
+                self.records.insert(
+                    sequence,
+                    Record {
+                        partition: record.partition,
+                        offset: record.offset,
+                        input,
+                        pending: 0,
+                        outputs: HashMap::new(),
+                    },
+                );
+                // Room is certain: the channel holds the whole window and more.
+                self.events
+                    .try_send(ClientEvent::Chunk(chunk, vec![Hold::Marker]))
+                    .map_err(|_| {
+                        Outcome::Failed(failure(
+                            "SESSION_FAILED",
+                            "the pipeline session stopped taking records",
+                        ))
+                    })?;
+            }
+            Some(read_response::Response::Pending(pending)) => {
+                self.lag = pending.records.values().sum();
+                self.counters.lag.set(self.lag as f64);
+            }
+            Some(read_response::Response::Opened(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    fn on_session(
+        &mut self,
+        held: Option<Result<crate::service::Held, Status>>,
+    ) -> Result<(), Outcome> {
+        let (message, holds) = match held {
+            Some(Ok(held)) => held,
+            Some(Err(status)) => {
+                return Err(Outcome::Failed(from_status(
+                    "SESSION_FAILED",
+                    "the pipeline session failed",
+                    &status,
+                )));
+            }
+            None => {
+                return Err(Outcome::Failed(failure(
+                    "SESSION_FAILED",
+                    "the pipeline session ended",
+                )));
+            }
+        };
+        let last = !holds.is_empty();
+        match message.response {
+            Some(Response::Result(result)) => {
+                let sequence = result.input_sequence;
+                self.session_reached(sequence.checked_sub(1));
+                let consumer = *self.by_output.get(&result.output).ok_or_else(|| {
+                    Outcome::Failed(failure(
+                        "INVALID_SPEC",
+                        format!("output {} has no consumer", result.output),
+                    ))
+                })?;
+                let Some(record) = self.records.get_mut(&sequence) else {
+                    return Ok(());
+                };
+                let index = record.outputs.entry(result.output.clone()).or_insert(0);
+                let lineage = Lineage {
+                    pipeline: self.name.clone(),
+                    source_id: self.source_id.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    output: result.output,
+                    output_index: *index,
+                };
+                *index += 1;
+                record.pending += 1;
+                let buffer = result.buffer.unwrap_or_default();
+                self.send(consumer, sequence, lineage, buffer, None);
+                if last {
+                    self.session_reached(Some(sequence));
+                }
+            }
+            Some(Response::Error(error)) => {
+                let Some(sequence) = error.sequence else {
+                    tracing::warn!(flowplane.pipeline = %self.name, reason = %error.reason, error = %error.message, "session error without a sequence");
+                    return Ok(());
+                };
+                self.session_reached(sequence.checked_sub(1));
+                if let Some(record) = self.records.get(&sequence) {
+                    // A node rejected the record: it goes to the dead-letter consumer
+                    // whole, with the node's error, and the rest flows on.
+                    let lineage = Lineage {
+                        pipeline: self.name.clone(),
+                        source_id: self.source_id.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        output: DEAD_LETTER_OUTPUT.into(),
+                        output_index: 0,
+                    };
+                    let detail = ErrorDetail {
+                        message: format!(
+                            "node {} rejected partition {} offset {}: {}",
+                            error.node_id, record.partition, record.offset, error.message
+                        ),
+                        sequence: None,
+                        ..error
+                    };
+                    let input = record.input.clone();
+                    self.dead_letter(sequence, lineage, input, detail);
+                }
+                if last {
+                    self.session_reached(Some(sequence));
+                }
+            }
+            Some(Response::Metrics(_)) => {
+                if let Some(through) = self.flush_through.take() {
+                    self.session_reached(Some(through));
+                }
+            }
+            Some(Response::Closed(_)) => {
+                return Err(Outcome::Failed(failure(
+                    "SESSION_FAILED",
+                    "the pipeline session closed",
+                )));
+            }
+            Some(Response::Ready(ready)) => {
+                tracing::debug!(flowplane.pipeline = %self.name, nodes = ?ready.nodes, "standing session ready");
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Every record up to `through` has had all its session responses.
+    fn session_reached(&mut self, through: Option<u64>) {
+        let Some(through) = through else { return };
+        if self.session_through.is_some_and(|t| t >= through) {
+            return;
+        }
+        self.session_through = Some(through);
+        self.session_moved = true;
+        let from = self.swept_through.map_or(0, |s| s + 1);
+        let ready: Vec<u64> = self
+            .records
+            .range(from..=through)
+            .filter(|(_, r)| r.pending == 0)
+            .map(|(&s, _)| s)
+            .collect();
+        self.swept_through = Some(through);
+        for sequence in ready {
+            self.finish(sequence);
+        }
+    }
+
+    /// One delivery of `sequence` is done: the record may be finished.
+    fn settle(&mut self, sequence: u64) {
+        let Some(record) = self.records.get_mut(&sequence) else {
+            return;
+        };
+        record.pending = record.pending.saturating_sub(1);
+        if record.pending == 0 && self.session_through.is_some_and(|t| sequence <= t) {
+            self.finish(sequence);
+        }
+    }
+
+    fn finish(&mut self, sequence: u64) {
+        let Some(record) = self.records.remove(&sequence) else {
+            return;
+        };
+        self.marks.finish(record.partition, record.offset);
+        self.to_grant += 1;
+        if self.to_grant >= (self.max_in_flight / 8).max(1) {
+            let records = std::mem::take(&mut self.to_grant);
+            self.credit += u64::from(records);
+            let _ = self.source_tx.send(ReadRequest {
+                request: Some(read_request::Request::Credit(ReadCredit { records })),
+            });
+        }
+    }
+
+    fn link(&self, consumer: usize) -> Option<&ConsumerLink> {
+        if consumer == DLQ {
+            self.dead_letter.as_ref()
+        } else {
+            self.consumers.get(consumer)
+        }
+    }
+
+    fn send(
+        &mut self,
+        consumer: usize,
+        sequence: u64,
+        lineage: Lineage,
+        buffer: DataBuffer,
+        error: Option<ErrorDetail>,
+    ) {
+        let delivery_id = self.next_delivery;
+        self.next_delivery += 1;
+        let delivery = Delivery {
+            delivery_id,
+            lineage: Some(lineage),
+            buffer: Some(buffer),
+            attempt: 1,
+            error,
+        };
+        self.transmit(Outgoing {
+            consumer,
+            sequence,
+            delivery,
+            sent_at: Instant::now(),
+        });
+    }
+
+    fn transmit(&mut self, mut out: Outgoing) {
+        out.sent_at = Instant::now();
+        if let Some(link) = self.link(out.consumer) {
+            // A closed stream shows as its ack stream ending, which fails the run.
+            let _ = link.tx.send(DeliverRequest {
+                request: Some(deliver_request::Request::Delivery(out.delivery.clone())),
+            });
+        }
+        self.sent.insert(out.delivery.delivery_id, out);
+    }
+
+    /// Sends the record (or result) to the dead-letter consumer (one more delivery the
+    /// record waits for), or, with none configured, logs and counts it; either way the
+    /// rest of the pipeline flows. A caller replacing a delivery settles that one.
+    fn dead_letter(
+        &mut self,
+        sequence: u64,
+        lineage: Lineage,
+        buffer: DataBuffer,
+        detail: ErrorDetail,
+    ) {
+        self.delta.dead_lettered += 1;
+        self.counters.dead_lettered.increment(1);
+        tracing::warn!(
+            flowplane.pipeline = %self.name,
+            partition = lineage.partition,
+            offset = lineage.offset,
+            output = %lineage.output,
+            node = %detail.node_id,
+            reason = %detail.reason,
+            error = %detail.message,
+            dead_letter = self.dead_letter.as_ref().map(|d| d.component_id.as_str()),
+            "dead-lettered"
+        );
+        self.last_error = Some(detail.clone());
+        if self.dead_letter.is_some() {
+            if let Some(record) = self.records.get_mut(&sequence) {
+                record.pending += 1;
+            }
+            self.send(DLQ, sequence, lineage, buffer, Some(detail));
+        }
+    }
+
+    fn on_ack(
+        &mut self,
+        index: usize,
+        message: Result<DeliverResponse, Status>,
+    ) -> Result<(), Outcome> {
+        let consumer = self
+            .link(index)
+            .map(|l| l.component_id.clone())
+            .unwrap_or_default();
+        let ack = match message {
+            Ok(DeliverResponse {
+                response: Some(deliver_response::Response::Ack(ack)),
+            }) => ack,
+            Ok(_) => return Ok(()),
+            Err(status) => {
+                return Err(Outcome::Failed(from_status(
+                    "CONSUMER_LOST",
+                    &format!("consumer {consumer} stream failed"),
+                    &status,
+                )));
+            }
+        };
+        let Some(mut out) = self.sent.remove(&ack.delivery_id) else {
+            return Err(Outcome::Failed(failure(
+                "CONSUMER_PROTOCOL",
+                format!(
+                    "consumer {consumer} acknowledged delivery {} that is not outstanding",
+                    ack.delivery_id
+                ),
+            )));
+        };
+        let lineage = out.delivery.lineage.clone().unwrap_or_default();
+        let outcome = AckOutcome::try_from(ack.outcome).unwrap_or(AckOutcome::Retry);
+        match (outcome, index == DLQ) {
+            (AckOutcome::Success, dlq) => {
+                if !dlq {
+                    self.delta.delivered += 1;
+                    self.counters.delivered.increment(1);
+                }
+                self.settle(out.sequence);
+            }
+            (AckOutcome::Retry | AckOutcome::Unspecified, dlq) => {
+                if out.delivery.attempt >= self.max_attempts {
+                    let detail = failure(
+                        "RETRIES_EXHAUSTED",
+                        format!(
+                            "consumer {consumer} asked to retry partition {} offset {} output {} {} times: {}",
+                            lineage.partition,
+                            lineage.offset,
+                            lineage.output,
+                            out.delivery.attempt,
+                            ack.message
+                        ),
+                    );
+                    if dlq {
+                        self.give_up(out, detail);
+                    } else {
+                        let buffer = out.delivery.buffer.take().unwrap_or_default();
+                        self.dead_letter(out.sequence, lineage, buffer, detail);
+                        // The dead letter replaces this delivery.
+                        self.settle(out.sequence);
+                    }
+                } else {
+                    self.delta.retries += 1;
+                    self.counters.retries.increment(1);
+                    let wait = self
+                        .backoff
+                        .saturating_mul(1 << (out.delivery.attempt - 1).min(16))
+                        .min(MAX_BACKOFF);
+                    out.delivery.attempt += 1;
+                    let id = out.delivery.delivery_id;
+                    self.retry_at.push(Reverse((Instant::now() + wait, id)));
+                    self.parked.insert(id, out);
+                }
+            }
+            (AckOutcome::Reject, false) => {
+                let detail = failure(
+                    "REJECTED",
+                    format!(
+                        "consumer {consumer} rejected partition {} offset {} output {}: {}",
+                        lineage.partition, lineage.offset, lineage.output, ack.message
+                    ),
+                );
+                let buffer = out.delivery.buffer.take().unwrap_or_default();
+                let sequence = out.sequence;
+                self.dead_letter(sequence, lineage, buffer, detail);
+                self.settle(sequence);
+            }
+            (AckOutcome::Reject, true) => {
+                let detail = failure(
+                    "DEAD_LETTER_REJECTED",
+                    format!(
+                        "dead-letter consumer {consumer} rejected partition {} offset {}: {}",
+                        lineage.partition, lineage.offset, ack.message
+                    ),
+                );
+                self.give_up(out, detail);
+            }
+        }
+        Ok(())
+    }
+
+    /// The dead-letter consumer did not take a record: it cannot go anywhere, so it is
+    /// logged at error, counted and left behind rather than blocking the pipeline.
+    fn give_up(&mut self, out: Outgoing, detail: ErrorDetail) {
+        let lineage = out.delivery.lineage.unwrap_or_default();
+        tracing::error!(
+            flowplane.pipeline = %self.name,
+            partition = lineage.partition,
+            offset = lineage.offset,
+            reason = %detail.reason,
+            error = %detail.message,
+            first_error = out.delivery.error.as_ref().map(|e| e.message.as_str()),
+            "the dead-letter consumer did not take a record; it is counted in flowplane_standing_dead_letter_failed_total and not delivered"
+        );
+        self.counters.dropped.increment(1);
+        self.last_error = Some(detail);
+        self.settle(out.sequence);
+    }
+
+    fn resend_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((due, id))) = self.retry_at.peek() {
+            if due > now {
+                break;
+            }
+            self.retry_at.pop();
+            if let Some(out) = self.parked.remove(&id) {
+                self.transmit(out);
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Outcome> {
+        let now = Instant::now();
+        let ack_timeout = self.env.settings.ack_timeout;
+        if let Some(late) = self
+            .sent
+            .values()
+            .filter(|o| now.duration_since(o.sent_at) > ack_timeout)
+            .min_by_key(|o| o.sent_at)
+        {
+            let lineage = late.delivery.lineage.clone().unwrap_or_default();
+            let consumer = self
+                .link(late.consumer)
+                .map(|l| l.component_id.clone())
+                .unwrap_or_default();
+            return Err(Outcome::Failed(failure(
+                "CONSUMER_TIMEOUT",
+                format!(
+                    "consumer {consumer} did not acknowledge partition {} offset {} output {} within {:?} (ack timeout)",
+                    lineage.partition, lineage.offset, lineage.output, ack_timeout
+                ),
+            )));
+        }
+        // Records that produced no result at all are finished by a flush: its mark
+        // comes back once the session has released everything sent before it.
+        let last_sent = self.next_sequence.checked_sub(1);
+        if !self.session_moved
+            && self.flush_through.is_none()
+            && last_sent.is_some_and(|s| self.session_through.is_none_or(|t| t < s))
+        {
+            self.flush_through = last_sent;
+            let _ = self
+                .events
+                .try_send(ClientEvent::Control(ControlCommand::Flush));
+        }
+        self.session_moved = false;
+        if let Some(stop) = self.commit().await {
+            return Err(Outcome::Stopped(stop));
+        }
+        Ok(())
+    }
+
+    /// Commits the watermarks and counters and renews the claim; `Some` when the run
+    /// must stop.
+    async fn commit(&mut self) -> Option<Stop> {
+        let committed = self.marks.committed();
+        let moved: u64 = committed
+            .iter()
+            .map(|(p, &next)| next - self.last_committed.get(p).copied().unwrap_or(0).min(next))
+            .sum();
+        let stats = PipelineStats {
+            records_read: self.delta.read,
+            results_delivered: self.delta.delivered,
+            retries: self.delta.retries,
+            dead_lettered: self.delta.dead_lettered,
+            consumer_lag: self.lag,
+            records_committed: self.delta.committed + moved,
+            last_error: self.last_error.clone(),
+        };
+        let request = CommitPipelineRequest {
+            name: self.name.clone(),
+            runner_id: self.env.settings.runner_id.clone(),
+            epoch: self.epoch,
+            offsets: committed.clone().into_iter().collect(),
+            stats: Some(stats),
+            ttl: prost_types::Duration::try_from(self.env.settings.claim_ttl).ok(),
+        };
+        let span = tracing::debug_span!(
+            "standing.commit",
+            flowplane.pipeline = %self.name,
+            records = moved,
+            in_flight = self.records.len()
+        );
+        let answer = tokio::time::timeout(
+            self.env.settings.open_timeout,
+            tracing::Instrument::instrument(self.env.control.commit(request), span),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("commit timed out")));
+        match answer {
+            Ok(stored) => {
+                self.delta = Delta::default();
+                self.last_error = None;
+                self.last_commit_ok = Instant::now();
+                for (&partition, &next) in &committed {
+                    if self.last_committed.get(&partition) != Some(&next) {
+                        let _ = self.source_tx.send(ReadRequest {
+                            request: Some(read_request::Request::Ack(ReadAck {
+                                partition,
+                                next_offset: next,
+                            })),
+                        });
+                        metrics::gauge!(super::COMMITTED_OFFSET, "pipeline" => self.name.clone(), "partition" => partition.to_string())
+                            .set(next as f64);
+                    }
+                }
+                self.last_committed = committed;
+                if stored.paused {
+                    Some(Stop::Paused)
+                } else if stored.generation != self.generation {
+                    Some(Stop::Respec)
+                } else {
+                    None
+                }
+            }
+            Err(status) => {
+                self.delta.committed += moved;
+                self.last_committed = committed;
+                match status.code() {
+                    tonic::Code::NotFound => Some(Stop::Deleted),
+                    tonic::Code::Aborted | tonic::Code::FailedPrecondition => {
+                        Some(Stop::Lost(status.message().to_string()))
+                    }
+                    _ if self.last_commit_ok.elapsed() >= self.env.settings.claim_ttl => {
+                        Some(Stop::Lost(format!(
+                            "could not renew the claim within its ttl: {}",
+                            status.message()
+                        )))
+                    }
+                    _ => {
+                        tracing::warn!(flowplane.pipeline = %self.name, code = ?status.code(), error = %status.message(), "commit failed; trying again");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a delivery stream to the consumer `connector` names, for `output`.
+async fn open_delivery(
+    env: &RunEnv,
+    pipeline: &str,
+    output: &str,
+    connector: &ConnectorRef,
+) -> Result<
+    (
+        mpsc::UnboundedSender<DeliverRequest>,
+        tonic::Streaming<DeliverResponse>,
+        String,
+    ),
+    ErrorDetail,
+> {
+    open_one(
+        env,
+        ComponentKind::Consumer,
+        connector,
+        |id| DeliverRequest {
+            request: Some(deliver_request::Request::Open(DeliverOpen {
+                pipeline: pipeline.to_string(),
+                output: output.to_string(),
+                params: connector.params.clone(),
+                consumer_id: id.to_string(),
+            })),
+        },
+        |directory, component, open| Box::pin(open_consumer(directory, component, open)),
+        |message: &DeliverResponse| {
+            matches!(message.response, Some(deliver_response::Response::Opened(_)))
+        },
+        env.settings.open_timeout,
+    )
+    .await
+}
+
+type Opening<'d, Req, Resp> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<super::connect::Link<Req, Resp>, Status>>
+            + Send
+            + 'd,
+    >,
+>;
+
+/// Resolves `connector` and opens a stream on the first live component that answers
+/// `opened` in time, trying the next on failure; returns the stream and the component id.
+#[allow(clippy::too_many_arguments)]
+async fn open_one<'d, Req, Resp>(
+    env: &'d RunEnv,
+    kind: ComponentKind,
+    connector: &ConnectorRef,
+    open: impl Fn(&str) -> Req,
+    connect: impl Fn(&'d Directory, flowplane_proto::controlplane::v1::Component, Req) -> Opening<'d, Req, Resp>,
+    is_opened: impl Fn(&Resp) -> bool,
+    timeout: Duration,
+) -> Result<(mpsc::UnboundedSender<Req>, tonic::Streaming<Resp>, String), ErrorDetail> {
+    let what = if kind == ComponentKind::Source {
+        "source"
+    } else {
+        "consumer"
+    };
+    let reason = if kind == ComponentKind::Source {
+        "SOURCE_UNAVAILABLE"
+    } else {
+        "CONSUMER_UNAVAILABLE"
+    };
+    let candidates = env
+        .control
+        .resolve(kind, connector)
+        .await
+        .map_err(|status| from_status(reason, &format!("{what} {}", describe(connector)), &status))?;
+    let mut last = None;
+    for component in candidates {
+        let id = component.id.clone();
+        let attempt = async {
+            let mut link = connect(env.directory.as_ref(), component, open(&id)).await?;
+            match link.rx.message().await? {
+                Some(message) if is_opened(&message) => Ok(link),
+                Some(_) => Err(Status::internal("the first message was not opened")),
+                None => Err(Status::unavailable("the stream ended before opened")),
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(link)) => return Ok((link.tx, link.rx, id)),
+            Ok(Err(status)) => {
+                // A refusal of the open itself (bad params) is the spec's fault: the
+                // next component would refuse it too.
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::NotFound
+                ) {
+                    return Err(from_status(
+                        "CONNECTOR_REFUSED",
+                        &format!("{what} {id} refused the stream"),
+                        &status,
+                    ));
+                }
+                last = Some(from_status(reason, &format!("{what} {id}"), &status));
+            }
+            Err(_) => {
+                last = Some(failure(
+                    reason,
+                    format!("{what} {id} did not open its stream within {timeout:?}"),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| failure(reason, format!("no {what} {}", describe(connector)))))
+}
