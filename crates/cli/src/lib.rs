@@ -1,7 +1,7 @@
 //! The `flowplane` command-line client: the tool a person uses to see the platform.
 //! Each subcommand lives in its own module (`components`, `health`, `processors`,
-//! `pipeline` for validate and run); this file only holds the shared flags, the client
-//! and the error.
+//! `pipeline` for validate and run, `pipelines` for standing pipelines); this file only
+//! holds the shared flags, the clients and the error.
 //! Nothing here holds state between runs or talks to anything but the given servers.
 
 pub mod components;
@@ -9,6 +9,7 @@ pub mod health;
 pub mod inputs;
 pub mod outputs;
 pub mod pipeline;
+pub mod pipelines;
 pub mod processors;
 pub mod render;
 
@@ -16,7 +17,10 @@ use std::io::Write;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flowplane_grpc::{auth::AttachBearer, config::ClientArgs, replicas::Replicas};
-use flowplane_proto::controlplane::v1::control_plane_service_client::ControlPlaneServiceClient;
+use flowplane_proto::controlplane::v1::{
+    control_plane_service_client::ControlPlaneServiceClient,
+    standing_pipeline_service_client::StandingPipelineServiceClient,
+};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 /// Where the control plane listens unless told otherwise.
@@ -54,6 +58,10 @@ pub enum Command {
     /// Stream input files through a pipeline and print each result as it arrives
     /// (exit 3 when any chunk failed).
     Run(pipeline::RunArgs),
+    /// Apply, list, inspect, pause, resume and delete standing pipelines, and see or
+    /// reset their offsets.
+    #[command(subcommand)]
+    Pipelines(pipelines::Command),
 }
 
 /// How results are printed: the same four choices on every subcommand.
@@ -105,7 +113,7 @@ pub enum Error {
     #[error("cannot reach {address}: {message}")]
     Unreachable { address: String, message: String },
     /// An RPC failed.
-    #[error("{rpc} failed: {} (code {:?})", .status.message(), .status.code())]
+    #[error("{rpc} failed: {} (code {:?}{})", .status.message(), .status.code(), detail_field(.status))]
     Rpc {
         rpc: &'static str,
         status: tonic::Status,
@@ -173,11 +181,23 @@ impl Error {
     }
 }
 
+/// `, field F` when the status's error detail names the field at fault.
+fn detail_field(status: &tonic::Status) -> String {
+    flowplane_grpc::status::error_detail(status)
+        .filter(|d| !d.field.is_empty())
+        .map(|d| format!(", field {}", d.field))
+        .unwrap_or_default()
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A control-plane client with flowplane's message limits and the bearer token attached.
 pub type ControlPlaneClient = ControlPlaneServiceClient<InterceptedService<Channel, AttachBearer>>;
+
+/// A standing-pipeline client (served beside the control plane's registry) with
+/// flowplane's message limits and the bearer token attached.
+pub type StandingClient = StandingPipelineServiceClient<InterceptedService<Channel, AttachBearer>>;
 
 /// The control-plane replicas named on the command line, and a client for any of them.
 /// Each command runs its calls through [`ControlPlane::call`], so a replica that is down
@@ -197,6 +217,13 @@ impl ControlPlane {
             .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
     }
 
+    /// A standing-pipeline client with the same limits and token, over `channel`.
+    pub fn standing(&self, channel: Channel) -> StandingClient {
+        StandingPipelineServiceClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+    }
+
     /// Runs `attempt` on the first replica that answers (one round over the list).
     /// None answering is [`Error::Unreachable`]; any other failure is `rpc`'s.
     pub async fn call<T, F, Fut>(&self, rpc: &'static str, mut attempt: F) -> Result<T>
@@ -204,19 +231,35 @@ impl ControlPlane {
         F: FnMut(ControlPlaneClient) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        self.replicas
-            .call(|channel| attempt(self.client(channel)))
+        self.call_channel(rpc, |channel| attempt(self.client(channel)))
             .await
-            .map_err(|status| {
-                if flowplane_grpc::retry::moves_replica(&status) {
-                    Error::Unreachable {
-                        address: self.address.clone(),
-                        message: status.message().to_string(),
-                    }
-                } else {
-                    Error::Rpc { rpc, status }
+    }
+
+    /// [`ControlPlane::call`] for the standing-pipeline service.
+    pub async fn call_standing<T, F, Fut>(&self, rpc: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(StandingClient) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_channel(rpc, |channel| attempt(self.standing(channel)))
+            .await
+    }
+
+    async fn call_channel<T, F, Fut>(&self, rpc: &'static str, attempt: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.replicas.call(attempt).await.map_err(|status| {
+            if flowplane_grpc::retry::moves_replica(&status) {
+                Error::Unreachable {
+                    address: self.address.clone(),
+                    message: status.message().to_string(),
                 }
-            })
+            } else {
+                Error::Rpc { rpc, status }
+            }
+        })
     }
 }
 
@@ -242,6 +285,7 @@ pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Health(args) => health::run(&cli, args, out).await,
         Command::Processors(args) => processors::run(&cli, args, out).await,
         Command::Validate(args) => pipeline::validate(args, &cli.client, out).await,
+        Command::Pipelines(command) => pipelines::run(&cli, command, out).await,
         Command::Run(args) => {
             let summary = pipeline::run(args, &cli.client, out, &mut std::io::stderr()).await?;
             if summary.errors > 0 {
@@ -252,5 +296,42 @@ pub async fn run(mut cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowplane_proto::common::v1::ErrorDetail;
+
+    use super::*;
+
+    #[test]
+    fn rpc_errors_show_the_message_code_and_the_field_at_fault() {
+        let status = flowplane_grpc::status::with_detail(
+            tonic::Code::FailedPrecondition,
+            "name: pipeline \"p\" is not paused",
+            ErrorDetail {
+                reason: "PIPELINE_NOT_PAUSED".into(),
+                field: "name".into(),
+                ..Default::default()
+            },
+        );
+        let error = Error::Rpc {
+            rpc: "ResetPipelineOffsets",
+            status,
+        };
+        assert_eq!(
+            error.to_string(),
+            "ResetPipelineOffsets failed: name: pipeline \"p\" is not paused (code FailedPrecondition, field name)"
+        );
+        assert_eq!(error.exit_code(), 1);
+        let plain = Error::Rpc {
+            rpc: "GetPipeline",
+            status: tonic::Status::unavailable("down"),
+        };
+        assert_eq!(
+            plain.to_string(),
+            "GetPipeline failed: down (code Unavailable)"
+        );
     }
 }

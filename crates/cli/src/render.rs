@@ -74,7 +74,8 @@ pub fn offers(c: &Component) -> String {
     }
 }
 
-fn shorten(text: String, width: usize) -> String {
+/// `text` cut to `width` characters, ending in `…` when cut.
+pub fn shorten(text: String, width: usize) -> String {
     if text.chars().count() <= width {
         return text;
     }
@@ -93,14 +94,16 @@ pub fn age(elapsed: Duration) -> String {
     }
 }
 
-fn since(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
+/// `4s ago` for a past time, `-` when there is none.
+pub fn since(timestamp: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
     timestamp
         .and_then(|t| SystemTime::try_from(*t).ok())
         .map(|t| format!("{} ago", age(now.duration_since(t).unwrap_or_default())))
         .unwrap_or_else(|| "-".into())
 }
 
-fn rfc3339(timestamp: Option<&prost_types::Timestamp>) -> Value {
+/// A time as an RFC 3339 string, `null` when there is none.
+pub fn rfc3339(timestamp: Option<&prost_types::Timestamp>) -> Value {
     timestamp.map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 

@@ -836,3 +836,250 @@ async fn validate_offline_reports_structural_problems_without_any_server() {
         .collect();
     assert_eq!(reasons, ["UNKNOWN_NODE", "CYCLE"]);
 }
+
+fn example(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `flowplane pipelines ...` against the control plane's StandingPipelineService: apply
+/// (created, then updated), list, get, the reset the server refuses while running, pause,
+/// offsets reset and show, resume, a runner's claim seen by list, delete.
+#[tokio::test]
+async fn pipelines_apply_list_get_pause_reset_resume_and_delete() {
+    let platform = platform().await;
+    let manifest = example("standing/generator-calculator.yaml");
+    let name = "generator-calculator";
+
+    let created = run(&platform, &["pipelines", "apply", &manifest])
+        .await
+        .unwrap();
+    assert_eq!(created, format!("pipeline {name} created (generation 1)\n"));
+    let again = run(&platform, &["pipelines", "apply", &manifest])
+        .await
+        .unwrap();
+    assert_eq!(again, format!("pipeline {name} unchanged (generation 1)\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&changed, text.replace("count: 1000", "count: 2000")).unwrap();
+    let changed = changed.display().to_string();
+    let updated = run(&platform, &["pipelines", "apply", &changed, "-o", "json"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&updated).unwrap();
+    assert_eq!(value["action"], "updated", "{updated}");
+    assert_eq!(value["created"], false, "{updated}");
+    assert_eq!(value["generation"], 2, "{updated}");
+    assert_eq!(
+        value["pipeline"]["spec"]["source"]["capability"],
+        "generator"
+    );
+    assert_eq!(
+        value["pipeline"]["spec"]["source"]["params"]["count"],
+        2000.0
+    );
+
+    let table = run(&platform, &["pipelines", "list"]).await.unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].ends_with("LAG"),
+        "{table}"
+    );
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells, [name, "idle", "-", "2", "-", "0"], "{table}");
+
+    let details = run(&platform, &["pipelines", "get", name]).await.unwrap();
+    for expected in [
+        "capability generator {\"count\":2000,\"partitions\":2,\"payload\":\"json\"}",
+        "calc (json.calculator)",
+        "result -> capability file {\"path\":\"/tmp/flowplane-demo/{output}.jsonl\"}",
+        "capability log",
+        "max attempts 5, retry backoff 200ms, max in flight 256",
+        "paused:",
+    ] {
+        assert!(details.contains(expected), "{expected} missing:\n{details}");
+    }
+
+    // The server refuses a reset while the pipeline may run; the CLI shows its message
+    // and the field its error detail names.
+    match run(
+        &platform,
+        &["pipelines", "offsets", "reset", name, "--earliest"],
+    )
+    .await
+    {
+        Err(error @ Error::Rpc { .. }) => {
+            let Error::Rpc { status, .. } = &error else {
+                unreachable!()
+            };
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{error}");
+            let text = error.to_string();
+            assert!(
+                text.starts_with("ResetPipelineOffsets failed: ")
+                    && text.contains(status.message())
+                    && text.contains("paused")
+                    && text.contains(", field "),
+                "{text}"
+            );
+            assert_eq!(error.exit_code(), 1);
+        }
+        other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+    }
+
+    let paused = run(&platform, &["pipelines", "pause", name]).await.unwrap();
+    assert!(
+        paused.starts_with(&format!("pipeline {name} paused")),
+        "{paused}"
+    );
+    let reset = run(
+        &platform,
+        &[
+            "pipelines",
+            "offsets",
+            "reset",
+            name,
+            "--to",
+            "0=5",
+            "--to",
+            "1=7",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        reset.starts_with(&format!("pipeline {name} offsets reset")),
+        "{reset}"
+    );
+    let offsets = run(&platform, &["pipelines", "offsets", name])
+        .await
+        .unwrap();
+    let rows: Vec<Vec<&str>> = offsets
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["PARTITION", "NEXT", "OFFSET"],
+            vec!["0", "5"],
+            vec!["1", "7"]
+        ],
+        "{offsets}"
+    );
+    let got = run(&platform, &["pipelines", "get", name, "-o", "yaml"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_yaml::from_str(&got).unwrap();
+    assert_eq!(value["state"], "paused", "{got}");
+    assert_eq!(value["offsets"]["1"], 7, "{got}");
+    let earliest = run(
+        &platform,
+        &[
+            "pipelines",
+            "offsets",
+            "reset",
+            name,
+            "--earliest",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&earliest).unwrap();
+    // Every partition it had offsets for starts over.
+    assert_eq!(
+        value["offsets"],
+        serde_json::json!({"0": 0, "1": 0}),
+        "{earliest}"
+    );
+
+    let resumed = run(&platform, &["pipelines", "resume", name])
+        .await
+        .unwrap();
+    assert!(
+        resumed.starts_with(&format!("pipeline {name} resumed")),
+        "{resumed}"
+    );
+
+    // A runner's claim makes it running, with the runner shown.
+    let channel = flowplane_grpc::client::connect(&platform.url, &Default::default())
+        .await
+        .unwrap();
+    let mut standing =
+        pb::standing_pipeline_service_client::StandingPipelineServiceClient::new(channel);
+    standing
+        .claim_pipeline(pb::ClaimPipelineRequest {
+            name: name.into(),
+            runner_id: "runner-test".into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    let listed = run(&platform, &["pipelines", "list", "-o", "json"])
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(value[0]["state"], "running", "{listed}");
+    assert_eq!(value[0]["runner"]["id"], "runner-test", "{listed}");
+    let details = run(&platform, &["pipelines", "get", name]).await.unwrap();
+    assert!(details.contains("runner-test (epoch "), "{details}");
+
+    let deleted = run(&platform, &["pipelines", "delete", name])
+        .await
+        .unwrap();
+    assert_eq!(deleted, format!("pipeline {name} deleted\n"));
+    match run(&platform, &["pipelines", "get", name]).await {
+        Err(Error::Rpc { status, .. }) => assert_eq!(status.code(), tonic::Code::NotFound),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    assert_eq!(
+        run(&platform, &["pipelines", "list"]).await.unwrap(),
+        "no standing pipelines\n"
+    );
+
+    // Through the binary: a session manifest is refused before any request, naming what
+    // it is; a usage error exits 2.
+    let session = flowplane(
+        &["pipelines", "apply", &example("pipelines/calculator.yaml")],
+        &platform.url,
+    )
+    .await;
+    assert_eq!(session.status.code(), Some(1), "{session:?}");
+    let stderr = String::from_utf8_lossy(&session.stderr);
+    assert!(
+        stderr.starts_with("flowplane: manifest ")
+            && stderr.contains("is not a StandingPipeline manifest: it is a session pipeline"),
+        "{stderr}"
+    );
+    let usage = flowplane(
+        &[
+            "pipelines",
+            "offsets",
+            "reset",
+            name,
+            "--to",
+            "0=1",
+            "--to",
+            "0=2",
+        ],
+        &platform.url,
+    )
+    .await;
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    let applied = flowplane(&["pipelines", "apply", &manifest], &platform.url).await;
+    assert!(applied.status.success(), "{applied:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&applied.stdout),
+        format!("pipeline {name} created (generation 1)\n")
+    );
+    platform.stop().await;
+}

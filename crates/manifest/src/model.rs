@@ -158,15 +158,39 @@ impl Manifest {
             path: path.display().to_string(),
             source,
         })?;
+        if declared_kind(&text).is_ok_and(|k| k.as_deref() == Some(crate::standing::STANDING_KIND))
+        {
+            return Err(Error::NotSession {
+                path: path.display().to_string(),
+            });
+        }
         Self::from_text(&text).map_err(|message| Error::Parse {
             path: path.display().to_string(),
             message,
         })
     }
 
-    /// Parses YAML or JSON text.
+    /// Parses YAML or JSON text. A `kind` is optional and must be `Pipeline`; a
+    /// `kind: StandingPipeline` file is refused saying what it is (see [`crate::standing`]).
     pub fn from_text(text: &str) -> Result<Self, String> {
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        match declared_kind(text)?.as_deref() {
+            None | Some(PIPELINE_KIND) => {}
+            Some(crate::standing::STANDING_KIND) => {
+                return Err(format!(
+                    "kind: this is a {} manifest, not a session pipeline: apply it with `flowplane pipelines apply`",
+                    crate::standing::STANDING_KIND
+                ));
+            }
+            Some(other) => return Err(unknown_kind(other)),
+        }
+        let file: SessionFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            name: file.name,
+            nodes: file.nodes,
+            edges: file.edges,
+            inputs: file.inputs,
+            outputs: file.outputs,
+        })
     }
 
     /// The proto form.
@@ -265,6 +289,51 @@ impl Manifest {
     }
 }
 
+/// The `kind` of a session manifest; it may be left out.
+pub const PIPELINE_KIND: &str = "Pipeline";
+
+/// A session manifest file: [`Manifest`] and the optional `kind` (serde's
+/// `deny_unknown_fields` rules out flattening, so the fields are listed again).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFile {
+    #[serde(default, rename = "kind")]
+    _kind: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    nodes: Vec<Node>,
+    #[serde(default)]
+    edges: Vec<Edge>,
+    #[serde(default)]
+    inputs: Vec<PipelineInput>,
+    #[serde(default)]
+    outputs: Vec<PipelineOutput>,
+}
+
+/// The `kind` a manifest text declares (`None` when it has none), read before the full
+/// parse so the error for the wrong kind of file says so instead of listing unknown fields.
+pub(crate) fn declared_kind(text: &str) -> Result<Option<String>, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    match value.get("kind") {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(serde_yaml::Value::String(kind)) => Ok(Some(kind.clone())),
+        Some(other) => Err(format!(
+            "kind: must be {PIPELINE_KIND} or {}, got {}",
+            crate::standing::STANDING_KIND,
+            serde_yaml::to_string(other).unwrap_or_default().trim_end()
+        )),
+    }
+}
+
+pub(crate) fn unknown_kind(kind: &str) -> String {
+    format!(
+        "kind: unknown kind {kind:?}; a manifest is kind {PIPELINE_KIND} (the default) or {}{}",
+        crate::standing::STANDING_KIND,
+        crate::suggest::did_you_mean(kind, [PIPELINE_KIND, crate::standing::STANDING_KIND])
+    )
+}
+
 impl PortRef {
     fn to_proto(&self) -> pb::PortRef {
         pb::PortRef {
@@ -320,5 +389,23 @@ outputs:
     fn unknown_fields_are_rejected_naming_them() {
         let err = Manifest::from_text("name: x\nnodez: []\n").unwrap_err();
         assert!(err.contains("nodez"), "{err}");
+    }
+
+    #[test]
+    fn a_session_manifest_may_say_kind_pipeline_and_nothing_else() {
+        let with_kind = Manifest::from_text(&format!("kind: Pipeline\n{YAML}")).unwrap();
+        assert_eq!(with_kind, Manifest::from_text(YAML).unwrap());
+        let standing = Manifest::from_text(&format!("kind: StandingPipeline\n{YAML}")).unwrap_err();
+        assert!(
+            standing.contains("StandingPipeline") && standing.contains("pipelines apply"),
+            "{standing}"
+        );
+        let typo = Manifest::from_text(&format!("kind: Pipelin\n{YAML}")).unwrap_err();
+        assert!(
+            typo.contains("\"Pipelin\"") && typo.contains("did you mean \"Pipeline\""),
+            "{typo}"
+        );
+        let number = Manifest::from_text(&format!("kind: 3\n{YAML}")).unwrap_err();
+        assert!(number.starts_with("kind: must be"), "{number}");
     }
 }

@@ -106,6 +106,22 @@ fn from_status(reason: &str, what: &str, status: &Status) -> ErrorDetail {
     }
 }
 
+/// A consumer's acknowledgements, ending with an error when the stream ends: a
+/// `StreamMap` forgets an ended stream without a word, and a consumer that went away
+/// must fail the run rather than leave its deliveries waiting.
+type AckStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DeliverResponse, Status>> + Send>>;
+
+fn ack_stream(rx: tonic::Streaming<DeliverResponse>) -> AckStream {
+    Box::pin(rx.chain(futures::stream::once(async {
+        Err(Status::unavailable("the consumer ended its stream"))
+    })))
+}
+
+/// A run with no record to send tells the session it is alive this often: a session
+/// with no client message for its idle timeout would end.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
 struct Record {
     partition: u32,
     offset: u64,
@@ -124,6 +140,24 @@ struct Outgoing {
     sent_at: Instant,
 }
 
+/// A commit sent and not yet answered, with what it carried.
+struct Committing {
+    answer: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<StandingPipeline, Status>> + Send>,
+    >,
+    offsets: BTreeMap<u32, u64>,
+    delta: Delta,
+    last_error: Option<ErrorDetail>,
+}
+
+/// The answer of the commit under way (never ready when there is none).
+async fn poll_commit(committing: &mut Option<Committing>) -> Result<StandingPipeline, Status> {
+    match committing {
+        Some(commit) => (&mut commit.answer).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct ConsumerLink {
     component_id: String,
     tx: mpsc::UnboundedSender<DeliverRequest>,
@@ -135,7 +169,15 @@ struct Delta {
     delivered: u64,
     retries: u64,
     dead_lettered: u64,
-    committed: u64,
+}
+
+impl Delta {
+    fn add(&mut self, other: &Delta) {
+        self.read += other.read;
+        self.delivered += other.delivered;
+        self.retries += other.retries;
+        self.dead_lettered += other.dead_lettered;
+    }
 }
 
 struct Counters {
@@ -207,7 +249,7 @@ struct Run<'a> {
     events: mpsc::Sender<ClientEvent>,
     consumers: Vec<ConsumerLink>,
     dead_letter: Option<ConsumerLink>,
-    acks: StreamMap<usize, tonic::Streaming<DeliverResponse>>,
+    acks: StreamMap<usize, AckStream>,
     by_output: HashMap<String, usize>,
     records: BTreeMap<u64, Record>,
     next_sequence: u64,
@@ -215,13 +257,20 @@ struct Run<'a> {
     session_through: Option<u64>,
     /// Records up to here were checked for being finished when `session_through` moved.
     swept_through: Option<u64>,
-    flush_through: Option<u64>,
+    /// The mark of each FLUSH sent and not yet answered: the last sequence sent before it.
+    flushes: std::collections::VecDeque<Option<u64>>,
     session_moved: bool,
+    /// When the session was last sent anything.
+    last_input: Instant,
     marks: Watermarks,
+    /// The offsets of the last commit the control plane stored.
     last_committed: BTreeMap<u32, u64>,
-    /// Credit granted to the source and not yet used.
+    /// The commit under way, if any: one at a time, beside the loop's other work.
+    committing: Option<Committing>,
+    /// Credit granted to the source and not yet used. Credit comes back only when a
+    /// record's offset is committed, so records read and not committed (what a restart
+    /// replays) never exceed the window.
     credit: u64,
-    to_grant: u32,
     sent: HashMap<u64, Outgoing>,
     parked: HashMap<u64, Outgoing>,
     retry_at: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -304,13 +353,13 @@ impl<'a> Run<'a> {
                 open_delivery(env, &name, &binding.output, &connector).await?;
             by_output.insert(binding.output.clone(), i);
             consumers.push(ConsumerLink { component_id, tx });
-            acks.insert(i, rx);
+            acks.insert(i, ack_stream(rx));
         }
         let dead_letter = match &spec.dead_letter {
             Some(connector) if connector.selector.is_some() => {
                 let (tx, rx, component_id) =
                     open_delivery(env, &name, DEAD_LETTER_OUTPUT, connector).await?;
-                acks.insert(DLQ, rx);
+                acks.insert(DLQ, ack_stream(rx));
                 Some(ConsumerLink { component_id, tx })
             }
             _ => None,
@@ -350,12 +399,13 @@ impl<'a> Run<'a> {
             next_sequence: 0,
             session_through: None,
             swept_through: None,
-            flush_through: None,
+            flushes: std::collections::VecDeque::new(),
             session_moved: false,
+            last_input: Instant::now(),
             last_committed: marks.committed(),
+            committing: None,
             marks,
             credit: u64::from(max_in_flight),
-            to_grant: 0,
             sent: HashMap::new(),
             parked: HashMap::new(),
             retry_at: BinaryHeap::new(),
@@ -393,11 +443,18 @@ impl<'a> Run<'a> {
                     self.resend_due();
                     Ok(())
                 }
-                _ = tick.tick() => self.on_tick().await,
+                answer = poll_commit(&mut self.committing), if self.committing.is_some() => {
+                    match self.on_committed(answer) {
+                        Some(stop) => Err(Outcome::Stopped(stop)),
+                        None => Ok(()),
+                    }
+                }
+                _ = tick.tick() => self.on_tick(),
             };
             if let Err(outcome) = step {
                 return outcome;
             }
+            self.commit_if_due();
         }
     }
 
@@ -453,6 +510,7 @@ impl<'a> Run<'a> {
                     buffer: Some(input.clone()),
                     ..Default::default()
                 };
+                self.last_input = Instant::now();
                 self.records.insert(
                     sequence,
                     Record {
@@ -566,8 +624,8 @@ impl<'a> Run<'a> {
                 }
             }
             Some(Response::Metrics(_)) => {
-                if let Some(through) = self.flush_through.take() {
-                    self.session_reached(Some(through));
+                if let Some(through) = self.flushes.pop_front() {
+                    self.session_reached(through);
                 }
             }
             Some(Response::Closed(_)) => {
@@ -621,14 +679,6 @@ impl<'a> Run<'a> {
             return;
         };
         self.marks.finish(record.partition, record.offset);
-        self.to_grant += 1;
-        if self.to_grant >= (self.max_in_flight / 8).max(1) {
-            let records = std::mem::take(&mut self.to_grant);
-            self.credit += u64::from(records);
-            let _ = self.source_tx.send(ReadRequest {
-                request: Some(read_request::Request::Credit(ReadCredit { records })),
-            });
-        }
     }
 
     fn link(&self, consumer: usize) -> Option<&ConsumerLink> {
@@ -840,7 +890,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    async fn on_tick(&mut self) -> Result<(), Outcome> {
+    fn on_tick(&mut self) -> Result<(), Outcome> {
         let now = Instant::now();
         let ack_timeout = self.env.settings.ack_timeout;
         if let Some(late) = self
@@ -865,65 +915,99 @@ impl<'a> Run<'a> {
         // Records that produced no result at all are finished by a flush: its mark
         // comes back once the session has released everything sent before it.
         let last_sent = self.next_sequence.checked_sub(1);
-        if !self.session_moved
-            && self.flush_through.is_none()
-            && last_sent.is_some_and(|s| self.session_through.is_none_or(|t| t < s))
+        let unresolved =
+            last_sent.is_some_and(|s| self.session_through.is_none_or(|t| t < s));
+        if self.flushes.is_empty()
+            && ((unresolved && !self.session_moved) || self.last_input.elapsed() > KEEPALIVE)
         {
-            self.flush_through = last_sent;
-            let _ = self
+            self.last_input = Instant::now();
+            if self
                 .events
-                .try_send(ClientEvent::Control(ControlCommand::Flush));
+                .try_send(ClientEvent::Control(ControlCommand::Flush))
+                .is_ok()
+            {
+                self.flushes.push_back(last_sent);
+            }
         }
         self.session_moved = false;
-        if let Some(stop) = self.commit().await {
-            return Err(Outcome::Stopped(stop));
+        if self.committing.is_none() {
+            self.start_commit();
         }
         Ok(())
     }
 
-    /// Commits the watermarks and counters and renews the claim; `Some` when the run
-    /// must stop.
-    async fn commit(&mut self) -> Option<Stop> {
-        let committed = self.marks.committed();
-        let moved: u64 = committed
-            .iter()
-            .map(|(p, &next)| next - self.last_committed.get(p).copied().unwrap_or(0).min(next))
-            .sum();
+    /// Records finished under the watermark and not yet committed.
+    fn uncommitted(&self) -> u64 {
+        moved(&self.last_committed, &self.marks.committed())
+    }
+
+    /// Commits early when a quarter of the window waits for it: credit comes back only
+    /// with a commit, so waiting for the timer would idle the source.
+    fn commit_if_due(&mut self) {
+        if self.committing.is_none()
+            && self.uncommitted() >= u64::from((self.max_in_flight / 4).max(1))
+        {
+            self.start_commit();
+        }
+    }
+
+    /// Sends a commit of the watermarks and counters (renewing the claim), to be
+    /// answered in [`Run::on_committed`] while the loop goes on.
+    fn start_commit(&mut self) {
+        let offsets = self.marks.committed();
+        let delta = std::mem::take(&mut self.delta);
+        let last_error = self.last_error.take();
         let stats = PipelineStats {
-            records_read: self.delta.read,
-            results_delivered: self.delta.delivered,
-            retries: self.delta.retries,
-            dead_lettered: self.delta.dead_lettered,
+            records_read: delta.read,
+            results_delivered: delta.delivered,
+            retries: delta.retries,
+            dead_lettered: delta.dead_lettered,
             consumer_lag: self.lag,
-            records_committed: self.delta.committed + moved,
-            last_error: self.last_error.clone(),
+            records_committed: moved(&self.last_committed, &offsets),
+            last_error: last_error.clone(),
         };
         let request = CommitPipelineRequest {
             name: self.name.clone(),
             runner_id: self.env.settings.runner_id.clone(),
             epoch: self.epoch,
-            offsets: committed.clone().into_iter().collect(),
+            offsets: offsets.clone().into_iter().collect(),
             stats: Some(stats),
             ttl: prost_types::Duration::try_from(self.env.settings.claim_ttl).ok(),
         };
         let span = tracing::debug_span!(
             "standing.commit",
             flowplane.pipeline = %self.name,
-            records = moved,
+            records = moved(&self.last_committed, &offsets),
             in_flight = self.records.len()
         );
-        let answer = tokio::time::timeout(
-            self.env.settings.open_timeout,
-            tracing::Instrument::instrument(self.env.control.commit(request), span),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded("commit timed out")));
+        let control = self.env.control.clone();
+        let timeout = self.env.settings.open_timeout;
+        let answer = Box::pin(async move {
+            tokio::time::timeout(
+                timeout,
+                tracing::Instrument::instrument(control.commit(request), span),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("commit timed out")))
+        });
+        self.committing = Some(Committing {
+            answer,
+            offsets,
+            delta,
+            last_error,
+        });
+    }
+
+    /// The control plane answered a commit; `Some` when the run must stop.
+    fn on_committed(&mut self, answer: Result<StandingPipeline, Status>) -> Option<Stop> {
+        let Some(commit) = self.committing.take() else {
+            return None;
+        };
         match answer {
             Ok(stored) => {
-                self.delta = Delta::default();
-                self.last_error = None;
                 self.last_commit_ok = Instant::now();
-                for (&partition, &next) in &committed {
+                let records = moved(&self.last_committed, &commit.offsets);
+                for (&partition, &next) in &commit.offsets {
                     if self.last_committed.get(&partition) != Some(&next) {
                         let _ = self.source_tx.send(ReadRequest {
                             request: Some(read_request::Request::Ack(ReadAck {
@@ -935,7 +1019,15 @@ impl<'a> Run<'a> {
                             .set(next as f64);
                     }
                 }
-                self.last_committed = committed;
+                self.last_committed = commit.offsets;
+                if records > 0 {
+                    self.credit += records;
+                    let _ = self.source_tx.send(ReadRequest {
+                        request: Some(read_request::Request::Credit(ReadCredit {
+                            records: u32::try_from(records).unwrap_or(u32::MAX),
+                        })),
+                    });
+                }
                 if stored.paused {
                     Some(Stop::Paused)
                 } else if stored.generation != self.generation {
@@ -945,8 +1037,11 @@ impl<'a> Run<'a> {
                 }
             }
             Err(status) => {
-                self.delta.committed += moved;
-                self.last_committed = committed;
+                // What the commit carried goes with the next one.
+                self.delta.add(&commit.delta);
+                if self.last_error.is_none() {
+                    self.last_error = commit.last_error;
+                }
                 match status.code() {
                     tonic::Code::NotFound => Some(Stop::Deleted),
                     tonic::Code::Aborted | tonic::Code::FailedPrecondition => {
@@ -966,6 +1061,28 @@ impl<'a> Run<'a> {
             }
         }
     }
+
+    /// The last commit of a run: waits for one under way, then commits what finished
+    /// since. Bounded by the open timeout of each.
+    async fn commit(&mut self) -> Option<Stop> {
+        if let Some(commit) = self.committing.as_mut() {
+            let answer = (&mut commit.answer).await;
+            if let Some(stop) = self.on_committed(answer) {
+                return Some(stop);
+            }
+        }
+        self.start_commit();
+        let commit = self.committing.as_mut().expect("just started");
+        let answer = (&mut commit.answer).await;
+        self.on_committed(answer)
+    }
+}
+
+/// Records between two commits' offsets.
+fn moved(from: &BTreeMap<u32, u64>, to: &BTreeMap<u32, u64>) -> u64 {
+    to.iter()
+        .map(|(p, &next)| next.saturating_sub(from.get(p).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// Opens a delivery stream to the consumer `connector` names, for `output`.
