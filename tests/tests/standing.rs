@@ -55,6 +55,7 @@ struct Stack {
     processors: Vec<(u16, String, Option<Process>)>,
     connect: Option<Process>,
     connect_port: u16,
+    connect_metrics: u16,
     pipelines: Vec<(u16, String, Option<Process>)>,
 }
 
@@ -67,6 +68,7 @@ impl Stack {
             processors: Vec::new(),
             connect: None,
             connect_port: free_port(),
+            connect_metrics: free_port(),
             pipelines: Vec::new(),
         };
         stack.start_control_plane().await;
@@ -104,13 +106,17 @@ impl Stack {
             ],
         ));
         let port = self.cp_port;
-        wait_long("the control plane", Duration::from_secs(20), || async move {
-            Channel::from_shared(url(port))
-                .unwrap()
-                .connect()
-                .await
-                .ok()
-        })
+        wait_long(
+            "the control plane",
+            Duration::from_secs(20),
+            || async move {
+                Channel::from_shared(url(port))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .ok()
+            },
+        )
         .await;
     }
 
@@ -136,6 +142,8 @@ impl Stack {
             &[
                 "--listen".into(),
                 listen(self.connect_port),
+                "--metrics-listen".into(),
+                listen(self.connect_metrics),
                 "--control-plane".into(),
                 url(self.cp_port),
                 "--id".into(),
@@ -172,9 +180,11 @@ impl Stack {
 
     async fn client(&self) -> StandingPipelineServiceClient<Channel> {
         let port = self.cp_port;
-        wait_long("a control-plane connection", Duration::from_secs(20), || async move {
-            StandingPipelineServiceClient::connect(url(port)).await.ok()
-        })
+        wait_long(
+            "a control-plane connection",
+            Duration::from_secs(20),
+            || async move { StandingPipelineServiceClient::connect(url(port)).await.ok() },
+        )
         .await
     }
 
@@ -188,7 +198,12 @@ impl Stack {
     }
 
     /// Waits until the committed offsets of `name` reach `want` per partition.
-    async fn wait_committed(&self, name: &str, want: &BTreeMap<u32, u64>, limit: Duration) -> StandingPipeline {
+    async fn wait_committed(
+        &self,
+        name: &str,
+        want: &BTreeMap<u32, u64>,
+        limit: Duration,
+    ) -> StandingPipeline {
         wait_long(
             &format!("pipeline {name} to commit {want:?}"),
             limit,
@@ -207,15 +222,19 @@ impl Stack {
 fn connector(capability: &str, params: Value) -> ConnectorRef {
     ConnectorRef {
         selector: Some(Selector::Capability(capability.into())),
-        params: Some(match flowplane_proto::json_to_value(&params).kind {
-            Some(prost_types::value::Kind::StructValue(s)) => s,
-            _ => panic!("params must be an object"),
-        }),
+        params: Some(flowplane_proto::json_to_struct(
+            params.as_object().expect("params are an object"),
+        )),
     }
 }
 
 /// generator -> json.calculator -> file consumer (and an optional dead-letter file).
-fn calculator_spec(name: &str, source: Value, out: &Path, dead_letter: Option<&Path>) -> StandingPipelineSpec {
+fn calculator_spec(
+    name: &str,
+    source: Value,
+    out: &Path,
+    dead_letter: Option<&Path>,
+) -> StandingPipelineSpec {
     StandingPipelineSpec {
         name: name.into(),
         source: Some(connector("generator", source)),
@@ -225,7 +244,10 @@ fn calculator_spec(name: &str, source: Value, out: &Path, dead_letter: Option<&P
         )),
         consumers: vec![ConsumerBinding {
             output: "results".into(),
-            consumer: Some(connector("file", json!({ "path": out.display().to_string() }))),
+            consumer: Some(connector(
+                "file",
+                json!({ "path": out.display().to_string() }),
+            )),
         }],
         dead_letter: dead_letter
             .map(|p| connector("file", json!({ "path": p.display().to_string() }))),
@@ -253,7 +275,8 @@ fn read_output(path: &Path) -> BTreeMap<(u32, u64), Value> {
     let mut rows = BTreeMap::new();
     let mut last: HashMap<u32, u64> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
-        let row: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("line {n}: {e}: {line}"));
+        let row: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("line {n}: {e}: {line}"));
         let lineage = &row["lineage"];
         let partition = lineage["partition"].as_u64().unwrap_or(0) as u32;
         let offset = lineage["offset"].as_u64().unwrap_or(0);
@@ -270,10 +293,6 @@ fn read_output(path: &Path) -> BTreeMap<(u32, u64), Value> {
         );
     }
     rows
-}
-
-fn line_count(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
 
 /// What json.calculator answers for the generator's record at (partition, offset): the
@@ -362,7 +381,11 @@ async fn a_poison_record_is_dead_lettered_with_its_offset_and_the_rest_flows() {
     )
     .await;
     let done = stack
-        .wait_committed("poison", &BTreeMap::from([(0, 1000)]), Duration::from_secs(60))
+        .wait_committed(
+            "poison",
+            &BTreeMap::from([(0, 1000)]),
+            Duration::from_secs(60),
+        )
         .await;
     let rows = read_output(&out);
     let poisoned: Vec<u64> = (0..1000).filter(|o| (o + 1) % 100 == 0).collect();
@@ -381,12 +404,382 @@ async fn a_poison_record_is_dead_lettered_with_its_offset_and_the_rest_flows() {
     for (&(_, offset), row) in &dead_rows {
         let error = row["error"].to_string();
         assert!(
-            error.contains("DIVISION_BY_ZERO") && error.contains("calc") && error.contains(&format!("offset {offset}")),
+            error.contains("DIVISION_BY_ZERO")
+                && error.contains("calc")
+                && error.contains(&format!("offset {offset}")),
             "the dead letter names the reason, node and offset: {row}"
         );
-        assert_eq!(row["payload"]["poison"], json!(true), "the record itself: {row}");
+        assert_eq!(
+            row["payload"]["poison"],
+            json!(true),
+            "the record itself: {row}"
+        );
     }
     let stats = done.stats.unwrap_or_default();
     assert_eq!(stats.dead_lettered, 10, "{stats:?}");
     assert_eq!(stats.results_delivered, 990, "{stats:?}");
+}
+
+/// Deliveries the file consumer acknowledged without writing (already written).
+async fn duplicates_deduped(metrics_port: u16) -> u64 {
+    let text = flowplane_tests::process::scrape(metrics_port)
+        .await
+        .expect("the connector host serves /metrics");
+    let samples = flowplane_tests::process::samples(&text);
+    samples
+        .iter()
+        .filter(|(name, _)| name.starts_with("flowplane_connector_duplicates_total"))
+        .map(|(_, v)| *v as u64)
+        .sum()
+}
+
+/// The committed offsets of `name` summed over its partitions.
+async fn committed_total(stack: &Stack, name: &str) -> u64 {
+    stack
+        .get(name)
+        .await
+        .map_or(0, |p| p.offsets.values().sum())
+}
+
+/// Waits until `name` has committed `more` records past `from`, and returns the total.
+async fn wait_progress(stack: &Stack, name: &str, from: u64, more: u64, what: &str) -> u64 {
+    wait_long(
+        &format!("{more} more records committed after {what}"),
+        Duration::from_secs(90),
+        || async {
+            let total = committed_total(stack, name).await;
+            (total >= from + more).then_some(total)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_runner_consumer_processor_and_control_plane_loses_nothing() {
+    const PER_PARTITION: u64 = 6000;
+    const WINDOW: u64 = 256;
+    let mut stack = Stack::start(2, 2).await;
+    let out = stack.path("survived.jsonl");
+    // 2 x 400 records/s: the stream runs long enough to kill four things in it.
+    let mut spec = calculator_spec(
+        "survivor",
+        json!({ "count": PER_PARTITION, "partitions": 2, "rate": 400 }),
+        &out,
+        None,
+    );
+    spec.delivery = Some(DeliveryPolicy {
+        max_attempts: 3,
+        retry_backoff: None,
+        max_in_flight: WINDOW as u32,
+    });
+    apply(&stack, spec).await;
+    let name = "survivor";
+
+    // 1. The runner holding the claim.
+    let at = wait_progress(&stack, name, 0, 500, "the start").await;
+    let holder = stack
+        .get(name)
+        .await
+        .and_then(|p| p.runner)
+        .map(|r| r.runner_id)
+        .expect("a runner holds the claim");
+    let index = stack
+        .pipelines
+        .iter()
+        .position(|(_, id, _)| *id == holder)
+        .unwrap();
+    Stack::kill(&mut stack.pipelines[index].2);
+    let at = wait_progress(&stack, name, at, 500, "the runner was killed").await;
+    let taken_by = stack
+        .get(name)
+        .await
+        .and_then(|p| p.runner)
+        .map(|r| r.runner_id)
+        .unwrap();
+    assert_ne!(taken_by, holder, "the other replica took the pipeline over");
+
+    // 2. The consumer (its host serves the source too), restarted on the same port. What
+    // it deduped so far is read first: its counter dies with it.
+    let deduped_before = duplicates_deduped(stack.connect_metrics).await;
+    Stack::kill(&mut stack.connect);
+    stack.start_connect();
+    let at = wait_progress(&stack, name, at, 500, "the consumer was killed").await;
+
+    // 3. A processor: the node fails over to the other host.
+    Stack::kill(&mut stack.processors[0].2);
+    let at = wait_progress(&stack, name, at, 500, "a processor was killed").await;
+
+    // 4. The control plane, restarted on its data directory: the pipeline, its offsets
+    // and its claim are still there, and every component registers again.
+    Stack::kill(&mut stack.control_plane);
+    stack.start_control_plane().await;
+    wait_progress(&stack, name, at, 500, "the control plane was killed").await;
+
+    let done = stack
+        .wait_committed(
+            name,
+            &BTreeMap::from([(0, PER_PARTITION), (1, PER_PARTITION)]),
+            Duration::from_secs(120),
+        )
+        .await;
+    let rows = read_output(&out);
+    assert_eq!(
+        rows.keys().copied().collect::<Vec<_>>(),
+        every_offset(2, PER_PARTITION),
+        "the deduped output is the input, exactly"
+    );
+    check_results(&rows);
+    // Duplicates before dedupe: results delivered again after a kill, which the file
+    // consumer acknowledged without writing. At most a window per kill.
+    let duplicates = deduped_before + duplicates_deduped(stack.connect_metrics).await;
+    let stats = done.stats.unwrap_or_default();
+    println!(
+        "standing kill -9: {duplicates} duplicate deliveries deduped by the consumer over 4 kills (window {WINDOW}); {} records read as counted by commits, {} in the source",
+        stats.records_read,
+        2 * PER_PARTITION
+    );
+    assert!(
+        duplicates <= 4 * WINDOW,
+        "duplicates ({duplicates}) exceed the in-flight window at each of 4 kills"
+    );
+}
+
+/// A consumer written on the SDK's trait, as a user would: it keeps every delivery it
+/// sees (no dedupe, so replays show), and stalls on its first one when told to.
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+    stall: Option<Duration>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct RecorderSink {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+    stall: Option<Duration>,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[flowplane_sdk::async_trait]
+impl flowplane_sdk::Consumer for Recorder {
+    fn spec(&self) -> flowplane_sdk::ConnectorSpec {
+        flowplane_sdk::ConnectorSpec::new("recorder", "keeps every delivery, for tests")
+            .data_types([flowplane_proto::data::v1::DataTypeHint::Any])
+    }
+
+    async fn open(
+        &self,
+        _open: flowplane_sdk::ConsumerOpen<'_>,
+    ) -> Result<Box<dyn flowplane_sdk::ConsumerSink>, flowplane_sdk::ConnectorError> {
+        Ok(Box::new(RecorderSink {
+            seen: self.seen.clone(),
+            stall: self.stall,
+            stalled: self.stalled.clone(),
+        }))
+    }
+}
+
+#[flowplane_sdk::async_trait]
+impl flowplane_sdk::ConsumerSink for RecorderSink {
+    async fn consume(&mut self, delivery: flowplane_sdk::Delivery) -> flowplane_sdk::Ack {
+        if let Some(stall) = self.stall
+            && !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::time::sleep(stall).await;
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push((delivery.lineage.partition, delivery.lineage.offset));
+        flowplane_sdk::Ack::Success
+    }
+}
+
+/// Serves a [`Recorder`] registered with the stack's control plane; stops on drop.
+struct RecorderHost {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for RecorderHost {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RecorderHost {
+    async fn start(stack: &Stack, stall: Option<Duration>) -> Self {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let builder =
+            flowplane_sdk::ConnectorHostBuilder::new("recorder-host").consumer(Recorder {
+                seen: seen.clone(),
+                stall,
+                stalled: Default::default(),
+            });
+        let config = flowplane_sdk::HostConfig {
+            control_plane: Some(url(stack.cp_port)),
+            id: Some("recorder-host".into()),
+            ..Default::default()
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let listener = flowplane_test_support::local_listener().await;
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            flowplane_sdk::run_connectors(builder, config, listener, shutdown)
+                .await
+                .expect("recorder host runs");
+        });
+        Self { seen, stop }
+    }
+
+    fn seen(&self) -> Vec<(u32, u64)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn recorder_spec(name: &str, source: Value, max_in_flight: u32) -> StandingPipelineSpec {
+    StandingPipelineSpec {
+        consumers: vec![ConsumerBinding {
+            output: "results".into(),
+            consumer: Some(connector("recorder", json!({}))),
+        }],
+        delivery: Some(DeliveryPolicy {
+            max_attempts: 3,
+            retry_backoff: None,
+            max_in_flight,
+        }),
+        ..calculator_spec(name, source, Path::new("unused"), None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stalls_for_30s_throttles_the_source_and_loses_nothing() {
+    const WINDOW: u64 = 64;
+    let stack = Stack::start(1, 1).await;
+    let recorder = RecorderHost::start(&stack, Some(Duration::from_secs(30))).await;
+    // An endless source, as fast as credit allows.
+    apply(
+        &stack,
+        recorder_spec("stalled", json!({ "count": 0 }), WINDOW as u32),
+    )
+    .await;
+    // The first delivery stalls; meanwhile the source may not run ahead of the window.
+    wait_long("the first delivery", Duration::from_secs(30), || async {
+        stack
+            .get("stalled")
+            .await
+            .and_then(|p| p.stats)
+            .is_some_and(|s| s.records_read > 0)
+            .then_some(())
+    })
+    .await;
+    let mut most_read = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(p) = stack.get("stalled").await {
+            let stats = p.stats.unwrap_or_default();
+            most_read = most_read.max(stats.records_read);
+            assert!(
+                stats.records_read <= WINDOW,
+                "{} records read while the consumer stalls: more than the window of {WINDOW}",
+                stats.records_read
+            );
+            assert!(
+                recorder.seen().is_empty(),
+                "nothing delivered during the stall"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(most_read > 0);
+    // After the stall everything flows, in order, nothing missing.
+    let offsets = wait_long(
+        "deliveries after the stall",
+        Duration::from_secs(60),
+        || async {
+            let seen = recorder.seen();
+            (seen.len() >= 1000).then_some(seen)
+        },
+    )
+    .await;
+    let first: Vec<u64> = offsets.iter().take(1000).map(|&(_, o)| o).collect();
+    assert_eq!(
+        first,
+        (0..1000).collect::<Vec<_>>(),
+        "no record lost or reordered"
+    );
+    stack
+        .client()
+        .await
+        .pause_pipeline(PausePipelineRequest {
+            name: "stalled".into(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_reset_and_resume_replay_from_the_reset_point() {
+    let stack = Stack::start(1, 1).await;
+    let recorder = RecorderHost::start(&stack, None).await;
+    apply(
+        &stack,
+        recorder_spec("replayed", json!({ "count": 500 }), 64),
+    )
+    .await;
+    stack
+        .wait_committed(
+            "replayed",
+            &BTreeMap::from([(0, 500)]),
+            Duration::from_secs(60),
+        )
+        .await;
+    let mut client = stack.client().await;
+    client
+        .pause_pipeline(PausePipelineRequest {
+            name: "replayed".into(),
+        })
+        .await
+        .unwrap();
+    let before = recorder.seen();
+    assert_eq!(
+        before.iter().map(|&(_, o)| o).collect::<Vec<_>>(),
+        (0..500).collect::<Vec<_>>()
+    );
+    client
+        .reset_pipeline_offsets(ResetPipelineOffsetsRequest {
+            name: "replayed".into(),
+            offsets: HashMap::from([(0, 200)]),
+            earliest: false,
+        })
+        .await
+        .unwrap();
+    // Nothing runs while paused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        recorder.seen().len(),
+        500,
+        "a paused pipeline delivers nothing"
+    );
+    client
+        .resume_pipeline(ResumePipelineRequest {
+            name: "replayed".into(),
+        })
+        .await
+        .unwrap();
+    stack
+        .wait_committed(
+            "replayed",
+            &BTreeMap::from([(0, 500)]),
+            Duration::from_secs(60),
+        )
+        .await;
+    let replay: Vec<u64> = wait_long("the replay", Duration::from_secs(30), || async {
+        let seen = recorder.seen();
+        (seen.len() >= 800).then(|| seen[500..].iter().map(|&(_, o)| o).collect())
+    })
+    .await;
+    assert_eq!(
+        replay,
+        (200..500).collect::<Vec<_>>(),
+        "replayed from 200, once"
+    );
 }

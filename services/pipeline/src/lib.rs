@@ -180,11 +180,7 @@ pub async fn run(
     let directory = Directory::with_local(config.client.clone(), local.clone());
     directory.watch(replicas.clone(), stop.child_token());
     let lifecycle = Lifecycle::new();
-    let service = PipelineService::new(
-        directory.clone(),
-        config.limits.clone(),
-        lifecycle.clone(),
-    );
+    let service = PipelineService::new(directory.clone(), config.limits.clone(), lifecycle.clone());
     let runner_stop = CancellationToken::new();
     let runner = if config.standing.enabled {
         standing::describe();

@@ -44,7 +44,10 @@ impl ControlPlane {
         })
     }
 
-    fn standing(&self, channel: tonic::transport::Channel) -> StandingPipelineServiceClient<Authed> {
+    fn standing(
+        &self,
+        channel: tonic::transport::Channel,
+    ) -> StandingPipelineServiceClient<Authed> {
         StandingPipelineServiceClient::with_interceptor(
             flowplane_grpc::client::traced(channel),
             self.auth.clone(),
@@ -191,7 +194,11 @@ impl ControlPlane {
                     .into_inner()
                     .components
             }
-            None => return Err(Status::invalid_argument("connector names no id or capability")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "connector names no id or capability",
+                ));
+            }
         };
         found.retain(|c| {
             c.status == HealthStatus::Healthy as i32 || c.status == HealthStatus::Degraded as i32
@@ -247,15 +254,19 @@ pub async fn open_source(
     component: Component,
     open: ReadRequest,
 ) -> Result<Link<ReadRequest, ReadResponse>, Status> {
-    let mut client =
-        SourceServiceClient::with_interceptor(channel(directory, &component.endpoint)?, auth(directory)?)
-            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+    let mut client = SourceServiceClient::with_interceptor(
+        channel(directory, &component.endpoint)?,
+        auth(directory)?,
+    )
+    .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
     // Unbounded: what the runner sends a source is credits and acks, a few per commit.
     let (tx, requests) = mpsc::unbounded_channel();
     tx.send(open).expect("receiver is held below");
     let rx = client
-        .read(tokio_stream::wrappers::UnboundedReceiverStream::new(requests))
+        .read(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            requests,
+        ))
         .await
         .inspect_err(|_| directory.forget_channel(&component.endpoint))?
         .into_inner();
@@ -268,16 +279,20 @@ pub async fn open_consumer(
     component: Component,
     open: DeliverRequest,
 ) -> Result<Link<DeliverRequest, DeliverResponse>, Status> {
-    let mut client =
-        ConsumerServiceClient::with_interceptor(channel(directory, &component.endpoint)?, auth(directory)?)
-            .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
+    let mut client = ConsumerServiceClient::with_interceptor(
+        channel(directory, &component.endpoint)?,
+        auth(directory)?,
+    )
+    .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
     // Unbounded, but what is queued is bounded by the run's window: deliveries exist
     // only for records in flight, and a record is in flight only with credit.
     let (tx, requests) = mpsc::unbounded_channel();
     tx.send(open).expect("receiver is held below");
     let rx = client
-        .deliver(tokio_stream::wrappers::UnboundedReceiverStream::new(requests))
+        .deliver(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            requests,
+        ))
         .await
         .inspect_err(|_| directory.forget_channel(&component.endpoint))?
         .into_inner();

@@ -57,7 +57,10 @@ pub fn describe() {
     metrics::describe_gauge!(CONSUMER_LAG, "Records the source holds and has not sent");
     metrics::describe_gauge!(COMMITTED_OFFSET, "Committed next offset per partition");
     metrics::describe_gauge!(RUNNING, "Standing pipelines this replica runs");
-    metrics::describe_counter!(RESTARTS, "Standing pipeline runs started again after a failure");
+    metrics::describe_counter!(
+        RESTARTS,
+        "Standing pipeline runs started again after a failure"
+    );
 }
 
 /// How this replica runs standing pipelines.
@@ -83,7 +86,10 @@ impl Default for RunnerSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            runner_id: format!("pipeline-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            runner_id: format!(
+                "pipeline-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
             claim_ttl: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
             commit_interval: Duration::from_millis(500),
@@ -144,7 +150,11 @@ async fn supervise(env: Arc<RunEnv>, stop: CancellationToken) {
         };
         let now = std::time::SystemTime::now();
         for pipeline in pipelines {
-            let name = pipeline.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let name = pipeline
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
             if name.is_empty() || pipeline.paused || runs.contains_key(&name) {
                 continue;
             }
@@ -179,7 +189,10 @@ async fn supervise(env: Arc<RunEnv>, stop: CancellationToken) {
         token.cancel();
     }
     for (name, (handle, _)) in runs {
-        if tokio::time::timeout(env.settings.open_timeout * 2, handle).await.is_err() {
+        if tokio::time::timeout(env.settings.open_timeout * 2, handle)
+            .await
+            .is_err()
+        {
             tracing::warn!(flowplane.pipeline = %name, "standing run did not stop in time");
         }
     }
@@ -188,7 +201,11 @@ async fn supervise(env: Arc<RunEnv>, stop: CancellationToken) {
 
 /// Runs one claimed pipeline, again after each failure, until it stops.
 async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: CancellationToken) {
-    let name = pipeline.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let name = pipeline
+        .spec
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
     let runner_id = env.settings.runner_id.clone();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {

@@ -80,7 +80,6 @@ impl Watermarks {
     pub fn committed(&self) -> BTreeMap<u32, u64> {
         self.partitions.iter().map(|(&p, w)| (p, w.next)).collect()
     }
-
 }
 
 #[cfg(test)]

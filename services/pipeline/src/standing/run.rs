@@ -26,8 +26,7 @@ use flowplane_proto::{
         read_request, read_response,
     },
     controlplane::v1::{
-        CommitPipelineRequest, ConnectorRef, PipelineStats, StandingPipeline,
-        StandingPipelineSpec,
+        CommitPipelineRequest, ConnectorRef, PipelineStats, StandingPipeline, StandingPipelineSpec,
     },
     data::v1::{DataBuffer, DataChunk},
     streaming::v1::{ControlCommand, stream_pipeline_response::Response},
@@ -458,10 +457,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn on_source(
-        &mut self,
-        message: Result<Option<ReadResponse>, Status>,
-    ) -> Result<(), Outcome> {
+    fn on_source(&mut self, message: Result<Option<ReadResponse>, Status>) -> Result<(), Outcome> {
         let message = match message {
             Ok(Some(message)) => message,
             Ok(None) => {
@@ -915,8 +911,7 @@ impl<'a> Run<'a> {
         // Records that produced no result at all are finished by a flush: its mark
         // comes back once the session has released everything sent before it.
         let last_sent = self.next_sequence.checked_sub(1);
-        let unresolved =
-            last_sent.is_some_and(|s| self.session_through.is_none_or(|t| t < s));
+        let unresolved = last_sent.is_some_and(|s| self.session_through.is_none_or(|t| t < s));
         if self.flushes.is_empty()
             && ((unresolved && !self.session_moved) || self.last_input.elapsed() > KEEPALIVE)
         {
@@ -1113,7 +1108,10 @@ async fn open_delivery(
         },
         |directory, component, open| Box::pin(open_consumer(directory, component, open)),
         |message: &DeliverResponse| {
-            matches!(message.response, Some(deliver_response::Response::Opened(_)))
+            matches!(
+                message.response,
+                Some(deliver_response::Response::Opened(_))
+            )
         },
         env.settings.open_timeout,
     )
@@ -1136,7 +1134,11 @@ async fn open_one<'d, Req, Resp>(
     kind: ComponentKind,
     connector: &ConnectorRef,
     open: impl Fn(&str) -> Req,
-    connect: impl Fn(&'d Directory, flowplane_proto::controlplane::v1::Component, Req) -> Opening<'d, Req, Resp>,
+    connect: impl Fn(
+        &'d Directory,
+        flowplane_proto::controlplane::v1::Component,
+        Req,
+    ) -> Opening<'d, Req, Resp>,
     is_opened: impl Fn(&Resp) -> bool,
     timeout: Duration,
 ) -> Result<(mpsc::UnboundedSender<Req>, tonic::Streaming<Resp>, String), ErrorDetail> {
@@ -1154,7 +1156,9 @@ async fn open_one<'d, Req, Resp>(
         .control
         .resolve(kind, connector)
         .await
-        .map_err(|status| from_status(reason, &format!("{what} {}", describe(connector)), &status))?;
+        .map_err(|status| {
+            from_status(reason, &format!("{what} {}", describe(connector)), &status)
+        })?;
     let mut last = None;
     for component in candidates {
         let id = component.id.clone();
