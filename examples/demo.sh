@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: starts a control plane, two processor hosts and the pipeline service on
 # 127.0.0.1, streams every example pipeline through them with the CLI, prints the
-# results, and stops everything cleanly -- also on Ctrl-C or a failure.
-# Usage: examples/demo.sh BIN_DIR        (BIN_DIR holds the four binaries)
+# results, runs the example standing pipeline (with a connector host) and checks its
+# output, and stops everything cleanly -- also on Ctrl-C or a failure.
+# Usage: examples/demo.sh BIN_DIR        (BIN_DIR holds the five binaries)
 # Ports: FLOWPLANE_DEMO_PORT (default 47051) and the next ones; DEMO_CHECK=1 compares
 # every result with examples/expected/ instead of printing it; DEMO_UPDATE_EXPECTED=1 rewrites
 # examples/expected/ from this run's results (a deliberate act, like the proto baseline).
@@ -47,7 +48,7 @@ wait_healthy() { # address
 }
 
 echo "starting the control plane on $cp_addr, processors on :$((base + 10)) and :$((base + 11)), pipeline on :$((base + 20))"
-start control-plane "$bin/flowplane-control-plane" --listen "$cp_addr" --lease-ttl 6s
+start control-plane "$bin/flowplane-control-plane" --listen "$cp_addr" --lease-ttl 6s --data-dir "$work/control-plane-data"
 wait_healthy "$cp_addr"
 for i in 0 1; do
   start "processor-$i" "$bin/flowplane-processor" --listen "127.0.0.1:$((base + 10 + i))" \
@@ -86,4 +87,43 @@ elif [ "${DEMO_CHECK:-0}" = 1 ]; then
 else
   "$here/run-all.sh" "$bin/flowplane" "$work/samples"
 fi
+
+# A standing pipeline: runs on its own, fed by the generator source on a connector host,
+# delivering to the file consumer; the pipeline service above is its runner.
+echo "standing pipeline: a connector host on :$((base + 30)), then examples/standing/generator-calculator.yaml"
+start connect "$bin/flowplane-connect" --listen "127.0.0.1:$((base + 30))" \
+  --control-plane "http://$cp_addr" --id demo-connect
+wait_healthy "127.0.0.1:$((base + 30))"
+standing="$work/generator-calculator.yaml"
+sed "s#/tmp/flowplane-demo/#$work/standing/#" "$here/standing/generator-calculator.yaml" >"$standing"
+"$bin/flowplane" pipelines apply "$standing"
+committed=0
+for _ in $(seq 1 600); do
+  committed=$("$bin/flowplane" pipelines offsets generator-calculator --output json 2>/dev/null |
+    python3 -c 'import json, sys; print(sum(json.load(sys.stdin).get("offsets", {}).values()))' 2>/dev/null || echo 0)
+  [ "$committed" -ge 2000 ] && break
+  sleep 0.1
+done
+[ "$committed" -ge 2000 ] || { echo "the standing pipeline committed $committed of 2000 records in 60s" >&2; exit 1; }
+"$bin/flowplane" pipelines get generator-calculator
+# Checked in every demo run: each record once, in offset order per partition, each
+# result what json.calculator makes of the generator's request.
+python3 - "$work/standing/result.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+last, seen = {}, set()
+for row in rows:
+    lineage, result = row["lineage"], row["payload"]["result"]
+    p, o = lineage["partition"], lineage["offset"]
+    assert (p, o) not in seen, f"partition {p} offset {o} twice"
+    assert o > last.get(p, -1), f"partition {p} offset {o} out of order"
+    seen.add((p, o)); last[p] = o
+    a, b = o % 1000 + 1, (p + o) % 9 + 1
+    want = [a + b, a - b, a * b, a / b][o % 4]
+    assert abs(result - want) < 1e-9, f"partition {p} offset {o}: {result}, want {want}"
+assert seen == {(p, o) for p in range(2) for o in range(1000)}, f"{len(seen)} of 2000 records"
+print(f"standing pipeline: {len(rows)} results in {sys.argv[1]}, each record once, in order, all correct")
+PY
+"$bin/flowplane" pipelines delete generator-calculator
+
 echo "demo done; stopping the platform"
