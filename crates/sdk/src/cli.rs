@@ -16,7 +16,7 @@ use clap::{Args as _, FromArgMatches as _};
 use flowplane_grpc::config::{ClientArgs, ServeArgs, parse_duration};
 use flowplane_telemetry::TelemetryArgs;
 
-use crate::{HostBuilder, HostConfig};
+use crate::{ConnectorHost, ConnectorHostBuilder, HostBuilder, HostConfig, ProcessorHost};
 
 /// Where [`Main`] listens unless `--listen` says otherwise: a port the OS picks on
 /// 127.0.0.1, logged in the `processor host serving` line and registered with the
@@ -144,10 +144,50 @@ impl HostArgs {
 /// A processor host binary: the host, its `--help` description and its default address.
 /// `Main::new(host).run()` is [`main`]; the built-in `flowplane-processor` is
 /// `Main::new(built_ins).default_listen(127.0.0.1:50061).run()`.
+///
+/// [`Main::connectors`] is the same binary for a connector host: the same flags, with
+/// `--connectors` (`FLOWPLANE_CONNECTORS`) selecting connectors in place of
+/// `--processors`; the built-in `flowplane-connect` is
+/// `Main::connectors(built_ins).default_listen(127.0.0.1:50081).run()`.
 pub struct Main {
-    host: HostBuilder,
+    host: Hosted,
     about: Option<String>,
     default_listen: SocketAddr,
+}
+
+/// What a [`Main`] serves.
+enum Hosted {
+    Processors(HostBuilder),
+    Connectors(ConnectorHostBuilder),
+}
+
+/// A host built from the flags, ready to serve.
+enum Built {
+    Processors(ProcessorHost),
+    Connectors(ConnectorHost),
+}
+
+impl Hosted {
+    fn name(&self) -> &str {
+        match self {
+            Hosted::Processors(b) => b.name(),
+            Hosted::Connectors(b) => b.name(),
+        }
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Hosted::Processors(b) => b.host_version(),
+            Hosted::Connectors(b) => b.host_version(),
+        }
+    }
+
+    fn build(self, config: &HostConfig) -> crate::Result<Built> {
+        Ok(match self {
+            Hosted::Processors(b) => Built::Processors(config.host(b)?),
+            Hosted::Connectors(b) => Built::Connectors(config.connector_host(b)?),
+        })
+    }
 }
 
 impl Main {
@@ -155,7 +195,16 @@ impl Main {
     /// name in `--help`, logs and traces), listening on [`DEFAULT_LISTEN`] by default.
     pub fn new(host: HostBuilder) -> Self {
         Self {
-            host,
+            host: Hosted::Processors(host),
+            about: None,
+            default_listen: DEFAULT_LISTEN,
+        }
+    }
+
+    /// A binary serving the sources and consumers of `host`, named after it.
+    pub fn connectors(host: ConnectorHostBuilder) -> Self {
+        Self {
+            host: Hosted::Connectors(host),
             about: None,
             default_listen: DEFAULT_LISTEN,
         }
@@ -175,15 +224,30 @@ impl Main {
 
     /// The command-line parser: the name, version and description, and every flag.
     pub fn command(&self) -> clap::Command {
-        let about = self.about.clone().unwrap_or_else(|| {
-            format!(
+        let about = self.about.clone().unwrap_or_else(|| match &self.host {
+            Hosted::Processors(b) => format!(
                 "Serves the flowplane processors {} behind ProcessorService.",
-                self.host.processor_names().join(", ")
-            )
+                b.processor_names().join(", ")
+            ),
+            Hosted::Connectors(b) => format!(
+                "Serves the flowplane connectors {} behind SourceService and ConsumerService.",
+                b.connector_names().join(", ")
+            ),
         });
         // The flags first: their doc comment would otherwise replace the description.
-        HostArgs::augment_args(clap::Command::new(self.host.name().to_string()))
-            .version(self.host.host_version().to_string())
+        let mut command = HostArgs::augment_args(clap::Command::new(self.host.name().to_string()));
+        if let Hosted::Connectors(_) = self.host {
+            // The same field, so the same config: the connectors to serve.
+            command = command
+                .mut_arg("processors", |arg| {
+                    arg.long("connectors")
+                        .env("FLOWPLANE_CONNECTORS")
+                        .help("Comma-separated connectors to serve (NAME, source/NAME or consumer/NAME); unset serves every one this host has")
+                })
+                .mut_arg("max_concurrent_calls", |arg| arg.hide(true));
+        }
+        command
+            .version(self.host.version().to_string())
             .about(about)
             .long_about(None)
             .after_help(format!(
@@ -215,7 +279,7 @@ impl Main {
         let name = self.host.name().to_string();
         // The host is built before anything binds, so an unknown processor is a usage error.
         let config = args.config().and_then(|config| {
-            let host = config.host(self.host).map_err(|e| e.to_string())?;
+            let host = self.host.build(&config).map_err(|e| e.to_string())?;
             Ok((host, config))
         });
         flowplane_grpc::binary::serve_main(
@@ -224,8 +288,16 @@ impl Main {
             &args.serve,
             self.default_listen,
             config,
-            |(host, config), listener, shutdown| {
-                crate::serve(host, config.serve_options(), listener, shutdown)
+            |(host, config), listener, shutdown| async move {
+                match host {
+                    Built::Processors(host) => {
+                        crate::serve(host, config.serve_options(), listener, shutdown).await
+                    }
+                    Built::Connectors(host) => {
+                        crate::serve_connectors(host, config.serve_options(), listener, shutdown)
+                            .await
+                    }
+                }
             },
         )
     }
@@ -319,6 +391,23 @@ mod tests {
             .unwrap_err();
         assert!(message.contains("--metrics-listen"), "{message}");
         assert!(message.contains("`prometheus` feature"), "{message}");
+    }
+
+    #[test]
+    fn a_connector_host_selects_connectors_with_its_own_flag() {
+        let main = Main::connectors(ConnectorHostBuilder::new("test-connect"));
+        let help = main.command().render_long_help().to_string();
+        assert!(help.contains("--connectors"), "{help}");
+        assert!(!help.contains("--processors"), "{help}");
+        let matches = main
+            .command()
+            .try_get_matches_from(["test-connect", "--connectors", "generator, consumer/file"])
+            .unwrap();
+        let config = HostArgs::from_arg_matches(&matches)
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(config.processors, ["generator", "consumer/file"]);
     }
 
     #[test]

@@ -10,14 +10,15 @@ use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
 
 use crate::{
-    DEFAULT_MAX_CONCURRENT_CALLS, Error, HostBuilder, ProcessorHost, RegistrationConfig, Result,
-    ServeOptions,
+    ConnectorHost, ConnectorHostBuilder, DEFAULT_MAX_CONCURRENT_CALLS, Error, HostBuilder,
+    ProcessorHost, RegistrationConfig, Result, ServeOptions,
 };
 
 /// Everything a processor host needs to run, besides its processors.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
-    /// Processors to serve (`--processors`); empty serves every one the host has.
+    /// Processors to serve (`--processors`), or on a connector host the connectors
+    /// (`--connectors`); empty serves every one the host has.
     pub processors: Vec<String>,
     /// Control plane to register with (`--control-plane`), or a comma-separated list of
     /// replicas; `None` serves without registering.
@@ -114,6 +115,19 @@ impl HostConfig {
         builder.build()
     }
 
+    /// A connector host from `builder` with these settings: the connectors selected by
+    /// `processors` (`--connectors` on a connector host's command line), the stream limit
+    /// and the host id. Fails on an unknown connector name or a bad spec.
+    pub fn connector_host(&self, builder: ConnectorHostBuilder) -> Result<ConnectorHost> {
+        let mut builder = builder
+            .only(&self.processors)?
+            .max_streams(self.max_streams);
+        if let Some(id) = &self.id {
+            builder = builder.host_id(id);
+        }
+        builder.build()
+    }
+
     /// How [`crate::serve`] serves a host with these settings.
     pub fn serve_options(self) -> ServeOptions {
         let registration = self.control_plane.map(|control_plane| {
@@ -147,6 +161,21 @@ pub async fn run(
     config.validate()?;
     let host = config.host(builder)?;
     crate::serve(host, config.serve_options(), listener, shutdown).await
+}
+
+/// Serves the connectors of `builder` on `listener` with `config` until `shutdown`
+/// resolves, each registered with the control plane when one is configured. On
+/// shutdown: NOT_SERVING, STOPPING, deregistered, open streams drained within the grace
+/// period.
+pub async fn run_connectors(
+    builder: ConnectorHostBuilder,
+    config: HostConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    config.validate()?;
+    let host = config.connector_host(builder)?;
+    crate::serve_connectors(host, config.serve_options(), listener, shutdown).await
 }
 
 #[cfg(test)]

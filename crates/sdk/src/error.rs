@@ -58,6 +58,74 @@ pub enum Error {
         setting: &'static str,
         message: String,
     },
+    #[error("the first message of a {stream} stream must be open")]
+    MissingOpen { stream: &'static str },
+    #[error("open sent twice on one {stream} stream")]
+    DuplicateOpen { stream: &'static str },
+    #[error("{stream} request carries no message")]
+    EmptyConnectorRequest { stream: &'static str },
+    #[error("unknown {kind} {id:?}; this host serves: {known}")]
+    UnknownConnector {
+        /// "source" or "consumer".
+        kind: &'static str,
+        id: String,
+        known: String,
+    },
+    #[error("{kind} {connector:?}: {source}")]
+    Connector {
+        kind: &'static str,
+        connector: String,
+        #[source]
+        source: ConnectorError,
+    },
+    #[error("credit.records is 0; grant at least one record")]
+    ZeroCredit,
+    #[error(
+        "credit.records {granted} would make {total} records of outstanding credit, over the limit of {limit}"
+    )]
+    CreditOverflow {
+        granted: u32,
+        total: u64,
+        limit: u64,
+    },
+    #[error(
+        "ack.partition {partition} is not a partition of source {source_name:?}; its partitions are: {known}"
+    )]
+    UnknownPartition {
+        source_name: String,
+        partition: u32,
+        known: String,
+    },
+    #[error(
+        "ack.next_offset {next_offset} of partition {partition} is beyond the records sent (next unsent offset {unsent})"
+    )]
+    AckAhead {
+        partition: u32,
+        next_offset: u64,
+        unsent: u64,
+    },
+    #[error("delivery {delivery_id} carries no lineage")]
+    MissingLineage { delivery_id: u64 },
+    #[error("source {source_name:?} misbehaved: {message}")]
+    SourceMisbehaved {
+        source_name: String,
+        message: String,
+    },
+    #[error("a {stream} stream's connector panicked: {message}")]
+    ConnectorPanicked {
+        stream: &'static str,
+        message: String,
+    },
+    #[error("connector host is draining and opens no new streams; use another host")]
+    ConnectorDraining,
+    #[error("connector host is shutting down and the grace period is over")]
+    ConnectorShuttingDown,
+    #[error("{kind} {connector:?} is declared wrongly: {message}")]
+    InvalidConnector {
+        kind: &'static str,
+        connector: String,
+        message: String,
+    },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -99,6 +167,49 @@ impl Error {
             Error::InvalidCapability { .. } => (Code::Internal, "INVALID_CAPABILITY", none()),
             Error::DuplicateProcessor(_) => (Code::Internal, "DUPLICATE_PROCESSOR", none()),
             Error::InvalidConfig { .. } => (Code::Internal, "INVALID_CONFIG", none()),
+            Error::MissingOpen { .. } => (Code::FailedPrecondition, "MISSING_OPEN", "open".into()),
+            Error::DuplicateOpen { .. } => {
+                (Code::FailedPrecondition, "DUPLICATE_OPEN", "open".into())
+            }
+            Error::EmptyConnectorRequest { .. } => {
+                (Code::InvalidArgument, "EMPTY_REQUEST", "request".into())
+            }
+            Error::UnknownConnector { kind, .. } => (
+                Code::NotFound,
+                "UNKNOWN_CONNECTOR",
+                format!("open.{kind}_id"),
+            ),
+            Error::Connector { source, .. } => {
+                (source.code(), source.reason_static(), source.field().into())
+            }
+            Error::ZeroCredit => (
+                Code::InvalidArgument,
+                "ZERO_CREDIT",
+                "credit.records".into(),
+            ),
+            Error::CreditOverflow { .. } => (
+                Code::InvalidArgument,
+                "CREDIT_OVERFLOW",
+                "credit.records".into(),
+            ),
+            Error::UnknownPartition { .. } => (
+                Code::InvalidArgument,
+                "UNKNOWN_PARTITION",
+                "ack.partition".into(),
+            ),
+            Error::AckAhead { .. } => {
+                (Code::InvalidArgument, "ACK_AHEAD", "ack.next_offset".into())
+            }
+            Error::MissingLineage { .. } => (
+                Code::InvalidArgument,
+                "MISSING_LINEAGE",
+                "delivery.lineage".into(),
+            ),
+            Error::SourceMisbehaved { .. } => (Code::Internal, "SOURCE_MISBEHAVED", none()),
+            Error::ConnectorPanicked { .. } => (Code::Internal, "CONNECTOR_PANICKED", none()),
+            Error::ConnectorDraining => (Code::Unavailable, "DRAINING", none()),
+            Error::ConnectorShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", none()),
+            Error::InvalidConnector { .. } => (Code::Internal, "INVALID_CONNECTOR", none()),
             Error::Io(_) => (Code::Internal, "IO", none()),
             Error::Grpc(_) => (Code::Internal, "GRPC_STACK", none()),
         }
@@ -205,6 +316,78 @@ impl ProcessError {
             field: self.field,
             code: self.code as i32,
         }
+    }
+}
+
+/// A connector could not open or read a stream: the stream ends with `code`. A bad
+/// param converts from a [`ParamError`] (INVALID_ARGUMENT, reason `INVALID_PARAM`,
+/// field `open.params.<name>`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectorError {
+    code: Code,
+    reason: &'static str,
+    field: String,
+    message: String,
+}
+
+impl ConnectorError {
+    /// An error with any code; `reason` is UPPER_SNAKE_CASE.
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            field: String::new(),
+            message: message.into(),
+        }
+    }
+
+    /// Something the connector depends on is not there now (a file, a broker):
+    /// UNAVAILABLE, so the runner tries again later.
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, reason, message)
+    }
+
+    /// The connector itself misbehaved: INTERNAL.
+    pub fn internal(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, reason, message)
+    }
+
+    /// Names the offending request field as a dotted path.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = field.into();
+        self
+    }
+
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The machine-readable cause.
+    pub fn reason(&self) -> &str {
+        self.reason
+    }
+
+    fn reason_static(&self) -> &'static str {
+        self.reason
+    }
+
+    /// The offending field, empty when there is none.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The human-readable explanation.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<ParamError> for ConnectorError {
+    fn from(error: ParamError) -> Self {
+        Self::new(Code::InvalidArgument, "INVALID_PARAM", error.to_string())
+            .with_field(format!("open.params.{}", error.param()))
     }
 }
 
@@ -344,6 +527,55 @@ mod tests {
             status.message(),
             "processor \"text.transform\": invalid param \"mode\": must be one of upper, lower, reverse"
         );
+    }
+
+    #[test]
+    fn connector_errors_keep_the_connectors_code_and_name_the_param_field() {
+        let status = Status::from(Error::Connector {
+            kind: "source",
+            connector: "generator".into(),
+            source: ParamError::new("partitions", "must be between 1 and 1024, got 0").into(),
+        });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "source \"generator\": invalid param \"partitions\": must be between 1 and 1024, got 0"
+        );
+        let details = status.check_error_details().unwrap();
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_PARAM");
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "open.params.partitions"
+        );
+        let unavailable = Status::from(Error::Connector {
+            kind: "source",
+            connector: "file".into(),
+            source: ConnectorError::unavailable("FILE_UNAVAILABLE", "cannot open /x"),
+        });
+        assert_eq!(unavailable.code(), Code::Unavailable);
+        let cases = [
+            (
+                Error::MissingOpen { stream: "read" },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::DuplicateOpen { stream: "deliver" },
+                Code::FailedPrecondition,
+            ),
+            (Error::ZeroCredit, Code::InvalidArgument),
+            (
+                Error::UnknownConnector {
+                    kind: "consumer",
+                    id: "nope".into(),
+                    known: "file, log".into(),
+                },
+                Code::NotFound,
+            ),
+            (Error::ConnectorDraining, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
     }
 
     #[test]

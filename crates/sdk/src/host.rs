@@ -542,35 +542,25 @@ impl ProcessorHost {
             .lifecycle
             .admit()
             .map_err(|_| Status::from(Error::Draining))?;
-        let (tx, rx) = mpsc::channel::<Queued>(STREAM_BUFFER);
-        let tx = Tx {
-            tx,
-            bytes: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
-            abort: self.inner.lifecycle.aborted(),
-        };
+        let (tx, responses) = Tx::channel(STREAM_BUFFER, self.inner.lifecycle.aborted());
         // The caller's span (a pipeline node's, for a local stream) covers the stream.
         self.inner.tasks.spawn(
             run_stream(self.clone(), inbound, tx, admitted).instrument(tracing::Span::current()),
         );
-        // Dropping the permit as the response is taken returns its bytes to the queue.
-        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
-        Ok(Box::pin(responses))
+        Ok(responses)
     }
 }
 
 /// The next request of a stream; `Ok(None)` is the client's half-close.
-async fn next_request<S>(inbound: &mut S) -> Result<Option<ProcessRequest>, Status>
+pub(crate) async fn next_request<S, M>(inbound: &mut S) -> Result<Option<M>, Status>
 where
-    S: Stream<Item = Result<ProcessRequest, Status>> + Unpin,
+    S: Stream<Item = Result<M, Status>> + Unpin,
 {
     inbound.next().await.transpose()
 }
 
 /// One queued response and the stream's queue bytes it holds until tonic takes it.
-type Queued = (
-    Result<ProcessResponse, Status>,
-    Option<OwnedSemaphorePermit>,
-);
+type Queued<M> = (Result<M, Status>, Option<OwnedSemaphorePermit>);
 
 #[tonic::async_trait]
 impl ProcessorService for ProcessorHost {
@@ -596,18 +586,46 @@ impl ProcessorService for ProcessorHost {
     }
 }
 
-/// The sending side of one stream's response queue.
-struct Tx {
-    tx: mpsc::Sender<Queued>,
+/// The sending side of one stream's response queue, bounded in messages and in encoded
+/// bytes; shared by the processor and the connector hosts.
+pub(crate) struct Tx<M> {
+    tx: mpsc::Sender<Queued<M>>,
     /// Encoded bytes of queued responses, [`STREAM_BUFFER_BYTES`] in all.
     bytes: Arc<Semaphore>,
-    abort: CancellationToken,
+    pub(crate) abort: CancellationToken,
 }
 
-impl Tx {
-    /// Queues a response once there is room in results and bytes. `false` when the
+impl<M> Clone for Tx<M> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            bytes: self.bytes.clone(),
+            abort: self.abort.clone(),
+        }
+    }
+}
+
+/// The responses of one stream, as tonic sends them.
+pub(crate) type Responses<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
+
+impl<M: Message + Send + 'static> Tx<M> {
+    /// A queue of at most `capacity` messages and [`STREAM_BUFFER_BYTES`], and the stream
+    /// that takes from it; `abort` is the end of the shutdown's grace period.
+    pub(crate) fn channel(capacity: usize, abort: CancellationToken) -> (Self, Responses<M>) {
+        let (tx, rx) = mpsc::channel::<Queued<M>>(capacity);
+        let tx = Tx {
+            tx,
+            bytes: Arc::new(Semaphore::new(STREAM_BUFFER_BYTES)),
+            abort,
+        };
+        // Dropping the permit as the response is taken returns its bytes to the queue.
+        let responses = ReceiverStream::new(rx).map(|(response, _permit)| response);
+        (tx, Box::pin(responses))
+    }
+
+    /// Queues a response once there is room in messages and bytes. `false` when the
     /// client has gone or the grace period is over.
-    async fn send(&self, response: ProcessResponse) -> bool {
+    pub(crate) async fn send(&self, response: M) -> bool {
         // Results are checked against MAX_MESSAGE_BYTES before, so this always fits.
         let size = response.encoded_len().clamp(1, STREAM_BUFFER_BYTES) as u32;
         if self.abort.is_cancelled() {
@@ -616,16 +634,18 @@ impl Tx {
         // Room in bytes and results: queued without a wait (and without registering on
         // the shutdown token, which a wait needs).
         let held = self.bytes.clone().try_acquire_many_owned(size).ok();
-        if held.is_some() {
+        let response = if held.is_some() {
             match self.tx.try_reserve() {
                 Ok(slot) => {
                     slot.send((Ok(response), held));
                     return true;
                 }
                 Err(mpsc::error::TrySendError::Closed(())) => return false,
-                Err(mpsc::error::TrySendError::Full(())) => {}
+                Err(mpsc::error::TrySendError::Full(())) => response,
             }
-        }
+        } else {
+            response
+        };
         let queue = async {
             let permit = match held {
                 Some(permit) => permit,
@@ -643,7 +663,7 @@ impl Tx {
     /// Ends the stream with `error`'s status. It waits for room behind the results
     /// already queued, unless the shutdown's grace period is over: then a client that
     /// stopped reading loses the status with the stream.
-    async fn end(&self, error: Error) {
+    pub(crate) async fn end(&self, error: Error) {
         tokio::select! {
             biased;
             _ = self.tx.send((Err(error.into()), None)) => {}
@@ -663,7 +683,7 @@ fn position(last_sequence: Option<u64>, opened: bool) -> String {
 
 /// What a failed read of the request stream means. `None`: the client broke the stream
 /// (reset, connection lost), so nobody is left to read a status.
-fn read_error(status: &Status, position: String) -> Option<Error> {
+pub(crate) fn read_error(status: &Status, position: String) -> Option<Error> {
     // Transport failures carry their h2/hyper error as the source (an h2 reset with
     // ENHANCE_YOUR_CALM even reads RESOURCE_EXHAUSTED); tonic's decoder errors have none.
     if std::error::Error::source(status).is_some() {
@@ -687,8 +707,12 @@ fn read_error(status: &Status, position: String) -> Option<Error> {
     }
 }
 
-async fn run_stream<S>(host: ProcessorHost, mut inbound: S, tx: Tx, _admitted: Admitted)
-where
+async fn run_stream<S>(
+    host: ProcessorHost,
+    mut inbound: S,
+    tx: Tx<ProcessResponse>,
+    _admitted: Admitted,
+) where
     S: Stream<Item = Result<ProcessRequest, Status>> + Unpin,
 {
     let mut abort = pin!(tx.abort.clone().cancelled_owned());
@@ -840,13 +864,13 @@ where
 }
 
 /// After a send failed: the client has gone (nothing to do) or the grace period is over.
-async fn gone(tx: &Tx) {
+async fn gone(tx: &Tx<ProcessResponse>) {
     if tx.abort.is_cancelled() {
         tx.end(Error::ShuttingDown).await;
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_string())

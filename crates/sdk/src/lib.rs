@@ -108,11 +108,123 @@
 //! let host = ProcessorHost::builder("example").processor::<CharCount>().build().unwrap();
 //! assert_eq!(host.capabilities()[0].name, "text.char_count");
 //! ```
+//!
+//! # Sources and consumers
+//!
+//! A standing pipeline reads a [`Source`] and delivers its results to [`Consumer`]s. A
+//! source implements [`Source::spec`] (name, types, params) and [`Source::open`], which
+//! returns a [`SourceReader`] positioned at the stream's start offsets; a consumer
+//! implements [`Consumer::open`], which returns a [`ConsumerSink`] whose
+//! [`ConsumerSink::consume`] answers each [`Delivery`] with an [`Ack`]. A
+//! [`ConnectorHost`] serves any number of them behind `SourceService` and
+//! `ConsumerService`, each registered as its own component (kind SOURCE or CONSUMER,
+//! label [`CAPABILITY_LABEL`] = its name); [`serve_connectors`], [`run_connectors`] and
+//! [`Main::connectors`] are [`serve`], [`run`] and [`Main::new`] for it, with the same
+//! server stack, flags, auth ([`CONNECT_ACCESS`]: role `process`) and drain.
+//! `crates/connectors` holds the built-ins, written exactly this way.
+//!
+//! | what | how it ends | code | reason |
+//! | --- | --- | --- | --- |
+//! | first request not `open`, or a second `open` | stream status | FAILED_PRECONDITION | `MISSING_OPEN` / `DUPLICATE_OPEN` |
+//! | `source_id` / `consumer_id` served by no connector here (message names it and what the host serves) | stream status | NOT_FOUND | `UNKNOWN_CONNECTOR` (field `open.source_id` / `open.consumer_id`) |
+//! | bad param (field `open.params.<name>`) | stream status | INVALID_ARGUMENT | `INVALID_PARAM` |
+//! | a connector that cannot open (a missing file) | stream status | as the connector says | as the connector says |
+//! | `credit.records` 0, or outstanding credit over [`MAX_OUTSTANDING_CREDIT`] | stream status | INVALID_ARGUMENT | `ZERO_CREDIT` / `CREDIT_OVERFLOW` |
+//! | `ack` of a partition the source lacks, or beyond the records sent | stream status | INVALID_ARGUMENT | `UNKNOWN_PARTITION` / `ACK_AHEAD` |
+//! | a delivery without lineage | stream status | INVALID_ARGUMENT | `MISSING_LINEAGE` |
+//! | a source yielding an undeclared partition, a wrong offset or type, an oversized payload | stream status | INTERNAL | `SOURCE_MISBEHAVED` |
+//! | connector code panics | stream status | INTERNAL | `CONNECTOR_PANICKED` |
+//! | a delivery of a type the consumer does not accept | ack REJECT | | |
+//! | draining / grace period over | refused / stream status | UNAVAILABLE | `DRAINING` / `SHUTTING_DOWN` |
+//!
+//! ```
+//! use std::collections::HashMap;
+//!
+//! use flowplane_sdk::{
+//!     Ack, ConnectorError, ConnectorHost, ConnectorSpec, Consumer, ConsumerOpen, ConsumerSink,
+//!     Delivery, Param, Record, Source, SourceOpen, SourceReader, async_trait,
+//!     proto::data::v1::{DataTypeHint, TextData, data_buffer::Payload},
+//!     serde_json::json,
+//! };
+//!
+//! /// Counts up from the start offset, in one partition.
+//! struct Counter;
+//!
+//! #[async_trait]
+//! impl Source for Counter {
+//!     fn spec(&self) -> ConnectorSpec {
+//!         ConnectorSpec::new("counter", "counts up")
+//!             .data_types([DataTypeHint::Text])
+//!             .param(Param::number("count", "how far").default(json!(10)))
+//!     }
+//!
+//!     async fn open(&self, open: SourceOpen<'_>) -> Result<Box<dyn SourceReader>, ConnectorError> {
+//!         let count = open.params.u64("count")?; // a ParamError becomes INVALID_ARGUMENT
+//!         Ok(Box::new(CounterReader { next: open.start(0), count }))
+//!     }
+//! }
+//!
+//! struct CounterReader {
+//!     next: u64,
+//!     count: u64,
+//! }
+//!
+//! #[async_trait]
+//! impl SourceReader for CounterReader {
+//!     fn partitions(&self) -> Vec<u32> {
+//!         vec![0]
+//!     }
+//!     fn data_type(&self) -> DataTypeHint {
+//!         DataTypeHint::Text
+//!     }
+//!     async fn next(&mut self) -> Result<Option<Record>, ConnectorError> {
+//!         if self.next >= self.count {
+//!             return Ok(None); // exhausted
+//!         }
+//!         let text = TextData { text: self.next.to_string(), language: String::new() };
+//!         self.next += 1;
+//!         Ok(Some(Record::new(0, self.next - 1, Payload::Text(text))))
+//!     }
+//!     async fn pending(&mut self) -> HashMap<u32, u64> {
+//!         HashMap::from([(0, self.count.saturating_sub(self.next))])
+//!     }
+//! }
+//!
+//! /// Accepts everything, keeps nothing.
+//! struct Discard;
+//!
+//! #[async_trait]
+//! impl Consumer for Discard {
+//!     fn spec(&self) -> ConnectorSpec {
+//!         ConnectorSpec::new("discard", "drops every delivery").data_types([DataTypeHint::Any])
+//!     }
+//!     async fn open(&self, _: ConsumerOpen<'_>) -> Result<Box<dyn ConsumerSink>, ConnectorError> {
+//!         Ok(Box::new(Discard))
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl ConsumerSink for Discard {
+//!     async fn consume(&mut self, _delivery: Delivery) -> Ack {
+//!         Ack::Success
+//!     }
+//! }
+//!
+//! let host = ConnectorHost::builder("my-connectors")
+//!     .source(Counter)
+//!     .consumer(Discard)
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(host.sources()[0].name(), "counter");
+//! // A binary: flowplane_sdk::Main::connectors(builder).run()
+//! ```
 
 #[cfg(feature = "cli")]
 mod cli;
 pub mod client;
 mod config;
+mod connect_host;
+mod connector;
 mod error;
 mod host;
 mod params;
@@ -125,9 +237,17 @@ pub mod testing;
 
 #[cfg(feature = "cli")]
 pub use cli::{DEFAULT_LISTEN, HostArgs, Main, main};
-pub use config::{HostConfig, run};
+pub use config::{HostConfig, run, run_connectors};
 
-pub use error::{Error, ParamError, ProcessError, Result};
+pub use connect_host::{
+    CONNECTOR_STREAM_BUFFER, ConnectorHost, ConnectorHostBuilder, ConnectorKind,
+    MAX_OUTSTANDING_CREDIT,
+};
+pub use connector::{
+    Ack, CAPABILITY_LABEL, ConnectorSpec, Consumer, ConsumerOpen, ConsumerSink, Delivery, Record,
+    Source, SourceOpen, SourceReader,
+};
+pub use error::{ConnectorError, Error, ParamError, ProcessError, Result};
 pub use host::{
     AMBIGUOUS_INPUT, DEFAULT_MAX_CONCURRENT_CALLS, HostBuilder, INLINE_BUDGET, MISSING_PAYLOAD,
     ProcessorHost, RESULT_TOO_LARGE, ResponseStream, SEQUENCE_OUT_OF_ORDER, STREAM_BUFFER,
@@ -137,7 +257,7 @@ pub use params::Params;
 pub(crate) use processor::TypedFactory;
 pub use processor::{Capability, Input, Output, Param, Processor, ProcessorFactory};
 pub use registration::{Registration, RegistrationConfig, RegistrationState};
-pub use serve::{HOST_ACCESS, ServeOptions, serve};
+pub use serve::{CONNECT_ACCESS, HOST_ACCESS, ServeOptions, serve, serve_connectors};
 
 /// The generated API types, so processor crates need no direct dependency on them.
 pub use flowplane_proto as proto;
@@ -155,6 +275,9 @@ pub use flowplane_grpc::{MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
 pub use flowplane_telemetry as telemetry;
 /// Cancelled to stop [`serve`] or [`run`]; [`shutdown::on_signals`] returns one.
 pub use tokio_util::sync::CancellationToken;
+/// The attribute that makes a trait's `async fn`s object-safe, for implementing
+/// [`Source`], [`SourceReader`], [`Consumer`] and [`ConsumerSink`].
+pub use tonic::async_trait;
 pub use {bytes, serde_json, tokio, tonic};
 
 /// Every code block of `crates/sdk/README.md`, compiled (and run unless marked

@@ -12,7 +12,7 @@
 //! (`flowplane_grpc::replicas`): heartbeats carry on under the same lease token, and only
 //! a replica that does not know the lease (NOT_FOUND) makes the host register again.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use flowplane_grpc::{
     auth::AttachBearer,
@@ -24,9 +24,11 @@ use flowplane_grpc::{
 use flowplane_proto::{
     common::v1::HealthStatus,
     controlplane::v1::{
-        DeregisterRequest, ProcessorHeartbeatRequest, RegisterProcessorRequest,
-        RegisterProcessorResponse, control_plane_service_client::ControlPlaneServiceClient,
+        ConsumerHeartbeatRequest, DeregisterRequest, ProcessorHeartbeatRequest,
+        RegisterConsumerRequest, RegisterProcessorRequest, RegisterSourceRequest,
+        SourceHeartbeatRequest, control_plane_service_client::ControlPlaneServiceClient,
     },
+    processor::v1::ProcessorCapability,
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -106,6 +108,192 @@ pub enum RegistrationState {
 
 type Client = ControlPlaneServiceClient<InterceptedService<TracedChannel, AttachBearer>>;
 
+/// What a component registers as, by kind: the one difference between the register and
+/// heartbeat RPCs of processors, sources and consumers.
+#[derive(Clone, Debug)]
+pub(crate) enum Announce {
+    Processor {
+        capabilities: Vec<ProcessorCapability>,
+        version: String,
+    },
+    Source {
+        data_types: Vec<i32>,
+    },
+    Consumer {
+        data_types: Vec<i32>,
+    },
+}
+
+/// The component a [`Registration`] keeps registered: a processor host, or one
+/// connector of a connector host.
+pub(crate) trait Subject: Send + Sync + 'static {
+    /// What to register as.
+    fn announce(&self) -> Announce;
+    /// Heartbeat readings.
+    fn metrics(&self) -> HashMap<String, f64>;
+    /// True when the component should report DEGRADED.
+    fn overloaded(&self) -> bool;
+    /// The id the control plane granted.
+    fn set_id(&self, id: &str);
+}
+
+impl Subject for ProcessorHost {
+    fn announce(&self) -> Announce {
+        Announce::Processor {
+            capabilities: self.capabilities(),
+            version: self.version().to_string(),
+        }
+    }
+    fn metrics(&self) -> HashMap<String, f64> {
+        self.stats().snapshot().to_metrics()
+    }
+    fn overloaded(&self) -> bool {
+        ProcessorHost::overloaded(self)
+    }
+    fn set_id(&self, id: &str) {
+        self.set_host_id(id);
+    }
+}
+
+/// A register request of any kind, and the lease any kind's answer grants.
+struct Register {
+    id: String,
+    endpoint: String,
+    metadata: HashMap<String, String>,
+    lease_token: String,
+    announce: Announce,
+}
+
+struct Granted {
+    id: String,
+    lease_token: String,
+    lease_ttl: Option<prost_types::Duration>,
+    heartbeat_interval: Option<prost_types::Duration>,
+}
+
+macro_rules! granted {
+    ($response:expr, $id:ident) => {{
+        let r = $response;
+        Granted {
+            id: r.$id,
+            lease_token: r.lease_token,
+            lease_ttl: r.lease_ttl,
+            heartbeat_interval: r.heartbeat_interval,
+        }
+    }};
+}
+
+async fn register_call(
+    mut client: Client,
+    timeout: Duration,
+    r: Register,
+) -> Result<Granted, Status> {
+    let Register {
+        id,
+        endpoint,
+        metadata,
+        lease_token,
+        announce,
+    } = r;
+    Ok(match announce {
+        Announce::Processor {
+            capabilities,
+            version,
+        } => {
+            let request = RegisterProcessorRequest {
+                processor_id: id,
+                endpoint,
+                metadata,
+                capabilities,
+                lease_token,
+                version,
+            };
+            granted!(
+                call(timeout, client.register_processor(request)).await?,
+                processor_id
+            )
+        }
+        Announce::Source { data_types } => {
+            let request = RegisterSourceRequest {
+                source_id: id,
+                endpoint,
+                metadata,
+                data_types,
+                lease_token,
+            };
+            granted!(
+                call(timeout, client.register_source(request)).await?,
+                source_id
+            )
+        }
+        Announce::Consumer { data_types } => {
+            let request = RegisterConsumerRequest {
+                consumer_id: id,
+                endpoint,
+                metadata,
+                data_types,
+                lease_token,
+            };
+            granted!(
+                call(timeout, client.register_consumer(request)).await?,
+                consumer_id
+            )
+        }
+    })
+}
+
+/// One heartbeat of any kind; `Ok` carries the interval the control plane asks for.
+async fn heartbeat_call(
+    mut client: Client,
+    timeout: Duration,
+    announce: &Announce,
+    id: String,
+    metrics: HashMap<String, f64>,
+    status: HealthStatus,
+    lease_token: String,
+) -> Result<Option<prost_types::Duration>, Status> {
+    let timestamp = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
+    let status = status as i32;
+    Ok(match announce {
+        Announce::Processor { .. } => {
+            let request = ProcessorHeartbeatRequest {
+                processor_id: id,
+                timestamp,
+                metrics,
+                status,
+                lease_token,
+            };
+            call(timeout, client.processor_heartbeat(request))
+                .await?
+                .heartbeat_interval
+        }
+        Announce::Source { .. } => {
+            let request = SourceHeartbeatRequest {
+                source_id: id,
+                timestamp,
+                metrics,
+                status,
+                lease_token,
+            };
+            call(timeout, client.source_heartbeat(request))
+                .await?
+                .heartbeat_interval
+        }
+        Announce::Consumer { .. } => {
+            let request = ConsumerHeartbeatRequest {
+                consumer_id: id,
+                timestamp,
+                metrics,
+                status,
+                lease_token,
+            };
+            call(timeout, client.consumer_heartbeat(request))
+                .await?
+                .heartbeat_interval
+        }
+    })
+}
+
 /// A live lease.
 struct Lease {
     processor_id: String,
@@ -119,7 +307,7 @@ pub struct Registration {
     auth: AttachBearer,
     config: RegistrationConfig,
     endpoint: String,
-    host: ProcessorHost,
+    host: Arc<dyn Subject>,
     state: watch::Sender<RegistrationState>,
 }
 
@@ -127,6 +315,15 @@ impl Registration {
     /// Prepares the lifecycle of `host`, advertised at `endpoint`. Connects lazily: the
     /// control plane need not be up. Fails on an address or token that cannot be used.
     pub fn new(config: RegistrationConfig, endpoint: String, host: ProcessorHost) -> Result<Self> {
+        Self::for_subject(config, endpoint, Arc::new(host))
+    }
+
+    /// The lifecycle of any component kind.
+    pub(crate) fn for_subject(
+        config: RegistrationConfig,
+        endpoint: String,
+        host: Arc<dyn Subject>,
+    ) -> Result<Self> {
         let replicas = Replicas::new(&config.control_plane, "--control-plane", &config.client)?;
         let auth =
             AttachBearer::new(config.join_token.as_deref()).map_err(|e| Error::InvalidConfig {
@@ -254,18 +451,16 @@ impl Registration {
         // max_backoff is logged once, and again only when its code changes.
         let mut refused: Option<Code> = None;
         loop {
-            let request = RegisterProcessorRequest {
-                processor_id: wanted_id.clone(),
-                endpoint: self.endpoint.clone(),
-                metadata: self.config.metadata.clone(),
-                capabilities: self.host.capabilities(),
-                lease_token: lease_token.clone(),
-                version: self.host.version().to_string(),
-            };
+            let announce = self.host.announce();
             let attempt = self.replicas.call(|channel| {
-                let mut client = self.client(channel);
-                let request = request.clone();
-                async move { call(RPC_TIMEOUT, client.register_processor(request)).await }
+                let request = Register {
+                    id: wanted_id.clone(),
+                    endpoint: self.endpoint.clone(),
+                    metadata: self.config.metadata.clone(),
+                    lease_token: lease_token.clone(),
+                    announce: announce.clone(),
+                };
+                register_call(self.client(channel), RPC_TIMEOUT, request)
             });
             if shutdown.is_cancelled() {
                 return None;
@@ -277,7 +472,7 @@ impl Registration {
             let delay = match outcome {
                 Ok(response) => {
                     let lease = lease_from(response);
-                    self.host.set_host_id(&lease.processor_id);
+                    self.host.set_id(&lease.processor_id);
                     tracing::info!(
                         processor_id = %lease.processor_id,
                         endpoint = %self.endpoint,
@@ -339,13 +534,8 @@ impl Registration {
         lease: &Lease,
         status: HealthStatus,
     ) -> Result<Option<Duration>, Status> {
-        let request = ProcessorHeartbeatRequest {
-            processor_id: lease.processor_id.clone(),
-            timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            metrics: self.host.stats().snapshot().to_metrics(),
-            status: status as i32,
-            lease_token: lease.lease_token.clone(),
-        };
+        let announce = self.host.announce();
+        let metrics = self.host.metrics();
         // A replica silent for one interval counts as gone: the next replica then gets the
         // same heartbeat before the lease notices anything.
         let timeout = lease
@@ -354,12 +544,15 @@ impl Registration {
         let response = self
             .replicas
             .call(|channel| {
-                let mut client = self.client(channel);
-                let request = request.clone();
-                async move { call(timeout, client.processor_heartbeat(request)).await }
+                let client = self.client(channel);
+                let (announce, metrics) = (announce.clone(), metrics.clone());
+                let (id, token) = (lease.processor_id.clone(), lease.lease_token.clone());
+                async move {
+                    heartbeat_call(client, timeout, &announce, id, metrics, status, token).await
+                }
             })
             .await?;
-        Ok(response.heartbeat_interval.and_then(duration_from))
+        Ok(response.and_then(duration_from))
     }
 
     /// Reports STOPPING, then deregisters. Failures are logged: the lease then expires.
@@ -425,7 +618,7 @@ fn duration_from(d: prost_types::Duration) -> Option<Duration> {
         .map(|d| d.max(MIN_HEARTBEAT_INTERVAL))
 }
 
-fn lease_from(response: RegisterProcessorResponse) -> Lease {
+fn lease_from(response: Granted) -> Lease {
     let heartbeat_interval = response
         .heartbeat_interval
         .and_then(duration_from)
@@ -438,7 +631,7 @@ fn lease_from(response: RegisterProcessorResponse) -> Lease {
         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
         .max(MIN_HEARTBEAT_INTERVAL);
     Lease {
-        processor_id: response.processor_id,
+        processor_id: response.id,
         lease_token: response.lease_token,
         heartbeat_interval,
     }
