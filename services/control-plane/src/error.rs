@@ -53,6 +53,92 @@ pub enum Error {
     /// A storage backend failed.
     #[error("registry backend: {0}")]
     Backend(String),
+
+    /// A standing pipeline spec with problems: every one of them, each naming its field.
+    #[error("{}", Violation::join(.0))]
+    InvalidSpec(Vec<Violation>),
+
+    /// No standing pipeline of this name is stored.
+    #[error("name: no standing pipeline {name:?} is stored")]
+    PipelineNotFound { name: String },
+
+    /// A paused pipeline cannot be claimed.
+    #[error("name: pipeline {name:?} is paused: resume it before a runner can claim it")]
+    PipelinePaused { name: String },
+
+    /// A paused pipeline's runner must stop: its commits are refused.
+    #[error("name: pipeline {name:?} is paused: its runner must stop, the commit is refused")]
+    CommitWhilePaused { name: String },
+
+    /// Offsets are reset only while the pipeline is paused (no runner can overwrite them).
+    #[error("name: pipeline {name:?} is not paused: pause it before resetting its offsets")]
+    PipelineNotPaused { name: String },
+
+    /// Another runner holds a live claim.
+    #[error(
+        "runner_id: pipeline {name:?} is claimed by runner {holder:?} (epoch {epoch}) until {until}"
+    )]
+    PipelineClaimed {
+        name: String,
+        holder: String,
+        epoch: u64,
+        until: String,
+    },
+
+    /// The runner's claim is no longer the stored one: another runner claimed since, or the
+    /// pipeline was paused.
+    #[error("epoch: runner {runner:?} no longer holds pipeline {name:?} at epoch {epoch}: {now}")]
+    ClaimLost {
+        name: String,
+        runner: String,
+        epoch: u64,
+        now: String,
+    },
+
+    /// Concurrent writes to one pipeline kept winning over this request.
+    #[error(
+        "name: pipeline {name:?} kept changing during this request ({attempts} tries); try again"
+    )]
+    PipelineConflict { name: String, attempts: usize },
+}
+
+/// One problem of a request, naming its field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The field, as a dotted path like `spec.consumers[1].output`.
+    pub field: String,
+    /// Machine-readable cause, for example `INVALID_FIELD` or the manifest's `NO_OUTPUTS`.
+    pub reason: &'static str,
+    /// Lowercase explanation, without the field.
+    pub message: String,
+}
+
+impl Violation {
+    /// A problem of `field` with the generic reason `INVALID_FIELD`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: "INVALID_FIELD",
+            message: message.into(),
+        }
+    }
+
+    fn join(all: &[Violation]) -> String {
+        let parts: Vec<String> = all
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.message))
+            .collect();
+        parts.join("; ")
+    }
+
+    fn to_detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            reason: self.reason.to_string(),
+            field: self.field.clone(),
+            message: format!("{}: {}", self.field, self.message),
+            ..Default::default()
+        }
+    }
 }
 
 /// Result alias for this crate.
@@ -79,6 +165,14 @@ impl Error {
             Error::Config(_) => (Code::Internal, "CONFIG"),
             Error::Grpc(_) => (Code::Internal, "GRPC_STACK"),
             Error::Backend(_) => (Code::Unavailable, "REGISTRY_BACKEND"),
+            Error::InvalidSpec(_) => (Code::InvalidArgument, "INVALID_FIELD"),
+            Error::PipelineNotFound { .. } => (Code::NotFound, "PIPELINE_NOT_FOUND"),
+            Error::PipelinePaused { .. } => (Code::FailedPrecondition, "PIPELINE_PAUSED"),
+            Error::CommitWhilePaused { .. } => (Code::Aborted, "PIPELINE_PAUSED"),
+            Error::PipelineNotPaused { .. } => (Code::FailedPrecondition, "PIPELINE_NOT_PAUSED"),
+            Error::PipelineClaimed { .. } => (Code::Aborted, "PIPELINE_CLAIMED"),
+            Error::ClaimLost { .. } => (Code::Aborted, "CLAIM_LOST"),
+            Error::PipelineConflict { .. } => (Code::Aborted, "PIPELINE_CONFLICT"),
         }
     }
 
@@ -88,6 +182,14 @@ impl Error {
             Error::InvalidArgument { field, .. } => field,
             Error::NotFound { field, .. } | Error::AlreadyExists { field, .. } => field,
             Error::LeaseMismatch { .. } => "lease_token",
+            Error::InvalidSpec(all) => all.first().map_or("spec", |v| v.field.as_str()),
+            Error::PipelineNotFound { .. }
+            | Error::PipelinePaused { .. }
+            | Error::CommitWhilePaused { .. }
+            | Error::PipelineNotPaused { .. }
+            | Error::PipelineConflict { .. } => "name",
+            Error::PipelineClaimed { .. } => "runner_id",
+            Error::ClaimLost { .. } => "epoch",
             _ => "",
         }
     }
@@ -101,7 +203,13 @@ impl From<Error> for Status {
             field: error.field().to_string(),
             ..Default::default()
         };
-        flowplane_grpc::status::with_detail(code, error.to_string(), detail)
+        // A spec's problems all travel in one status: the first is the detail, every one
+        // is a field violation of the standard BadRequest.
+        let more: Vec<ErrorDetail> = match &error {
+            Error::InvalidSpec(all) => all.iter().skip(1).map(Violation::to_detail).collect(),
+            _ => Vec::new(),
+        };
+        flowplane_grpc::status::with_violations(code, error.to_string(), detail, &more)
     }
 }
 

@@ -18,6 +18,8 @@ pub const HEARTBEAT_LAG_SECONDS: &str = "flowplane_controlplane_heartbeat_lag_se
 pub const WATCHERS: &str = "flowplane_controlplane_watchers";
 /// Counter: watchers that fell behind and were sent a fresh snapshot.
 pub const WATCH_RESYNCS_TOTAL: &str = "flowplane_controlplane_watch_resyncs_total";
+/// Gauge: standing pipelines stored.
+pub const STANDING_PIPELINES: &str = "flowplane_controlplane_standing_pipelines";
 
 /// The kinds a component can register as, each a `kind` label value from start.
 const KINDS: [ComponentKind; 3] = [
@@ -63,6 +65,8 @@ pub fn describe() {
         metrics::counter!(HEARTBEATS_TOTAL, "kind" => kind).increment(0);
         metrics::counter!(EXPIRED_TOTAL, "kind" => kind).increment(0);
     }
+    describe_gauge!(STANDING_PIPELINES, "standing pipelines stored");
     metrics::gauge!(WATCHERS).increment(0.0);
+    metrics::gauge!(STANDING_PIPELINES).increment(0.0);
     metrics::counter!(WATCH_RESYNCS_TOTAL).increment(0);
 }

@@ -5,6 +5,9 @@
 //! Liveness, on the server's clock: a component shows what it last reported; two
 //! heartbeat intervals without a heartbeat (its heartbeat is late by more than one
 //! interval) shows UNHEALTHY; a whole lease TTL of silence removes it (REMOVED, EXPIRED).
+//!
+//! Beside the registry, on the same server, it stores standing pipelines ([`standing`]):
+//! in redb with the memory registry, in etcd with the etcd one.
 
 pub mod clock;
 mod error;
@@ -13,9 +16,10 @@ pub mod model;
 pub mod paging;
 pub mod registry;
 mod service;
+pub mod standing;
 mod watch;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use flowplane_grpc::{
     auth::{Access, AccessTable, Policy, Role, Tokens},
@@ -24,17 +28,22 @@ use flowplane_grpc::{
 use tokio::net::TcpListener;
 use tonic::{service::Routes, transport::ServerTlsConfig};
 
-pub use error::{Error, Result, error_detail};
+pub use error::{Error, Result, Violation, error_detail};
 pub use registry::{EtcdRegistry, EtcdSettings, LeaseSettings, MemoryRegistry, Registry};
 pub use service::ControlPlane;
+pub use standing::{Pipelines, SERVICE_NAME as STANDING_SERVICE_NAME};
 pub use watch::WatchStream;
 
 /// Fully qualified name of the service, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "flowplane.controlplane.v1.ControlPlaneService";
 
+/// Every service this server serves, as health checks and reflection know them.
+pub const SERVICE_NAMES: [&str; 2] = [SERVICE_NAME, STANDING_SERVICE_NAME];
+
 /// The role each RPC needs when the control plane has a token file. Components hold
 /// `register` for their whole lease (heartbeat and deregister included); `read` is for
-/// whoever discovers them: the pipeline, the CLI, dashboards.
+/// whoever discovers them: the pipeline, the CLI, dashboards. Standing pipelines: reading
+/// them needs `read`; changing them, and running one (claim, commit, release), `register`.
 pub const ACCESS: &AccessTable = &[
     (
         "/flowplane.controlplane.v1.ControlPlaneService/RegisterProcessor",
@@ -76,11 +85,52 @@ pub const ACCESS: &AccessTable = &[
         "/flowplane.controlplane.v1.ControlPlaneService/WatchComponents",
         Access::Needs(Role::Read),
     ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/GetPipeline",
+        Access::Needs(Role::Read),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ListPipelines",
+        Access::Needs(Role::Read),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ApplyPipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/PausePipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ResumePipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/DeletePipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ResetPipelineOffsets",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ClaimPipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/CommitPipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ReleasePipeline",
+        Access::Needs(Role::Register),
+    ),
 ];
 
 /// With only `--join-token` (no token file) the control plane behaves as it always
 /// has: the three register RPCs need the join token, heartbeats are guarded by the lease
-/// token alone, and the registry can be read by anyone.
+/// token alone, and the registry can be read by anyone. Standing pipelines likewise: anyone
+/// may read them, and every change (runners' claims and commits too) needs the join token.
 const JOIN_TOKEN_ONLY: &AccessTable = &[
     (
         "/flowplane.controlplane.v1.ControlPlaneService/RegisterProcessor",
@@ -121,6 +171,46 @@ const JOIN_TOKEN_ONLY: &AccessTable = &[
     (
         "/flowplane.controlplane.v1.ControlPlaneService/WatchComponents",
         Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/GetPipeline",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ListPipelines",
+        Access::Open,
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ApplyPipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/PausePipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ResumePipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/DeletePipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ResetPipelineOffsets",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ClaimPipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/CommitPipeline",
+        Access::Needs(Role::Register),
+    ),
+    (
+        "/flowplane.controlplane.v1.StandingPipelineService/ReleasePipeline",
+        Access::Needs(Role::Register),
     ),
 ];
 
@@ -193,6 +283,11 @@ pub struct Config {
     pub tls: Option<ServerTlsConfig>,
     /// Serve reflection (`--reflection`), listing this service, health and reflection.
     pub reflection: bool,
+    /// Where the memory registry keeps standing pipelines (`--data-dir`): the redb file
+    /// `standing.redb` in it, owned by this one process. `None` keeps them in memory, gone
+    /// with the process (tests, embedders); the binary defaults to `flowplane-data`. Must
+    /// be `None` with an etcd registry, which keeps them in etcd.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -206,6 +301,7 @@ impl Default for Config {
             watch_buffer: registry::DEFAULT_WATCH_BUFFER,
             tls: None,
             reflection: true,
+            data_dir: None,
         }
     }
 }
@@ -218,6 +314,16 @@ impl Config {
                 "--lease-ttl must be between {MIN_LEASE_TTL:?} and {MAX_LEASE_TTL:?}, got {:?}",
                 self.lease_ttl
             )));
+        }
+        if let Some(dir) = &self.data_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(Error::Config("--data-dir must not be empty".into()));
+            }
+            if matches!(self.registry, Backend::Etcd(_)) {
+                return Err(Error::Config(
+                    "--data-dir is for the memory --registry: with etcd, standing pipelines live in etcd".into(),
+                ));
+            }
         }
         if let Backend::Etcd(etcd) = &self.registry {
             etcd.validate()?;
@@ -292,17 +398,23 @@ async fn serve_with(
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let stop = control_plane.shutdown_token();
     let sweeper = control_plane.spawn_sweeper();
+    let gauge = spawn_pipeline_gauge(control_plane.pipelines().clone(), stop.clone());
+    let standing = standing::StandingService::new(control_plane.pipelines().clone());
     let server = GrpcServer::new()?
-        .with_routes(Routes::new(control_plane.clone().into_server()))
+        .with_routes(
+            Routes::new(control_plane.clone().into_server()).add_service(standing.into_server()),
+        )
         .with_auth(control_plane.auth().cloned())
-        .with_reflection(reflection, &[SERVICE_NAME])
+        .with_reflection(reflection, &SERVICE_NAMES)
         .with_tls(tls);
     let health = server.health();
     // A registry that can lose its store (etcd) decides health; the memory one is
     // always current.
     let follower = match control_plane.registry().serving() {
         None => {
-            set_serving(&health, SERVICE_NAME).await;
+            for name in SERVICE_NAMES {
+                set_serving(&health, name).await;
+            }
             None
         }
         Some(mut serving) => {
@@ -311,10 +423,12 @@ async fn serve_with(
             Some(tokio::spawn(async move {
                 loop {
                     let now = *serving.borrow_and_update();
-                    if now {
-                        set_serving(&health, SERVICE_NAME).await;
-                    } else {
-                        set_not_serving(&health, SERVICE_NAME).await;
+                    for name in SERVICE_NAMES {
+                        if now {
+                            set_serving(&health, name).await;
+                        } else {
+                            set_not_serving(&health, name).await;
+                        }
                     }
                     tokio::select! {
                         () = stop.cancelled() => break,
@@ -336,18 +450,40 @@ async fn serve_with(
         async move {
             shutdown.await;
             tracing::info!("control plane draining");
-            set_not_serving(&health, SERVICE_NAME).await;
+            for name in SERVICE_NAMES {
+                set_not_serving(&health, name).await;
+            }
             stop.cancel();
         }
     };
     let served = server.serve(listener, drain).await;
     stop.cancel();
     let _ = sweeper.await;
+    let _ = gauge.await;
     if let Some(follower) = follower {
         let _ = follower.await;
     }
     tracing::info!("control plane stopped");
     served.map_err(Error::from)
+}
+
+/// How often the standing pipeline gauge is read again from the store, for pipelines
+/// other replicas (sharing etcd) applied or deleted.
+const PIPELINE_GAUGE_EVERY: Duration = Duration::from_secs(15);
+
+fn spawn_pipeline_gauge(
+    pipelines: Pipelines,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            pipelines.refresh_gauge().await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(PIPELINE_GAUGE_EVERY) => {}
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -426,13 +562,94 @@ mod tests {
 
     #[test]
     fn every_rpc_is_in_the_access_tables() {
-        assert_eq!(
-            flowplane_grpc::auth::unlisted_methods(SERVICE_NAME, ACCESS),
-            Vec::<String>::new()
+        for service in SERVICE_NAMES {
+            assert_eq!(
+                flowplane_grpc::auth::unlisted_methods(service, ACCESS),
+                Vec::<String>::new()
+            );
+            assert_eq!(
+                flowplane_grpc::auth::unlisted_methods(service, JOIN_TOKEN_ONLY),
+                Vec::<String>::new()
+            );
+        }
+        // The check is not vacuous: the standing service has methods, and all are listed.
+        let standing = ACCESS
+            .iter()
+            .filter(|(path, _)| {
+                path.starts_with("/flowplane.controlplane.v1.StandingPipelineService/")
+            })
+            .count();
+        assert_eq!(standing, 10);
+    }
+
+    #[test]
+    fn standing_pipelines_are_read_with_read_and_changed_with_register() {
+        let headers = |token: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            headers
+        };
+        let file = Tokens::parse("r read\nw register\n", std::path::Path::new("t")).unwrap();
+        let policy = auth_policy(Some(&file), None).unwrap();
+        let path = |m: &str| format!("/{STANDING_SERVICE_NAME}/{m}");
+        for read in ["GetPipeline", "ListPipelines"] {
+            assert!(policy.check(&path(read), &headers("r")).is_ok(), "{read}");
+        }
+        for write in [
+            "ApplyPipeline",
+            "PausePipeline",
+            "ResumePipeline",
+            "DeletePipeline",
+            "ResetPipelineOffsets",
+            "ClaimPipeline",
+            "CommitPipeline",
+            "ReleasePipeline",
+        ] {
+            assert!(
+                matches!(
+                    policy.check(&path(write), &headers("r")),
+                    Err(flowplane_grpc::Error::RoleRequired(Role::Register))
+                ),
+                "{write}"
+            );
+            assert!(policy.check(&path(write), &headers("w")).is_ok(), "{write}");
+        }
+        let join_only = auth_policy(None, Some("j")).unwrap();
+        assert!(
+            join_only
+                .check(&path("ListPipelines"), &http::HeaderMap::new())
+                .is_ok()
         );
-        assert_eq!(
-            flowplane_grpc::auth::unlisted_methods(SERVICE_NAME, JOIN_TOKEN_ONLY),
-            Vec::<String>::new()
+        assert!(
+            join_only
+                .check(&path("ApplyPipeline"), &http::HeaderMap::new())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_data_dir_is_for_the_memory_registry_only() {
+        let etcd = Config {
+            registry: Backend::parse("etcd://127.0.0.1:2379").unwrap(),
+            data_dir: Some("somewhere".into()),
+            ..Config::default()
+        };
+        assert!(
+            etcd.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--data-dir")
+        );
+        let empty = Config {
+            data_dir: Some(PathBuf::new()),
+            ..Config::default()
+        };
+        assert!(
+            empty
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--data-dir")
         );
     }
 }

@@ -23,6 +23,10 @@ use flowplane_telemetry::TelemetryArgs;
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
 
+/// `--data-dir` when none is given: relative to the working directory, so that a restart
+/// in the same place finds the pipelines again.
+const DEFAULT_DATA_DIR: &str = "flowplane-data";
+
 /// The flowplane control plane: registration, leases, heartbeats, discovery and watch.
 #[derive(Debug, Parser)]
 #[command(name = "flowplane-control-plane", version, about)]
@@ -89,6 +93,13 @@ struct Args {
     /// File holding the etcd user's password (surrounding whitespace trimmed).
     #[arg(long, env = "FLOWPLANE_ETCD_PASSWORD_FILE", value_name = "FILE")]
     etcd_password_file: Option<PathBuf>,
+
+    /// Directory where the memory registry keeps standing pipelines and their offsets
+    /// (standing.redb), so they survive a restart; one control plane per directory.
+    /// Default: flowplane-data in the working directory. Not for an etcd --registry, which
+    /// keeps them in etcd.
+    #[arg(long, env = "FLOWPLANE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn read_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -151,9 +162,26 @@ fn backend(args: &Args) -> anyhow::Result<Backend> {
     Ok(backend)
 }
 
+/// The data dir: the given one or the default with the memory registry; none with etcd,
+/// where a given one is refused rather than silently ignored.
+fn data_dir(args: &Args, backend: &Backend) -> anyhow::Result<Option<PathBuf>> {
+    match (backend, &args.data_dir) {
+        (Backend::Memory, dir) => Ok(Some(
+            dir.clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        )),
+        (Backend::Etcd(_), None) => Ok(None),
+        (Backend::Etcd(_), Some(_)) => anyhow::bail!(
+            "--data-dir is for the memory --registry: with etcd, standing pipelines live in etcd"
+        ),
+    }
+}
+
 fn config(args: &Args) -> anyhow::Result<Config> {
+    let registry = backend(args)?;
     let config = Config {
-        registry: backend(args)?,
+        data_dir: data_dir(args, &registry)?,
+        registry,
         lease_ttl: args.lease_ttl,
         join_token: args.join_token.clone().filter(|t| !t.is_empty()),
         tokens: args.serve.tokens().context("--token-file")?,
@@ -163,6 +191,11 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         reflection: args.serve.reflection,
     };
     config.validate()?;
+    // Opened and closed here, before any port is bound: a directory that cannot be made or
+    // written, or that another control plane has open, stops the binary naming --data-dir.
+    if let Some(dir) = &config.data_dir {
+        flowplane_control_plane::standing::check_data_dir(dir)?;
+    }
     Ok(config)
 }
 

@@ -1,6 +1,7 @@
-//! Page tokens for ListComponents. A token is the hex of the last id a page returned,
-//! so the next page starts strictly after it: concurrent inserts and removals never make
-//! a listing skip or repeat a component that stayed registered. Opaque to clients.
+//! Page tokens for ListComponents and ListPipelines. A token is the hex of the last id
+//! (or pipeline name) a page returned, so the next page starts strictly after it:
+//! concurrent inserts and removals never make a listing skip or repeat an entry that
+//! stayed. Opaque to clients.
 
 use crate::{Error, Result, model::ComponentId};
 
@@ -26,6 +27,15 @@ pub fn encode(last_id: &str) -> String {
 
 /// The id a token continues after; `None` for the first page.
 pub fn decode(token: &str) -> Result<Option<ComponentId>> {
+    decode_with(token, ComponentId::parse)
+}
+
+/// The key a token continues after, checked by `parse` (given the field and the text);
+/// `None` for the first page.
+pub fn decode_with<T>(
+    token: &str,
+    parse: impl FnOnce(&str, &str) -> Result<T>,
+) -> Result<Option<T>> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -37,9 +47,7 @@ pub fn decode(token: &str) -> Result<Option<ComponentId>> {
     };
     let bytes = hex::decode(token).map_err(|_| invalid())?;
     let id = String::from_utf8(bytes).map_err(|_| invalid())?;
-    ComponentId::parse(TOKEN_FIELD, &id)
-        .map(Some)
-        .map_err(|_| invalid())
+    parse(TOKEN_FIELD, &id).map(Some).map_err(|_| invalid())
 }
 
 #[cfg(test)]

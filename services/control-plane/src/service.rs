@@ -23,6 +23,7 @@ use crate::{
     },
     paging,
     registry::{EtcdRegistry, Lease, MemoryRegistry, Registry},
+    standing::{EmbeddedStore, EtcdStore, Pipelines},
     watch::{self, WatchStream},
 };
 
@@ -34,16 +35,20 @@ const MIN_SWEEP_GAP: Duration = Duration::from_millis(50);
 const PAGE_BYTES_BUDGET: usize = flowplane_grpc::MAX_MESSAGE_BYTES / 2;
 
 /// The control plane service: handlers over a [`Registry`], plus the sweeper that
-/// applies the server clock and the token that ends watches on shutdown.
+/// applies the server clock and the token that ends watches on shutdown; and the standing
+/// pipelines served beside it.
 #[derive(Clone)]
 pub struct ControlPlane {
     registry: Arc<dyn Registry>,
+    pipelines: Pipelines,
     auth: Option<Policy>,
     shutdown: CancellationToken,
 }
 
 impl ControlPlane {
-    /// A control plane over the in-memory registry configured by `config`.
+    /// A control plane over the in-memory registry configured by `config`, with its
+    /// standing pipelines in memory too (`config.data_dir` is for [`ControlPlane::build`],
+    /// which can report a data dir it cannot open).
     pub fn new(config: &Config) -> Self {
         let registry =
             MemoryRegistry::new(config.lease_ttl, config.max_components, config.watch_buffer);
@@ -55,38 +60,65 @@ impl ControlPlane {
 
     /// A control plane over the registry `config` names (connecting to etcd when it is
     /// that), with the auth policy of its token settings.
+    /// Standing pipelines live beside the registry: in redb (`config.data_dir`, or in
+    /// memory without one) with the memory registry, in etcd with the etcd one.
     pub async fn build(config: &Config) -> Result<Self> {
-        let registry: Arc<dyn Registry> = match &config.registry {
-            crate::Backend::Memory => Arc::new(MemoryRegistry::new(
-                config.lease_ttl,
-                config.max_components,
-                config.watch_buffer,
-            )),
-            crate::Backend::Etcd(etcd) => Arc::new(
-                EtcdRegistry::connect(
+        let (registry, pipelines): (Arc<dyn Registry>, Pipelines) = match &config.registry {
+            crate::Backend::Memory => {
+                let store = match &config.data_dir {
+                    Some(dir) => EmbeddedStore::open(dir)?,
+                    None => EmbeddedStore::in_memory()?,
+                };
+                if let Some(path) = store.path() {
+                    tracing::info!(path = %path.display(), "standing pipelines stored in redb");
+                }
+                let registry = MemoryRegistry::new(
+                    config.lease_ttl,
+                    config.max_components,
+                    config.watch_buffer,
+                );
+                (Arc::new(registry), Pipelines::new(Arc::new(store)))
+            }
+            crate::Backend::Etcd(etcd) => {
+                let registry = EtcdRegistry::connect(
                     etcd,
                     config.lease_ttl,
                     config.max_components,
                     config.watch_buffer,
                 )
-                .await?,
-            ),
+                .await?;
+                let store = EtcdStore::new(&registry);
+                (Arc::new(registry), Pipelines::new(Arc::new(store)))
+            }
         };
-        Ok(
-            Self::with_registry(registry, None).with_auth(crate::auth_policy(
+        Ok(Self::with_registry(registry, None)
+            .with_pipelines(pipelines)
+            .with_auth(crate::auth_policy(
                 config.tokens.as_ref(),
                 config.join_token.as_deref(),
-            )),
-        )
+            )))
     }
 
     /// A control plane over any registry backend; `join_token` guards the register RPCs.
+    /// Its standing pipelines are in memory until [`ControlPlane::with_pipelines`].
     pub fn with_registry(registry: Arc<dyn Registry>, join_token: Option<String>) -> Self {
         Self {
             registry,
+            pipelines: Pipelines::in_memory().expect("redb's in-memory backend opens"),
             auth: crate::auth_policy(None, join_token.as_deref()),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Serves these standing pipelines (another store, or a test's clock).
+    pub fn with_pipelines(mut self, pipelines: Pipelines) -> Self {
+        self.pipelines = pipelines;
+        self
+    }
+
+    /// The standing pipelines served beside the registry.
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.pipelines
     }
 
     /// Replaces the auth policy (see [`crate::auth_policy`]); `None` serves every caller.

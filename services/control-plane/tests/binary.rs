@@ -1,5 +1,5 @@
 //! The real `flowplane-control-plane` binary: invalid settings exit non-zero naming the
-//! flag, before any port is bound.
+//! flag, before any port is bound; a data dir another control plane holds is one of them.
 
 use flowplane_test_support::binary::{
     Case, SERVER_HELP, SharedSettings, assert_help_lists, assert_rejects_before_binding,
@@ -66,8 +66,27 @@ fn invalid_settings_exit_non_zero_naming_the_flag() {
             ],
             "--etcd-password-file",
         ),
+        // A file where the directory should be, and a data dir with an etcd registry.
+        Case::flags(&["--data-dir", readable], "--data-dir"),
+        Case::env(&[("FLOWPLANE_DATA_DIR", readable)], "--data-dir"),
+        Case::flags(&["--registry", etcd, "--data-dir", "/tmp/x"], "--data-dir"),
     ]);
     assert_rejects_before_binding(BINARY, &cases);
+}
+
+#[test]
+fn a_data_dir_another_control_plane_holds_is_refused_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = flowplane_control_plane::standing::EmbeddedStore::open(dir.path()).unwrap();
+    let dir_flag = dir.path().to_str().unwrap();
+    assert_rejects_before_binding(
+        BINARY,
+        &[Case::flags(
+            &["--data-dir", dir_flag],
+            &format!("--data-dir {dir_flag}"),
+        )],
+    );
+    drop(held);
 }
 
 #[test]
@@ -83,6 +102,8 @@ fn help_lists_the_settings_and_their_environment_variables() {
         "FLOWPLANE_ETCD_PASSWORD_FILE",
         "--join-token",
         "FLOWPLANE_JOIN_TOKEN",
+        "--data-dir",
+        "FLOWPLANE_DATA_DIR",
     ];
     assert_help_lists(BINARY, &[SERVER_HELP, &own].concat());
 }

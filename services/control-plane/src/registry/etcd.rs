@@ -59,7 +59,7 @@ const RENEW_QUEUE: usize = 4096;
 /// one response over the gRPC message limit.
 const LOAD_PAGE: i64 = 500;
 /// Write attempts when a transaction loses a race with another replica's write.
-const ATTEMPTS: usize = 4;
+pub(crate) const ATTEMPTS: usize = 4;
 
 /// How the control plane reaches etcd.
 #[derive(Clone)]
@@ -190,7 +190,7 @@ impl EtcdSettings {
     }
 }
 
-fn backend(what: &str, error: impl fmt::Display) -> Error {
+pub(crate) fn backend(what: &str, error: impl fmt::Display) -> Error {
     Error::Backend(format!("etcd {what}: {error}"))
 }
 
@@ -285,13 +285,13 @@ fn transient(error: &etcd_client::Error, repeat: Repeat) -> bool {
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// Why an etcd call failed.
-enum Failed {
+pub(crate) enum Failed {
     Etcd(etcd_client::Error),
     Timeout(Duration),
 }
 
 impl Failed {
-    fn into_error(self, what: &str) -> Error {
+    pub(crate) fn into_error(self, what: &str) -> Error {
         match self {
             Failed::Etcd(e) => backend(what, e),
             Failed::Timeout(t) => backend(what, format!("no answer within {t:?}")),
@@ -305,7 +305,11 @@ impl Failed {
 
 /// Runs `call` on a clone of `client` until it succeeds, fails for real, or `timeout`
 /// has passed; transient failures are tried again.
-async fn call<T, F, Fut>(client: &Client, timeout: Duration, call: F) -> Result<T, Failed>
+pub(crate) async fn call<T, F, Fut>(
+    client: &Client,
+    timeout: Duration,
+    call: F,
+) -> Result<T, Failed>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -364,7 +368,7 @@ const KINDS: [ComponentKind; 3] = [
 ];
 
 /// The end of the key range that holds every key starting with `prefix`.
-fn range_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn range_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
@@ -772,6 +776,16 @@ impl EtcdRegistry {
             timeout,
             stop,
         })
+    }
+
+    /// The connection, key prefix and per-call timeout of this registry, for other
+    /// records this control plane keeps in the same etcd (its standing pipelines).
+    pub(crate) fn connection(&self) -> (Client, String, Duration) {
+        (
+            self.client.clone(),
+            self.shared.prefix.clone(),
+            self.timeout,
+        )
     }
 
     async fn bounded<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
