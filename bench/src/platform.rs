@@ -400,11 +400,21 @@ impl Processes {
     /// `max_sessions` for the pipeline.
     pub async fn start(bins: &Binaries, scenario: &str, max_sessions: usize) -> Result<Self> {
         let quiet = ["--log-filter".to_string(), bins.log_filter.clone()];
+        // Its own data directory: the default one is shared by every control plane started
+        // in the same working directory.
+        let mut cp_args = quiet.to_vec();
+        cp_args.extend([
+            "--data-dir".to_string(),
+            bins.log_dir
+                .join(format!("{scenario}-control-plane-data"))
+                .display()
+                .to_string(),
+        ]);
         let control_plane = bins
             .service(
                 "flowplane-control-plane",
                 &format!("{scenario}-control-plane"),
-                &quiet,
+                &cp_args,
             )
             .await?;
         let mut args = vec![

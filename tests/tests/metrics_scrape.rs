@@ -44,6 +44,7 @@ fn undescribed(text: &str) -> Vec<String> {
 /// The three binaries with their metrics endpoints, the processor host registered.
 struct Stack {
     _processes: [Process; 3],
+    _data: tempfile::TempDir,
     pipe: u16,
     /// Each binary's name, gRPC service and port, and metrics port.
     metrics: [(&'static str, &'static str, u16, u16); 3],
@@ -76,6 +77,7 @@ fn start_stack() -> Stack {
     let [cp, cp_m, proc, proc_m, pipe, pipe_m] = std::array::from_fn(|_| free_port());
     let listen = |p: u16| format!("127.0.0.1:{p}");
     let control_plane = format!("http://127.0.0.1:{cp}");
+    let data = tempfile::tempdir().unwrap();
     let cp_process = start(
         "flowplane-control-plane",
         &[
@@ -85,6 +87,8 @@ fn start_stack() -> Stack {
             listen(cp_m),
             "--lease-ttl".into(),
             "3s".into(),
+            "--data-dir".into(),
+            data.path().display().to_string(),
         ],
     );
     let proc_process = start(
@@ -113,6 +117,7 @@ fn start_stack() -> Stack {
     );
     Stack {
         _processes: [cp_process, proc_process, pipe_process],
+        _data: data,
         pipe,
         metrics: [
             (

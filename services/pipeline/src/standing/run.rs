@@ -969,7 +969,9 @@ impl<'a> Run<'a> {
             stats: Some(stats),
             ttl: prost_types::Duration::try_from(self.env.settings.claim_ttl).ok(),
         };
-        let span = tracing::debug_span!(
+        // One span per batch of records committed: the per-record path is in the session
+        // span's sampled chunk spans and in the counters.
+        let span = tracing::info_span!(
             "standing.commit",
             flowplane.pipeline = %self.name,
             records = moved(&self.last_committed, &offsets),
@@ -995,9 +997,7 @@ impl<'a> Run<'a> {
 
     /// The control plane answered a commit; `Some` when the run must stop.
     fn on_committed(&mut self, answer: Result<StandingPipeline, Status>) -> Option<Stop> {
-        let Some(commit) = self.committing.take() else {
-            return None;
-        };
+        let commit = self.committing.take()?;
         match answer {
             Ok(stored) => {
                 self.last_commit_ok = Instant::now();
@@ -1037,9 +1037,13 @@ impl<'a> Run<'a> {
                 if self.last_error.is_none() {
                     self.last_error = commit.last_error;
                 }
+                // Two writers racing on the stored record is not a lost claim: the next
+                // commit tries again.
+                let conflict = flowplane_grpc::status::error_detail(&status)
+                    .is_some_and(|d| d.reason == "PIPELINE_CONFLICT");
                 match status.code() {
                     tonic::Code::NotFound => Some(Stop::Deleted),
-                    tonic::Code::Aborted | tonic::Code::FailedPrecondition => {
+                    tonic::Code::Aborted | tonic::Code::FailedPrecondition if !conflict => {
                         Some(Stop::Lost(status.message().to_string()))
                     }
                     _ if self.last_commit_ok.elapsed() >= self.env.settings.claim_ttl => {
