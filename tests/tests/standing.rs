@@ -271,6 +271,15 @@ async fn apply(stack: &Stack, spec: StandingPipelineSpec) {
 /// The file consumer's lines: (partition, offset) -> the line, checking that each key
 /// appears once and that offsets grow within a partition.
 fn read_output(path: &Path) -> BTreeMap<(u32, u64), Value> {
+    read_lines(path, true)
+}
+
+/// [`read_output`] of a file whose order depends on retries (a dead-letter file).
+fn read_unordered(path: &Path) -> BTreeMap<(u32, u64), Value> {
+    read_lines(path, false)
+}
+
+fn read_lines(path: &Path, ordered: bool) -> BTreeMap<(u32, u64), Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut rows = BTreeMap::new();
     let mut last: HashMap<u32, u64> = HashMap::new();
@@ -280,7 +289,7 @@ fn read_output(path: &Path) -> BTreeMap<(u32, u64), Value> {
         let lineage = &row["lineage"];
         let partition = lineage["partition"].as_u64().unwrap_or(0) as u32;
         let offset = lineage["offset"].as_u64().unwrap_or(0);
-        if let Some(&previous) = last.get(&partition) {
+        if ordered && let Some(&previous) = last.get(&partition) {
             assert!(
                 offset > previous,
                 "line {n}: partition {partition} offset {offset} after {previous}: out of order"
@@ -782,4 +791,131 @@ async fn pause_reset_and_resume_replay_from_the_reset_point() {
         (200..500).collect::<Vec<_>>(),
         "replayed from 200, once"
     );
+}
+
+/// A consumer that asks for a retry of one offset every time and rejects another: the
+/// runner retries a bounded number of times, then dead-letters both; the rest is taken.
+struct Picky {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, u32)>>>,
+}
+
+#[flowplane_sdk::async_trait]
+impl flowplane_sdk::Consumer for Picky {
+    fn spec(&self) -> flowplane_sdk::ConnectorSpec {
+        flowplane_sdk::ConnectorSpec::new("picky", "retries offset 10 forever, rejects offset 20")
+            .data_types([flowplane_proto::data::v1::DataTypeHint::Any])
+    }
+
+    async fn open(
+        &self,
+        _open: flowplane_sdk::ConsumerOpen<'_>,
+    ) -> Result<Box<dyn flowplane_sdk::ConsumerSink>, flowplane_sdk::ConnectorError> {
+        Ok(Box::new(Picky {
+            seen: self.seen.clone(),
+        }))
+    }
+}
+
+#[flowplane_sdk::async_trait]
+impl flowplane_sdk::ConsumerSink for Picky {
+    async fn consume(&mut self, delivery: flowplane_sdk::Delivery) -> flowplane_sdk::Ack {
+        let offset = delivery.lineage.offset;
+        self.seen.lock().unwrap().push((offset, delivery.attempt));
+        match offset {
+            10 => flowplane_sdk::Ack::Retry("disk busy".into()),
+            20 => flowplane_sdk::Ack::Reject("not valid for this sink".into()),
+            _ => flowplane_sdk::Ack::Success,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_bounded_then_dead_lettered_and_a_rejected_result_too() {
+    let stack = Stack::start(1, 1).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let builder = flowplane_sdk::ConnectorHostBuilder::new("picky-host")
+        .consumer(Picky { seen: seen.clone() });
+    let config = flowplane_sdk::HostConfig {
+        control_plane: Some(url(stack.cp_port)),
+        id: Some("picky-host".into()),
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let listener = flowplane_test_support::local_listener().await;
+    tokio::spawn(flowplane_sdk::run_connectors(
+        builder,
+        config,
+        listener,
+        stop.cancelled_owned(),
+    ));
+    let dead = stack.path("dead.jsonl");
+    let spec = StandingPipelineSpec {
+        consumers: vec![ConsumerBinding {
+            output: "results".into(),
+            consumer: Some(connector("picky", json!({}))),
+        }],
+        delivery: Some(DeliveryPolicy {
+            max_attempts: 4,
+            retry_backoff: Some(prost_types_duration(Duration::from_millis(20))),
+            max_in_flight: 16,
+        }),
+        ..calculator_spec(
+            "picky",
+            json!({ "count": 100 }),
+            Path::new("unused"),
+            Some(&dead),
+        )
+    };
+    apply(&stack, spec).await;
+    let done = stack
+        .wait_committed(
+            "picky",
+            &BTreeMap::from([(0, 100)]),
+            Duration::from_secs(60),
+        )
+        .await;
+    let seen = seen.lock().unwrap().clone();
+    let attempts_of = |o: u64| -> Vec<u32> {
+        seen.iter()
+            .filter(|(s, _)| *s == o)
+            .map(|&(_, a)| a)
+            .collect()
+    };
+    assert_eq!(
+        attempts_of(10),
+        vec![1, 2, 3, 4],
+        "tried max_attempts times, no more"
+    );
+    assert_eq!(attempts_of(20), vec![1], "a rejection is not retried");
+    for offset in (0..100).filter(|o| ![10, 20].contains(o)) {
+        assert_eq!(attempts_of(offset), vec![1], "offset {offset} taken once");
+    }
+    let dead_rows = read_unordered(&dead);
+    assert_eq!(
+        dead_rows.keys().map(|&(_, o)| o).collect::<Vec<_>>(),
+        vec![10, 20]
+    );
+    let retried = dead_rows[&(0, 10)]["error"].to_string();
+    assert!(
+        retried.contains("RETRIES_EXHAUSTED")
+            && retried.contains("offset 10")
+            && retried.contains("disk busy"),
+        "{retried}"
+    );
+    let rejected = dead_rows[&(0, 20)]["error"].to_string();
+    assert!(
+        rejected.contains("REJECTED")
+            && rejected.contains("offset 20")
+            && rejected.contains("picky-host"),
+        "{rejected}"
+    );
+    let stats = done.stats.unwrap_or_default();
+    assert_eq!(stats.retries, 3, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 2, "{stats:?}");
+    assert_eq!(stats.results_delivered, 98, "{stats:?}");
+}
+
+fn prost_types_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap()
 }
