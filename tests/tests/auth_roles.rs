@@ -1,18 +1,26 @@
-//! Tokens by role on a secured stack (control plane, processor host and pipeline, each
-//! given the same token file and serving mutual TLS): every RPC of every service meets no
+//! Tokens by role on a secured stack (control plane with its registry and standing
+//! pipelines, processor host, connector host and pipeline, each given the same token file
+//! and serving mutual TLS): every RPC of every service meets no
 //! credential, a wrong token, a valid token of another role, the right token, the right
 //! token without a client certificate and the right token with a certificate from another
 //! CA, and each cell gets its own code. Then the point of it all: an outsider can neither list the hosts nor run
 //! `Process` on one directly, while the pipeline still runs a session through it.
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path};
 
 use flowplane_grpc::{
     auth::{AttachBearer, Tokens},
     config::ClientArgs,
 };
 use flowplane_proto::{
-    controlplane::v1::{self as cp, control_plane_service_client::ControlPlaneServiceClient},
+    connect::v1::{
+        DeliverRequest, ReadRequest, consumer_service_client::ConsumerServiceClient,
+        source_service_client::SourceServiceClient,
+    },
+    controlplane::v1::{
+        self as cp, control_plane_service_client::ControlPlaneServiceClient,
+        standing_pipeline_service_client::StandingPipelineServiceClient,
+    },
     processor::v1::{
         GetCapabilitiesRequest, ProcessRequest, processor_service_client::ProcessorServiceClient,
     },
@@ -22,12 +30,14 @@ use flowplane_proto::{
     },
 };
 use flowplane_test_support::{
+    local_listener,
     pki::{Leaf, Pki},
     wait_for, wait_until,
 };
 use flowplane_tests::{
     Running, control_plane_with, data::*, pipeline_with, processor_with, session::Session,
 };
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -57,13 +67,53 @@ fn tokens() -> Tokens {
     Tokens::parse(TOKEN_FILE, Path::new("auth_roles.tokens")).expect("the test token file parses")
 }
 
-/// A control plane, one processor host and a pipeline, all secured with [`TOKEN_FILE`].
+/// A control plane, one processor host, one connector host and a pipeline, all secured
+/// with [`TOKEN_FILE`].
 struct SecuredStack {
     pki: Pki,
     client: Leaf,
     control_plane: Running,
     processor: Running,
+    connectors: Connectors,
     pipeline: Running,
+}
+
+/// The built-in connectors served through `run_connectors`, unregistered: the matrix
+/// calls them directly, as the pipeline would.
+struct Connectors {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<flowplane_sdk::Result<()>>,
+}
+
+impl Connectors {
+    async fn start(pki: &Pki) -> Self {
+        let listener = local_listener().await;
+        let addr = listener.local_addr().expect("addr");
+        let config = flowplane_sdk::HostConfig {
+            tokens: Some(tokens()),
+            tls: Some(pki.server(&pki.leaf("connectors"))),
+            grace_period: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(flowplane_sdk::run_connectors(
+            flowplane_connectors::built_ins(),
+            config,
+            listener,
+            stop.clone().cancelled_owned(),
+        ));
+        Self { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.task)
+            .await
+            .expect("the connector host stops within 30s")
+            .expect("connector host task")
+            .expect("the connector host ran");
+    }
 }
 
 /// The client certificate a test caller presents.
@@ -99,6 +149,7 @@ impl SecuredStack {
             ..Default::default()
         })
         .await;
+        let connectors = Connectors::start(&pki).await;
         let mut config = flowplane_pipeline::Config::new(https(&control_plane));
         config.tokens = Some(tokens());
         config.tls = Some(pki.server(&pipeline_leaf));
@@ -113,6 +164,7 @@ impl SecuredStack {
             pki,
             control_plane,
             processor,
+            connectors,
             pipeline,
         };
         // The host registers with its register token (its heartbeats carry the same one)
@@ -139,13 +191,18 @@ impl SecuredStack {
 
     async fn stop(self) {
         self.pipeline.stop().await;
+        self.connectors.stop().await;
         self.processor.stop().await;
         self.control_plane.stop().await;
     }
 }
 
 fn https(server: &Running) -> String {
-    format!("https://{}", server.addr)
+    https_at(server.addr)
+}
+
+fn https_at(addr: SocketAddr) -> String {
+    format!("https://{addr}")
 }
 
 fn bearer(token: Option<&str>) -> AttachBearer {
@@ -156,19 +213,19 @@ type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Atta
 
 impl SecuredStack {
     /// A channel to `server` presenting `presented`; a refused handshake is UNAVAILABLE.
-    async fn channel(&self, server: &Running, presented: Presented) -> Result<Channel, Status> {
+    async fn channel(&self, addr: SocketAddr, presented: Presented) -> Result<Channel, Status> {
         let args = match presented {
             Presented::RightCa => self.pki.client(Some(&self.client)),
             Presented::Nothing => self.pki.client(None),
             Presented::OtherCa => self.pki.client(Some(&self.pki.stranger)),
         };
-        flowplane_grpc::client::connect(&https(server), &args)
+        flowplane_grpc::client::connect(&https_at(addr), &args)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))
     }
 
     async fn connected(&self, server: &Running) -> Channel {
-        self.channel(server, Presented::RightCa)
+        self.channel(server.addr, Presented::RightCa)
             .await
             .expect("server reachable over mtls")
     }
@@ -216,6 +273,7 @@ enum Server {
     ControlPlane,
     Pipeline,
     Processor,
+    Connectors,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -230,11 +288,23 @@ enum Rpc {
     GetComponent,
     ListComponents,
     WatchComponents,
+    ApplyPipeline,
+    GetPipeline,
+    ListPipelines,
+    PausePipeline,
+    ResumePipeline,
+    DeletePipeline,
+    ResetPipelineOffsets,
+    ClaimPipeline,
+    CommitPipeline,
+    ReleasePipeline,
     StreamPipeline,
     ExecutePipeline,
     ValidatePipeline,
     Process,
     GetCapabilities,
+    Read,
+    Deliver,
     Health(Server),
 }
 
@@ -244,8 +314,8 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>, presented: Pr
     use Rpc::*;
     // A channel whose handshake is refused answers every call with its status.
     macro_rules! client {
-        ($make:path, $server:expr) => {
-            match stack.channel($server, presented).await {
+        ($make:path, $addr:expr) => {
+            match stack.channel($addr, presented).await {
                 Ok(channel) => $make(channel, bearer(token)),
                 Err(status) => return status,
             }
@@ -257,7 +327,7 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>, presented: Pr
         | WatchComponents => {
             let mut c = client!(
                 ControlPlaneServiceClient::with_interceptor,
-                &stack.control_plane
+                stack.control_plane.addr
             );
             match rpc {
                 RegisterProcessor => unary(
@@ -299,10 +369,45 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>, presented: Pr
                 }
             }
         }
+        ApplyPipeline | GetPipeline | ListPipelines | PausePipeline | ResumePipeline
+        | DeletePipeline | ResetPipelineOffsets | ClaimPipeline | CommitPipeline
+        | ReleasePipeline => {
+            let mut c = client!(
+                StandingPipelineServiceClient::with_interceptor,
+                stack.control_plane.addr
+            );
+            match rpc {
+                ApplyPipeline => unary(c.apply_pipeline(cp::ApplyPipelineRequest::default()).await),
+                GetPipeline => unary(c.get_pipeline(cp::GetPipelineRequest::default()).await),
+                ListPipelines => unary(c.list_pipelines(cp::ListPipelinesRequest::default()).await),
+                PausePipeline => unary(c.pause_pipeline(cp::PausePipelineRequest::default()).await),
+                ResumePipeline => unary(
+                    c.resume_pipeline(cp::ResumePipelineRequest::default())
+                        .await,
+                ),
+                DeletePipeline => unary(
+                    c.delete_pipeline(cp::DeletePipelineRequest::default())
+                        .await,
+                ),
+                ResetPipelineOffsets => unary(
+                    c.reset_pipeline_offsets(cp::ResetPipelineOffsetsRequest::default())
+                        .await,
+                ),
+                ClaimPipeline => unary(c.claim_pipeline(cp::ClaimPipelineRequest::default()).await),
+                CommitPipeline => unary(
+                    c.commit_pipeline(cp::CommitPipelineRequest::default())
+                        .await,
+                ),
+                _ => unary(
+                    c.release_pipeline(cp::ReleasePipelineRequest::default())
+                        .await,
+                ),
+            }
+        }
         StreamPipeline | ExecutePipeline | ValidatePipeline => {
             let mut c = client!(
                 StreamingPipelineServiceClient::with_interceptor,
-                &stack.pipeline
+                stack.pipeline.addr
             );
             match rpc {
                 StreamPipeline => {
@@ -319,19 +424,39 @@ async fn call(stack: &SecuredStack, rpc: Rpc, token: Option<&str>, presented: Pr
             }
         }
         Process | GetCapabilities => {
-            let mut c = client!(ProcessorServiceClient::with_interceptor, &stack.processor);
+            let mut c = client!(
+                ProcessorServiceClient::with_interceptor,
+                stack.processor.addr
+            );
             match rpc {
                 Process => first(c.process(tokio_stream::empty::<ProcessRequest>()).await).await,
                 _ => unary(c.get_capabilities(GetCapabilitiesRequest::default()).await),
             }
         }
+        // One message without its `open`: past auth, the host's own refusal of it.
+        Read => {
+            let mut c = client!(SourceServiceClient::with_interceptor, stack.connectors.addr);
+            first(c.read(tokio_stream::iter([ReadRequest::default()])).await).await
+        }
+        Deliver => {
+            let mut c = client!(
+                ConsumerServiceClient::with_interceptor,
+                stack.connectors.addr
+            );
+            first(
+                c.deliver(tokio_stream::iter([DeliverRequest::default()]))
+                    .await,
+            )
+            .await
+        }
         Health(server) => {
-            let running = match server {
-                Server::ControlPlane => &stack.control_plane,
-                Server::Pipeline => &stack.pipeline,
-                Server::Processor => &stack.processor,
+            let addr = match server {
+                Server::ControlPlane => stack.control_plane.addr,
+                Server::Pipeline => stack.pipeline.addr,
+                Server::Processor => stack.processor.addr,
+                Server::Connectors => stack.connectors.addr,
             };
-            let mut c = client!(HealthClient::with_interceptor, running);
+            let mut c = client!(HealthClient::with_interceptor, addr);
             unary(c.check(HealthCheckRequest::default()).await)
         }
     }
@@ -393,14 +518,32 @@ async fn every_rpc_of_every_service_answers_each_credential_with_its_own_code() 
         row(GetComponent, "read", REGISTER, Code::InvalidArgument),
         row(ListComponents, "read", DATA, Code::Ok),
         row(WatchComponents, "read", PROCESS, Code::Ok),
+        row(ApplyPipeline, "register", READ, Code::InvalidArgument),
+        row(GetPipeline, "read", REGISTER, Code::InvalidArgument),
+        row(ListPipelines, "read", PROCESS, Code::Ok),
+        row(PausePipeline, "register", PIPELINE, Code::InvalidArgument),
+        row(ResumePipeline, "register", DATA, Code::InvalidArgument),
+        row(DeletePipeline, "register", READ, Code::InvalidArgument),
+        row(
+            ResetPipelineOffsets,
+            "register",
+            PROCESS,
+            Code::InvalidArgument,
+        ),
+        row(ClaimPipeline, "register", PIPELINE, Code::InvalidArgument),
+        row(CommitPipeline, "register", DATA, Code::InvalidArgument),
+        row(ReleasePipeline, "register", READ, Code::InvalidArgument),
         row(StreamPipeline, "data", PIPELINE, Code::FailedPrecondition),
         row(ExecutePipeline, "data", READ, Code::InvalidArgument),
         row(ValidatePipeline, "data", REGISTER, Code::Ok),
         row(Process, "process", READ, Code::Ok),
         row(GetCapabilities, "process", DATA, Code::Ok),
+        row(Read, "process", READ, Code::FailedPrecondition),
+        row(Deliver, "process", REGISTER, Code::FailedPrecondition),
         open(Health(Server::ControlPlane)),
         open(Health(Server::Pipeline)),
         open(Health(Server::Processor)),
+        open(Health(Server::Connectors)),
     ];
     let stack = SecuredStack::start().await;
     let mut wrong = Vec::new();

