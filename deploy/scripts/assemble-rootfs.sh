@@ -2,15 +2,18 @@
 # Builds the release binaries and lays out the runtime root filesystem of the flowplane
 # image in OUT_DIR: the stripped binaries, exactly the shared libraries `ldd` reports for
 # them (the dynamic loader included), /etc/passwd with the non-root user, nsswitch.conf,
-# and the static etcd and etcdctl for the compose profile `ha` (from FLOWPLANE_IMAGE_ETCD_DIR)
-# with /var/lib/etcd, the data directory its named volumes mount (owned by the non-root user
-# through `COPY --chown` in the Dockerfiles: a new volume takes the owner of the directory).
+# the static etcd and etcdctl for the compose profile `ha` (from FLOWPLANE_IMAGE_ETCD_DIR)
+# with /var/lib/etcd, the data directory its named volumes mount, and /var/lib/flowplane with
+# data/ (the control plane's standing-pipeline store) and standing/ (the connector host's file
+# consumer output), which compose mounts named volumes on. /var/lib is owned by the non-root
+# user through `COPY --chown` in the Dockerfiles: a new volume takes the owner of the directory
+# it is mounted on, and a mount point missing from the image would be made root's.
 # Both image paths run this same script: deploy/Dockerfile in its builder stage, and
 # build-images.sh on this machine, so the two images have the same layout.
 #
 # usage: assemble-rootfs.sh OUT_DIR [--no-build]
 # env:   CARGO (default cargo), CARGO_TARGET_DIR (default REPO/target),
-#        FLOWPLANE_IMAGE_BINARIES (default: all four; a subset is for development only),
+#        FLOWPLANE_IMAGE_BINARIES (default: all five; a subset is for development only),
 #        FLOWPLANE_IMAGE_ETCD_DIR (required: a directory holding static etcd and etcdctl binaries)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -21,7 +24,7 @@ build=1
 
 # The uid/gid distroless calls `nonroot`; any fixed non-zero id would do.
 readonly RUNTIME_UID=65532
-read -ra binaries <<<"${FLOWPLANE_IMAGE_BINARIES:-flowplane-control-plane flowplane-processor flowplane-pipeline flowplane}"
+read -ra binaries <<<"${FLOWPLANE_IMAGE_BINARIES:-flowplane-control-plane flowplane-processor flowplane-pipeline flowplane-connect flowplane}"
 target_dir="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 
 package_of() {
@@ -50,7 +53,8 @@ for bin in "${binaries[@]}"; do
 done
 
 rm -rf "$out"
-mkdir -p "$out/usr/local/bin" "$out/etc" "$out/tmp" "$out/var/lib/etcd"
+mkdir -p "$out/usr/local/bin" "$out/etc" "$out/tmp" "$out/var/lib/etcd" \
+    "$out/var/lib/flowplane/data" "$out/var/lib/flowplane/standing"
 chmod 1777 "$out/tmp"
 
 declare -A libs=()

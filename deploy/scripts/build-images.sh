@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make images`: builds the flowplane image (all four binaries) and tags it $FLOWPLANE_IMAGE
+# `make images`: builds the flowplane image (all five binaries) and tags it $FLOWPLANE_IMAGE
 # (default flowplane:local, the tag deploy/docker-compose.yml runs). Two paths, one layout:
 #   dockerfile  deploy/Dockerfile, a multi-stage build from source; needs the rust base image
 #               (present locally, or a registry that answers);

@@ -46,10 +46,12 @@ leaf() {
   rm -f "$name.csr"
 }
 
-# Every service is a server and a client of another (registration, watch, Process).
-# Besides the compose names, the Kubernetes names of deploy/k8s in namespace
+# Every service is a server and a client of another (registration, watch, Process, Read and
+# Deliver). Besides the compose names, the Kubernetes names of deploy/k8s in namespace
 # CERTS_K8S_NAMESPACE (default flowplane): the Services, and one wildcard for the
-# processor pods' stable names under their headless Service.
+# processor pods' stable names under their headless Service. A connector host is dialled at the
+# address it registers, like a processor host, so its leaf follows the processor's pattern
+# (a wildcard under a headless Service flowplane-connect), ready for when deploy/k8s runs one.
 ns=${CERTS_K8S_NAMESPACE:-flowplane}
 # The compose profile `ha` adds control-plane-1/-2, ha-processor-1/-2 and pipeline-1/-2.
 leaf control-plane serverAuth,clientAuth control-plane control-plane-1 control-plane-2 \
@@ -57,18 +59,25 @@ leaf control-plane serverAuth,clientAuth control-plane control-plane-1 control-p
 leaf processor serverAuth,clientAuth processor processor-1 processor-2 ha-processor-1 ha-processor-2 \
   "*.flowplane-processor.$ns.svc"
 leaf pipeline serverAuth,clientAuth pipeline pipeline-1 pipeline-2 flowplane-pipeline "flowplane-pipeline.$ns.svc"
+leaf connect serverAuth,clientAuth connect "*.flowplane-connect.$ns.svc"
 leaf client clientAuth
 
-for name in control-plane processor pipeline client; do
+for name in control-plane processor pipeline connect client; do
   openssl verify -CAfile ca.pem "$name.pem" >/dev/null
 done
-echo "certs: CA and certificates for control-plane, processor, pipeline, client in $OUT"
+echo "certs: CA and certificates for control-plane, processor, pipeline, connect, client in $OUT"
 
 # Role tokens, kept across runs like the CA (a running stack keeps working): every server
 # reads `tokens`; each caller presents its own file with --client-token-file.
-#   register.token  register        processors joining the control plane
-#   pipeline.token  read,process    the pipeline watching the registry and calling hosts
-#   client.token    read,data       the CLI or an application: components, validate, run
+#   register.token  register               processor and connector hosts joining the control plane
+#   pipeline.token  read,process,register  the pipeline: read to watch the registry, process to
+#                                          call processor hosts and the connectors' Read/Deliver,
+#                                          register to claim, commit and release standing pipelines
+#   client.token    read,data,register     the CLI or an application: read for components and
+#                                          `pipelines list|get|offsets`, data for validate and run,
+#                                          register for `pipelines apply|pause|resume|delete|offsets reset`
+# `tokens` is rewritten every run from the kept token values, so deploy/certs from an earlier
+# run keeps its tokens and gains the roles (servers read it when they start).
 token_file() { # NAME ROLES
   if [ ! -s "$1.token" ]; then
     (umask 137 && openssl rand -hex 32 >"$1.token")
@@ -79,8 +88,8 @@ token_file() { # NAME ROLES
 {
   echo "# flowplane role tokens (deploy/scripts/certs.sh): TOKEN ROLE[,ROLE...]"
   token_file register register
-  token_file pipeline read,process
-  token_file client read,data
+  token_file pipeline read,process,register
+  token_file client read,data,register
 } >tokens.new
 chmod 640 tokens.new
 mv tokens.new tokens

@@ -86,7 +86,7 @@ n_passed=0 n_failed=0 n_pending=0
 record() {
     local seconds
     seconds="$(awk -v ms="$4" 'BEGIN { printf "%.1fs", ms / 1000 }')"
-    REPORT+=("$(printf '  %s %-34s %-8s %7s  %s' "$1" "$2" "$3" "$seconds" "$5")")
+    REPORT+=("$(printf '  %s %-38s %-8s %7s  %s' "$1" "$2" "$3" "$seconds" "$5")")
     case "$3" in
         PASS) n_passed=$((n_passed + 1)) ;;
         PENDING) n_pending=$((n_pending + 1)) ;;

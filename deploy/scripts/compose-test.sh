@@ -9,8 +9,13 @@
 #     other replica, every result exactly once and in order, and the pipeline counts a failover
 #   4 restart the control-plane container: both processors register again within one heartbeat
 #     interval, and a new session works
-#   5 stop the stack (always, from a trap) and check that no container is left
-#   6 (before 5) every series the Grafana dashboard queries is exported by some service
+#   5 every series the Grafana dashboard queries is exported by some service (before step 6
+#     restarts the pipeline, whose failover counter exists only once it has counted one)
+#   6 a standing pipeline (generator -> json.calculator -> file consumer on the connector host),
+#     applied with the CLI: kill -9 the pipeline container (its runner) mid-stream and start it
+#     again; every record is delivered once, in offset order, each result right; then restart the
+#     control plane: the pipeline and its offsets are still there (its data volume); delete it
+#   7 stop the stack (always, from a trap) and check that no container is left
 # Skips (exit 0) only when no Docker engine answers. Every wait is bounded; each step reports its
 # time. A step whose prerequisites are not built yet reports PENDING, which fails the run unless
 # COMPOSE_TEST_ALLOW_PENDING=1.
@@ -21,6 +26,10 @@ PROJECT="${COMPOSE_TEST_PROJECT:-flowplane-ci}"
 HEALTH_TIMEOUT_S="${HEALTH_TIMEOUT_S:-120}"
 SESSION_TIMEOUT_S="${SESSION_TIMEOUT_S:-180}"
 FAILOVER_LINES="${FAILOVER_LINES:-200000}"
+# Step 6: records per partition and their rate (per partition), so the kill lands mid-stream.
+STANDING_RECORDS="${STANDING_RECORDS:-3000}"
+STANDING_RATE="${STANDING_RATE:-300}"
+STANDING_TIMEOUT_S="${STANDING_TIMEOUT_S:-120}"
 # Measuring from the host adds CLI start-up and polling to the processors' own delay.
 REREGISTER_SLACK_MS="${REREGISTER_SLACK_MS:-500}"
 
@@ -31,6 +40,7 @@ export FLOWPLANE_PORT_CONTROL_PLANE="${CI_PORT_CONTROL_PLANE:-57051}"
 export FLOWPLANE_PORT_PROCESSOR_1="${CI_PORT_PROCESSOR_1:-57061}"
 export FLOWPLANE_PORT_PROCESSOR_2="${CI_PORT_PROCESSOR_2:-57062}"
 export FLOWPLANE_PORT_PIPELINE="${CI_PORT_PIPELINE:-57071}"
+export FLOWPLANE_PORT_CONNECT="${CI_PORT_CONNECT:-57081}"
 export FLOWPLANE_METRICS_PORT_CONTROL_PLANE="${CI_METRICS_PORT_CONTROL_PLANE:-57951}"
 export FLOWPLANE_METRICS_PORT_PROCESSOR_1="${CI_METRICS_PORT_PROCESSOR_1:-57961}"
 export FLOWPLANE_METRICS_PORT_PROCESSOR_2="${CI_METRICS_PORT_PROCESSOR_2:-57962}"
@@ -43,12 +53,13 @@ export FLOWPLANE_CONTROL_PLANE="https://127.0.0.1:$FLOWPLANE_PORT_CONTROL_PLANE"
 export FLOWPLANE_TLS_CA="$CERTS_DIR/ca.pem"
 export FLOWPLANE_TLS_CLIENT_CERT="$CERTS_DIR/client.pem"
 export FLOWPLANE_TLS_CLIENT_KEY="$CERTS_DIR/client.key"
-# ... presenting the client's role token (read, data) from the same `make certs` output.
+# ... presenting the client's role token (read, data, register: step 6 applies a standing
+# pipeline) from the same `make certs` output.
 export FLOWPLANE_CLIENT_TOKEN_FILE="$CERTS_DIR/client.token"
 
 CLI="${FLOWPLANE_CLI:-${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/flowplane}"
 PROCESSORS=(processor-1 processor-2)
-SERVICES=(control-plane "${PROCESSORS[@]}" pipeline)
+SERVICES=(control-plane "${PROCESSORS[@]}" pipeline connect)
 
 # --- report: REPORT, record and run_step live in common.sh -----------------------------------
 
@@ -194,7 +205,8 @@ step_up() {
         { echo "the pipeline is healthy inside its container but not from the host"; return 1; }
     # mTLS is really on: no client certificate fails the handshake, plaintext gets no answer.
     local port
-    for port in "$FLOWPLANE_PORT_CONTROL_PLANE" "$FLOWPLANE_PORT_PROCESSOR_1" "$FLOWPLANE_PORT_PROCESSOR_2" "$FLOWPLANE_PORT_PIPELINE"; do
+    for port in "$FLOWPLANE_PORT_CONTROL_PLANE" "$FLOWPLANE_PORT_PROCESSOR_1" "$FLOWPLANE_PORT_PROCESSOR_2" \
+        "$FLOWPLANE_PORT_PIPELINE" "$FLOWPLANE_PORT_CONNECT"; do
         ! env -u FLOWPLANE_TLS_CLIENT_CERT -u FLOWPLANE_TLS_CLIENT_KEY \
             "$CLI" health --timeout 3 "https://127.0.0.1:$port" >/dev/null 2>&1 ||
             { echo "127.0.0.1:$port answers a client without a certificate"; return 1; }
@@ -272,26 +284,39 @@ step_failover() {
         fi
     done
     [[ -n "$victim" ]] || { kill "$cli_pid"; echo "no processor reports an active stream (flowplane_processor_active_streams)"; return 1; }
-    local at_kill
+    local at_kill victim_id
     at_kill="$(wc -l <"$out")"
-    docker kill "$(container_of "$victim")" >/dev/null || { kill "$cli_pid"; echo "docker kill $victim failed"; return 1; }
-    kill -0 "$cli_pid" 2>/dev/null || { echo "the session ended before the kill took effect: raise FAILOVER_LINES"; return 1; }
+    victim_id="$(container_of "$victim")"
+    docker kill "$victim_id" >/dev/null || { kill "$cli_pid"; echo "docker kill $victim failed"; return 1; }
+    # The session may end while `docker kill` returns (the failover and the last results take
+    # well under a second): whether the kill landed mid-session is the failover counter's to say.
+    local ended_at_kill=0
+    kill -0 "$cli_pid" 2>/dev/null || ended_at_kill=1
 
-    local rc=0
+    local rc=0 problem="" verdict=""
     wait "$cli_pid" || rc=$?
     local session_ms=$(($(now_ms) - started))
-    ((rc == 0)) || { echo "the session failed after killing $victim (exit $rc): $(tail -n 1 "$err")"; return 1; }
-    local verdict
-    verdict="$(check_text_results "$out" "$FAILOVER_LINES")" || { echo "after killing $victim: $verdict"; return 1; }
-    local failovers_after
-    failovers_after="$(metric_sum "$FLOWPLANE_METRICS_PORT_PIPELINE" flowplane_pipeline_failovers_total)"
-    awk -v a="$failovers_after" -v b="$failovers_before" 'BEGIN { exit !(a > b) }' ||
-        { echo "the session completed but the pipeline counted no failover"; return 1; }
+    ((rc == 0)) || problem="the session failed after killing $victim (exit $rc): $(tail -n 1 "$err")"
+    if [[ -z "$problem" ]]; then
+        verdict="$(check_text_results "$out" "$FAILOVER_LINES")" || problem="after killing $victim: $verdict"
+    fi
+    if [[ -z "$problem" ]]; then
+        local failovers_after
+        failovers_after="$(metric_sum "$FLOWPLANE_METRICS_PORT_PIPELINE" flowplane_pipeline_failovers_total)"
+        if ! awk -v a="$failovers_after" -v b="$failovers_before" 'BEGIN { exit !(a > b) }'; then
+            problem="the session completed but the pipeline counted no failover"
+            ((ended_at_kill)) && problem="the session ended before the kill took effect: raise FAILOVER_LINES"
+        fi
+    fi
 
-    # Bring the replica back for the next step.
-    docker start "$(container_of "$victim")" >/dev/null
-    wait_healthy "$HEALTH_TIMEOUT_S" "$(container_of "$victim")" >&2 || { echo "$victim did not come back"; return 1; }
-    wait_registered 10000 || { echo "$victim did not register again after its restart"; return 1; }
+    # Bring the replica back for the next steps, whether or not this one passed.
+    docker start "$victim_id" >/dev/null
+    if ! wait_healthy "$HEALTH_TIMEOUT_S" "$victim_id" >&2; then
+        problem="${problem:-$victim did not come back}"
+    elif ! wait_registered 10000; then
+        problem="${problem:-$victim did not register again after its restart}"
+    fi
+    [[ -z "$problem" ]] || { echo "$problem"; return 1; }
     echo "killed $victim at $at_kill/$FAILOVER_LINES results; session done in $((session_ms / 1000))s: $verdict"
 }
 
@@ -332,6 +357,178 @@ step_control_plane_restart() {
     fi
     echo "re-registered in ${took}ms (limit ${limit}ms); new session: $session"
     return 2
+}
+
+seconds() { awk -v ms="$1" 'BEGIN { printf "%.1f", ms / 1000 }'; }
+
+# A standing pipeline as `flowplane pipelines get -o json` shows it, reduced to "STATE NEXT_0
+# NEXT_1 ..." (the committed next offset per partition, 0 when none is committed); empty when
+# the control plane does not answer or does not know the pipeline.
+standing_state() {
+    timeout 5 "$CLI" pipelines get "$1" --output json 2>/dev/null | python3 -c '
+import json, sys
+try:
+    p = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+offsets = p.get("offsets") or {}
+print(p.get("state", "?"), *(offsets.get(str(n), 0) for n in range(int(sys.argv[1]))))
+' "$2"
+}
+
+# wait_committed NAME PARTITIONS WANT DEADLINE_S: until every partition's committed offset is at
+# least WANT ("+N": until N records are committed in all). Prints the last state either way.
+wait_committed() {
+    local deadline=$((SECONDS + $4)) state=""
+    while ((SECONDS < deadline)); do
+        state="$(standing_state "$1" "$2")"
+        if [[ -n "$state" ]] && python3 -c '
+import sys
+want, offsets = sys.argv[1], [int(x) for x in sys.argv[2:]]
+sys.exit(0 if (sum(offsets) >= int(want[1:]) if want[0] == "+" else min(offsets) >= int(want)) else 1)
+' "$3" ${state#* }; then
+            echo "$state"
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "${state:-no answer}"
+    return 1
+}
+
+# check_standing_results FILE PARTITIONS COUNT: the file consumer's JSON lines hold every
+# (partition, offset) exactly once, in offset order per partition, each result what
+# json.calculator makes of the generator's record there (op [add,sub,mul,div][o % 4],
+# a = o % 1000 + 1, b = (p + o) % 9 + 1). Prints "LINES RETRIED" (lines written on a later
+# delivery attempt) when they do.
+check_standing_results() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+path, partitions, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+last, seen, problems, retried = {}, set(), [], 0
+lines = open(path).read().splitlines()
+for n, line in enumerate(lines, 1):
+    try:
+        row = json.loads(line)
+        lineage, result = row["lineage"], row["payload"]["result"]
+        p, o = int(lineage["partition"]), int(lineage["offset"])
+    except (ValueError, KeyError, TypeError) as error:
+        problems.append(f"line {n} is not a result ({error!r})")
+        continue
+    if (p, o) in seen:
+        problems.append(f"partition {p} offset {o} twice (line {n})")
+    elif o < last.get(p, -1):
+        problems.append(f"partition {p} offset {o} after offset {last[p]} (line {n})")
+    seen.add((p, o))
+    last[p] = max(o, last.get(p, -1))
+    a, b = o % 1000 + 1, (p + o) % 9 + 1
+    want = [a + b, a - b, a * b, a / b][o % 4]
+    if not isinstance(result, (int, float)) or abs(result - want) > 1e-9:
+        problems.append(f"partition {p} offset {o}: result {result}, want {want}")
+    retried += int(row.get("attempt") or 1) > 1
+missing = {(p, o) for p in range(partitions) for o in range(count)} - seen
+if missing:
+    first = min(missing)
+    problems.append(f"{len(missing)} records missing (first: partition {first[0]} offset {first[1]})")
+if problems:
+    print(f"{len(problems)} problems: " + "; ".join(problems[:3]))
+    sys.exit(1)
+print(len(lines), retried)
+PY
+}
+
+# The counters of `pipelines get -o json`, as one phrase for the report.
+standing_stats() {
+    timeout 5 "$CLI" pipelines get "$1" --output json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["stats"]
+names = ["records_read", "results_delivered", "records_committed", "retries", "dead_lettered"]
+print(", ".join(f"{n.replace(chr(95), chr(32))} {s.get(n, 0)}" for n in names))
+' || echo "stats unreadable"
+}
+
+# A standing pipeline runs on its own: the generator on the connector host feeds json.calculator
+# on the processors and the file consumer on the connector host writes the results, while the
+# pipeline service claims the pipeline and commits offsets. kill -9 its container mid-stream:
+# started again, it claims the pipeline again and goes on from the committed offsets; the file
+# consumer drops what is delivered twice, so every record is in the file once and in order.
+step_standing() {
+    cli_has pipelines apply || { echo "waiting for the CLI's pipelines apply"; return 2; }
+    local name=compose-standing partitions=2 count="$STANDING_RECORDS"
+    local manifest="$WORK/standing.yaml" out="$WORK/standing.jsonl" state
+    cat >"$manifest" <<EOF
+kind: StandingPipeline
+name: $name
+source:
+  capability: generator
+  params: { count: $count, partitions: $partitions, rate: $STANDING_RATE, payload: json }
+nodes:
+  - { id: calc, processor: json.calculator }
+inputs:
+  - { name: records, targets: [{ node: calc }] }
+outputs:
+  - { name: result, source: { node: calc } }
+consumers:
+  result:
+    capability: file
+    params: { path: "/var/lib/flowplane/standing/{output}.jsonl" }
+dead_letter: { capability: log }
+EOF
+    local started
+    started=$(now_ms)
+    timeout 10 "$CLI" pipelines apply "$manifest" >"$WORK/standing-apply.out" 2>&1 ||
+        { echo "pipelines apply failed: $(tail -n 1 "$WORK/standing-apply.out")"; return 1; }
+
+    # Mid-stream: a tenth of the records committed (at the rate, a second or two in).
+    state="$(wait_committed "$name" "$partitions" "+$((partitions * count / 10))" 60)" ||
+        { echo "not a tenth of the records committed within 60s (state and offsets: $state)"; return 1; }
+    local pipeline_id killed at_kill
+    pipeline_id="$(container_of pipeline)"
+    docker kill -s KILL "$pipeline_id" >/dev/null || { echo "docker kill -s KILL pipeline failed"; return 1; }
+    killed=$(now_ms)
+    # What the dead runner had committed: what the next one starts from.
+    at_kill="$(standing_state "$name" "$partitions")"
+    at_kill="${at_kill#* }"
+    [[ -n "$at_kill" ]] && ((${at_kill// /+} < partitions * count)) ||
+        { echo "every record was committed before the kill (offsets ${at_kill:-unknown}): lower STANDING_RATE"; return 1; }
+    docker start "$pipeline_id" >/dev/null || { echo "docker start pipeline failed"; return 1; }
+    # Resumed: the new runner (a new runner id) has claimed it, once the dead one's claim expired,
+    # and committed past the offsets of the kill.
+    state="$(wait_committed "$name" "$partitions" "+$((${at_kill// /+} + 1))" "$STANDING_TIMEOUT_S")" ||
+        { echo "no commit past $at_kill within ${STANDING_TIMEOUT_S}s of the kill (state and offsets: $state)"; return 1; }
+    local resumed_ms=$(($(now_ms) - killed))
+
+    state="$(wait_committed "$name" "$partitions" "$count" "$STANDING_TIMEOUT_S")" ||
+        { echo "not every partition at $count within ${STANDING_TIMEOUT_S}s of the kill (state and offsets: $state)"; return 1; }
+    local done_ms=$(($(now_ms) - killed)) total_ms=$(($(now_ms) - started))
+    wait_healthy "$HEALTH_TIMEOUT_S" "$pipeline_id" >&2 || { echo "the pipeline is not healthy after its restart"; return 1; }
+
+    # The image has no shell or cat: copy the consumer's file out of the container.
+    docker cp "$(container_of connect):/var/lib/flowplane/standing/result.jsonl" "$out" 2>"$WORK/standing-cp.err" ||
+        { echo "docker cp of the consumer's output failed: $(tail -n 1 "$WORK/standing-cp.err")"; return 1; }
+    local verdict lines retried stats
+    verdict="$(check_standing_results "$out" "$partitions" "$count")" ||
+        { echo "after the kill at offsets $at_kill: $verdict"; return 1; }
+    read -r lines retried <<<"$verdict"
+    stats="$(standing_stats "$name")"
+
+    # The store is on the control plane's data volume: a restart keeps the pipeline and its offsets.
+    docker restart -t 10 "$(container_of control-plane)" >/dev/null || { echo "docker restart control-plane failed"; return 1; }
+    local deadline=$((SECONDS + HEALTH_TIMEOUT_S)) after=""
+    until after="$(standing_state "$name" "$partitions")" && [[ -n "$after" ]]; do
+        ((SECONDS < deadline)) || { echo "after a control-plane restart, pipelines get $name shows nothing"; return 1; }
+        sleep 0.2
+    done
+    local want
+    want="$(yes "$count" | head -n "$partitions" | paste -sd ' ')"
+    [[ "${after#* }" == "$want" ]] ||
+        { echo "after a control-plane restart the offsets are '${after#* }', want '$want'"; return 1; }
+    wait_registered $((10 * HEARTBEAT_MS + 5000)) || { echo "the processors did not register again after the control-plane restart"; return 1; }
+
+    timeout 10 "$CLI" pipelines delete "$name" >"$WORK/standing-delete.out" 2>&1 ||
+        { echo "pipelines delete failed: $(tail -n 1 "$WORK/standing-delete.out")"; return 1; }
+    [[ -z "$(standing_state "$name" "$partitions")" ]] || { echo "pipelines get still shows $name after delete"; return 1; }
+    echo "$lines records ($partitions partitions x $count at $STANDING_RATE/s), each once, in order, right ($retried on a later attempt); runner killed at committed ${at_kill// /+}, committing again $(seconds "$resumed_ms")s and all committed $(seconds "$done_ms")s after the kill ($((total_ms / 1000))s from apply); $stats; pipeline and offsets kept across a control-plane restart; deleted"
 }
 
 # Every series the Grafana dashboard queries is exported by some service once traffic has
@@ -383,10 +580,10 @@ finish() {
     compose --profile observability down -v --remove-orphans --timeout 20 >/dev/null 2>&1
     left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")"
     if [[ -z "$left" ]]; then
-        record 5 "stop the stack, nothing left" PASS $(($(now_ms) - started)) "compose down -v; no container of $PROJECT left"
+        record 7 "stop the stack, nothing left" PASS $(($(now_ms) - started)) "compose down -v; no container of $PROJECT left"
     else
         docker rm -f $left >/dev/null 2>&1
-        record 5 "stop the stack, nothing left" FAIL $(($(now_ms) - started)) "containers left after compose down (removed by force): $left"
+        record 7 "stop the stack, nothing left" FAIL $(($(now_ms) - started)) "containers left after compose down (removed by force): $left"
     fi
     rm -rf "$WORK"
     # fd 3 is the script's own stdout: a signal may land while a step's output is redirected.
@@ -418,5 +615,6 @@ run_step 1 "images, start, health" step_up || exit 1
 run_step 2 "example pipelines, exact outputs" step_examples
 run_step 3 "kill a processor mid-stream" step_failover
 run_step 4 "restart the control plane" step_control_plane_restart
-run_step 6 "dashboard series exported" step_dashboard_series
+run_step 5 "dashboard series exported" step_dashboard_series
+run_step 6 "standing pipeline: kill -9 the runner" step_standing
 exit 0

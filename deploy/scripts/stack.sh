@@ -77,16 +77,18 @@ up() {
     timeout "$UP_TIMEOUT_S" $compose_tool -p "$PROJECT" -f "$COMPOSE_FILE_PATH" "${profile[@]}" up -d ||
         die "compose up failed; see: make logs (and make ps)"
     # shellcheck disable=SC2046
-    wait_healthy "$UP_TIMEOUT_S" $(compose ps -q control-plane processor-1 processor-2 pipeline) ||
+    wait_healthy "$UP_TIMEOUT_S" $(compose ps -q control-plane processor-1 processor-2 pipeline connect) ||
         die "the stack is not healthy; see: make ps, make logs"
     local c="${CERTS_DIR#"$REPO_ROOT"/}"
     cat <<EOF
 flowplane is up with mutual TLS (project $PROJECT, image $FLOWPLANE_IMAGE); a client presents a
 certificate from $c, e.g.:
-  export FLOWPLANE_TLS_CA=$c/ca.pem FLOWPLANE_TLS_CLIENT_CERT=$c/client.pem FLOWPLANE_TLS_CLIENT_KEY=$c/client.key
+  export FLOWPLANE_TLS_CA=$c/ca.pem FLOWPLANE_TLS_CLIENT_CERT=$c/client.pem FLOWPLANE_TLS_CLIENT_KEY=$c/client.key FLOWPLANE_CLIENT_TOKEN_FILE=$c/client.token
   pipeline       https://127.0.0.1:${FLOWPLANE_PORT_PIPELINE:-55071}   flowplane run PIPELINE.yaml --pipeline https://127.0.0.1:${FLOWPLANE_PORT_PIPELINE:-55071} --input NAME=FILE
   control plane  https://127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}   flowplane components list --control-plane https://127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}
   processors     https://127.0.0.1:${FLOWPLANE_PORT_PROCESSOR_1:-55061}, https://127.0.0.1:${FLOWPLANE_PORT_PROCESSOR_2:-55062}
+  connector host https://127.0.0.1:${FLOWPLANE_PORT_CONNECT:-55081}   standing pipelines: flowplane pipelines apply MANIFEST.yaml --control-plane https://127.0.0.1:${FLOWPLANE_PORT_CONTROL_PLANE:-55051}
+                 (file consumer paths under /var/lib/flowplane/standing; docker cp them out)
 EOF
     if ((${#profile[@]})); then
         cat <<EOF
