@@ -163,7 +163,16 @@ def start_stack(
             start(
                 "control-plane",
                 "flowplane-control-plane",
-                ["--listen", stack.control_plane, "--lease-ttl", "3s", *server_args],
+                [
+                    "--listen",
+                    stack.control_plane,
+                    "--lease-ttl",
+                    "3s",
+                    # Its own: two stacks must not share the default ./flowplane-data.
+                    "--data-dir",
+                    tempfile.mkdtemp(prefix="control-plane-data-", dir=logs),
+                    *server_args,
+                ],
                 logs,
             )
         )
