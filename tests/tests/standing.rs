@@ -919,3 +919,106 @@ async fn retries_are_bounded_then_dead_lettered_and_a_rejected_result_too() {
 fn prost_types_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap()
 }
+
+/// A processor that takes its stream down (a panic) on a poison record: the session
+/// cannot answer it anywhere, so no node error ever names it.
+struct Fragile;
+
+impl flowplane_sdk::Processor for Fragile {
+    fn capability() -> flowplane_sdk::Capability {
+        flowplane_sdk::Capability::new("test.fragile", "passes json through; panics on poison")
+            .input(
+                "json",
+                [flowplane_proto::data::v1::DataTypeHint::Json],
+                "anything",
+            )
+            .output(
+                "json",
+                [flowplane_proto::data::v1::DataTypeHint::Json],
+                "the input",
+            )
+            .stateless()
+    }
+
+    fn create(_: &flowplane_sdk::Params) -> Result<Self, flowplane_sdk::ParamError> {
+        Ok(Self)
+    }
+
+    fn process(
+        &mut self,
+        input: flowplane_sdk::Input<'_>,
+    ) -> Result<Vec<flowplane_sdk::Output>, flowplane_sdk::ProcessError> {
+        if let flowplane_proto::data::v1::data_buffer::Payload::Json(json) = &input.payload {
+            assert!(!json.json.contains("\"poison\":true"), "poison record");
+        }
+        Ok(vec![flowplane_sdk::Output::new("json", input.payload)])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_takes_the_processor_down_is_dead_lettered_and_the_rest_flows() {
+    let stack = Stack::start(0, 1).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let listener = flowplane_test_support::local_listener().await;
+    let config = flowplane_sdk::HostConfig {
+        control_plane: Some(url(stack.cp_port)),
+        id: Some("fragile-host".into()),
+        ..Default::default()
+    };
+    tokio::spawn(flowplane_sdk::run(
+        flowplane_sdk::ProcessorHost::builder("fragile").processor::<Fragile>(),
+        config,
+        listener,
+        stop.cancelled_owned(),
+    ));
+    let (out, dead) = (stack.path("out.jsonl"), stack.path("dead.jsonl"));
+    let spec = StandingPipelineSpec {
+        manifest: Some(flowplane_tests::data::manifest(
+            "name: fragile\nnodes:\n  - { id: weak, processor: test.fragile }\ninputs:\n  - { name: requests, targets: [{ node: weak }] }\noutputs:\n  - { name: results, source: { node: weak } }\n",
+        )),
+        ..calculator_spec(
+            "fragile",
+            json!({ "count": 60, "poison_every": 25 }),
+            &out,
+            Some(&dead),
+        )
+    };
+    apply(&stack, spec).await;
+    let done = stack
+        .wait_committed(
+            "fragile",
+            &BTreeMap::from([(0, 60)]),
+            Duration::from_secs(90),
+        )
+        .await;
+    let rows = read_output(&out);
+    let want: Vec<(u32, u64)> = (0..60)
+        .filter(|o| ![24, 49].contains(o))
+        .map(|o| (0, o))
+        .collect();
+    assert_eq!(
+        rows.keys().copied().collect::<Vec<_>>(),
+        want,
+        "the rest flowed, once each, in order"
+    );
+    let dead_rows = read_unordered(&dead);
+    assert_eq!(
+        dead_rows.keys().map(|&(_, o)| o).collect::<Vec<_>>(),
+        vec![24, 49],
+        "each record that took the processor down, dead-lettered"
+    );
+    for (&(_, offset), row) in &dead_rows {
+        let error = row["error"].to_string();
+        assert!(
+            error.contains("POISON_RECORD") && error.contains(&format!("offset {offset}")),
+            "{row}"
+        );
+        assert_eq!(
+            row["payload"]["poison"],
+            json!(true),
+            "the record itself: {row}"
+        );
+    }
+    assert_eq!(done.stats.unwrap_or_default().dead_lettered, 2);
+}

@@ -219,8 +219,10 @@ pub async fn run(
         // Standing runs first: each commits what it finished and gives its claim back,
         // so another replica takes over at once instead of after the claim's ttl.
         runner_stop.cancel();
-        if let Some(runner) = runner {
-            let _ = runner.await;
+        if let Some(runner) = runner
+            && tokio::time::timeout(grace, runner).await.is_err()
+        {
+            tracing::warn!("standing runs did not stop within the grace period");
         }
         tracing::info!(
             sessions = service.active_sessions(),

@@ -150,8 +150,10 @@ fn standing_settings(cli: &Cli) -> anyhow::Result<RunnerSettings> {
         ..RunnerSettings::default()
     };
     if let Some(id) = cli.runner_id.as_deref().map(str::trim) {
-        if id.is_empty() {
-            anyhow::bail!("--runner-id must not be empty");
+        if id.is_empty() || id.len() > 253 || id.chars().any(|c| !c.is_ascii_graphic()) {
+            anyhow::bail!(
+                "--runner-id must be 1 to 253 printable ascii characters without spaces, got {id:?}"
+            );
         }
         settings.runner_id = id.to_string();
     }

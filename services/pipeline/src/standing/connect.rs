@@ -20,6 +20,7 @@ use flowplane_proto::{
     },
 };
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Status, codegen::InterceptedService};
 
 use crate::directory::Directory;
@@ -238,63 +239,73 @@ pub struct Link<Req, Resp> {
     pub rx: tonic::Streaming<Resp>,
 }
 
-fn auth(directory: &Directory) -> Result<AttachBearer, Status> {
-    AttachBearer::new(directory.client_args().token.as_deref())
+/// Opens a stream on `component` with `call`, `open` queued as its first message; the
+/// caller waits for the answer to it. The request queue is unbounded, but what the runner
+/// queues is bounded by its window: credits and acks a few per commit, deliveries only
+/// for records in flight (and a record is in flight only with credit).
+async fn open_link<Req, Resp, Fut>(
+    directory: &Directory,
+    component: &Component,
+    open: Req,
+    call: impl FnOnce(Authed, UnboundedReceiverStream<Req>) -> Fut,
+) -> Result<Link<Req, Resp>, Status>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<Resp>>, Status>>,
+{
+    let channel = directory
+        .channel(&component.endpoint)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let auth = AttachBearer::new(directory.client_args().token.as_deref())?;
+    let (tx, requests) = mpsc::unbounded_channel();
+    tx.send(open).expect("the receiver is held below");
+    let rx = call(
+        InterceptedService::new(channel, auth),
+        UnboundedReceiverStream::new(requests),
+    )
+    .await
+    .inspect_err(|_| directory.forget_channel(&component.endpoint))?
+    .into_inner();
+    Ok(Link { tx, rx })
 }
 
-fn channel(directory: &Directory, endpoint: &str) -> Result<TracedChannel, Status> {
-    directory
-        .channel(endpoint)
-        .map_err(|e| Status::unavailable(e.to_string()))
-}
-
-/// Opens `Read` on `component`, sending `open` first; the caller waits for `opened`.
+/// Opens `Read` on `component`.
 pub async fn open_source(
     directory: &Directory,
     component: Component,
     open: ReadRequest,
 ) -> Result<Link<ReadRequest, ReadResponse>, Status> {
-    let mut client = SourceServiceClient::with_interceptor(
-        channel(directory, &component.endpoint)?,
-        auth(directory)?,
+    open_link(
+        directory,
+        &component,
+        open,
+        |service, requests| async move {
+            SourceServiceClient::new(service)
+                .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+                .read(requests)
+                .await
+        },
     )
-    .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
-    // Unbounded: what the runner sends a source is credits and acks, a few per commit.
-    let (tx, requests) = mpsc::unbounded_channel();
-    tx.send(open).expect("receiver is held below");
-    let rx = client
-        .read(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            requests,
-        ))
-        .await
-        .inspect_err(|_| directory.forget_channel(&component.endpoint))?
-        .into_inner();
-    Ok(Link { tx, rx })
+    .await
 }
 
-/// Opens `Deliver` on `component`, sending `open` first; the caller waits for `opened`.
+/// Opens `Deliver` on `component`.
 pub async fn open_consumer(
     directory: &Directory,
     component: Component,
     open: DeliverRequest,
 ) -> Result<Link<DeliverRequest, DeliverResponse>, Status> {
-    let mut client = ConsumerServiceClient::with_interceptor(
-        channel(directory, &component.endpoint)?,
-        auth(directory)?,
+    open_link(
+        directory,
+        &component,
+        open,
+        |service, requests| async move {
+            ConsumerServiceClient::new(service)
+                .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
+                .deliver(requests)
+                .await
+        },
     )
-    .max_decoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(flowplane_grpc::MAX_MESSAGE_BYTES);
-    // Unbounded, but what is queued is bounded by the run's window: deliveries exist
-    // only for records in flight, and a record is in flight only with credit.
-    let (tx, requests) = mpsc::unbounded_channel();
-    tx.send(open).expect("receiver is held below");
-    let rx = client
-        .deliver(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            requests,
-        ))
-        .await
-        .inspect_err(|_| directory.forget_channel(&component.endpoint))?
-        .into_inner();
-    Ok(Link { tx, rx })
+    .await
 }

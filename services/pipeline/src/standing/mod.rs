@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use connect::CAPABILITY_LABEL;
 use connect::ControlPlane;
-use run::{Outcome, RunEnv, Stop};
+use run::{Outcome, RunEnv, RunMode, Stop};
 
 use crate::{directory::Directory, service::PipelineService};
 
@@ -167,18 +167,32 @@ async fn supervise(env: Arc<RunEnv>, stop: CancellationToken) {
             if held_elsewhere {
                 continue;
             }
-            match env
-                .control
-                .claim(&name, &env.settings.runner_id, env.settings.claim_ttl)
-                .await
-            {
+            let sent = tokio::time::Instant::now();
+            let claimed = tokio::time::timeout(
+                env.settings.open_timeout,
+                env.control
+                    .claim(&name, &env.settings.runner_id, env.settings.claim_ttl),
+            )
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("claim timed out")));
+            match claimed {
                 Ok(claimed) => {
                     let token = stop.child_token();
-                    let handle = tokio::spawn(keep_running(env.clone(), claimed, token.clone()));
+                    let handle =
+                        tokio::spawn(keep_running(env.clone(), claimed, sent, token.clone()));
                     runs.insert(name, (handle, token));
                 }
-                Err(status) => {
+                // Taken by another runner, or paused since it was listed.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Aborted | tonic::Code::FailedPrecondition
+                    ) =>
+                {
                     tracing::debug!(flowplane.pipeline = %name, code = ?status.code(), error = %status.message(), "pipeline not claimed");
+                }
+                Err(status) => {
+                    tracing::warn!(flowplane.pipeline = %name, code = ?status.code(), error = %status.message(), "claiming the pipeline failed");
                 }
             }
         }
@@ -188,19 +202,24 @@ async fn supervise(env: Arc<RunEnv>, stop: CancellationToken) {
     for (_, (_, token)) in runs.iter() {
         token.cancel();
     }
-    for (name, (handle, _)) in runs {
-        if tokio::time::timeout(env.settings.open_timeout * 2, handle)
-            .await
-            .is_err()
-        {
-            tracing::warn!(flowplane.pipeline = %name, "standing run did not stop in time");
-        }
+    let left = runs.len();
+    let all = futures::future::join_all(runs.into_values().map(|(handle, _)| handle));
+    if tokio::time::timeout(env.settings.open_timeout * 2, all)
+        .await
+        .is_err()
+    {
+        tracing::warn!(runs = left, "standing runs did not all stop in time");
     }
     metrics::gauge!(RUNNING).set(0.0);
 }
 
 /// Runs one claimed pipeline, again after each failure, until it stops.
-async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: CancellationToken) {
+async fn keep_running(
+    env: Arc<RunEnv>,
+    mut pipeline: StandingPipeline,
+    mut claimed_at: tokio::time::Instant,
+    stop: CancellationToken,
+) {
     let name = pipeline
         .spec
         .as_ref()
@@ -208,10 +227,18 @@ async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: Ca
         .unwrap_or_default();
     let runner_id = env.settings.runner_id.clone();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let mut mode = RunMode::default();
+    // Session failures in a row that committed nothing: a record that takes a
+    // processor down (past its failovers) would otherwise stop the pipeline for good.
+    let mut stuck = 0u32;
     loop {
         let epoch = pipeline.runner.as_ref().map_or(0, |r| r.epoch);
         let started = std::time::Instant::now();
-        match run::run(&env, pipeline.clone(), stop.clone()).await {
+        let offsets_before = pipeline.offsets.clone();
+        let (outcome, in_flight) =
+            run::run(&env, pipeline.clone(), claimed_at, &mode, stop.clone()).await;
+        let mut session_failed = None;
+        match outcome {
             Outcome::Stopped(Stop::Shutdown) => {
                 let _ = tokio::time::timeout(
                     env.settings.open_timeout,
@@ -224,6 +251,13 @@ async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: Ca
             Outcome::Stopped(Stop::Respec) => {
                 tracing::info!(flowplane.pipeline = %name, "new spec applied; running it");
                 backoff.reset();
+                mode = RunMode::default();
+                stuck = 0;
+            }
+            Outcome::Stopped(Stop::Probed) => {
+                tracing::info!(flowplane.pipeline = %name, "the probe got through; running with the whole window again");
+                mode = RunMode::default();
+                stuck = 0;
             }
             Outcome::Stopped(stop) => {
                 tracing::info!(flowplane.pipeline = %name, reason = ?stop, "standing pipeline stopped on this runner");
@@ -237,6 +271,9 @@ async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: Ca
                 }
                 metrics::counter!(RESTARTS, "pipeline" => name.clone(), "reason" => detail.reason.clone())
                     .increment(1);
+                if detail.reason == run::SESSION_FAILED {
+                    session_failed = Some(detail.clone());
+                }
                 // Record why, renewing the claim meanwhile (a run that failed to open
                 // committed nothing).
                 let record = CommitPipelineRequest {
@@ -266,6 +303,7 @@ async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: Ca
             }
         }
         // The claim again: renewed if still ours, with the stored spec and offsets.
+        claimed_at = tokio::time::Instant::now();
         match tokio::time::timeout(
             env.settings.open_timeout,
             env.control.claim(&name, &runner_id, env.settings.claim_ttl),
@@ -282,5 +320,56 @@ async fn keep_running(env: Arc<RunEnv>, mut pipeline: StandingPipeline, stop: Ca
                 return;
             }
         }
+        if let Some(cause) = session_failed {
+            mode = next_mode(
+                &name,
+                mode,
+                &mut stuck,
+                pipeline.offsets != offsets_before,
+                &in_flight,
+                cause,
+            );
+        }
     }
+}
+
+/// Session failures in a row, with nothing committed, before runs go one record at a time.
+const PROBE_AFTER: u32 = 2;
+
+/// What the next run does after one whose session failed: a probe after repeated failures
+/// with no progress (one record in flight, through as many records as a window holds),
+/// and, when a probe's session fails with one record in flight, that record dead-lettered
+/// unprocessed by the next run; the rest of the pipeline then flows on.
+fn next_mode(
+    name: &str,
+    mode: RunMode,
+    stuck: &mut u32,
+    progressed: bool,
+    in_flight: &[(u32, u64)],
+    cause: flowplane_proto::common::v1::ErrorDetail,
+) -> RunMode {
+    if mode.probe.is_some()
+        && let [(partition, offset)] = in_flight
+    {
+        tracing::warn!(flowplane.pipeline = %name, partition, offset, error = %cause.message, "this record made the session fail on its own; the next run dead-letters it unprocessed");
+        *stuck = 0;
+        return RunMode {
+            probe: mode.probe,
+            quarantine: Some((*partition, *offset, cause)),
+        };
+    }
+    if progressed {
+        *stuck = 0;
+        return mode;
+    }
+    *stuck += 1;
+    if *stuck >= PROBE_AFTER && mode.probe.is_none() {
+        let records = in_flight.len().max(1) as u64;
+        tracing::warn!(flowplane.pipeline = %name, failures = *stuck, records, "runs keep failing at the same offsets; probing one record at a time");
+        return RunMode {
+            probe: Some(records),
+            quarantine: mode.quarantine,
+        };
+    }
+    mode
 }

@@ -20,6 +20,8 @@ struct Partition {
 #[derive(Debug, Default)]
 pub struct Watermarks {
     partitions: HashMap<u32, Partition>,
+    /// How far the watermarks moved in all, over every partition.
+    advanced: u64,
 }
 
 /// A record the source sent out of turn.
@@ -46,7 +48,10 @@ impl Watermarks {
                 )
             })
             .collect();
-        Self { partitions }
+        Self {
+            partitions,
+            advanced: 0,
+        }
     }
 
     /// Notes a record read from the source: offsets of a partition come in turn, from
@@ -73,7 +78,13 @@ impl Watermarks {
         p.finished.insert(offset);
         while p.finished.remove(&p.next) {
             p.next += 1;
+            self.advanced += 1;
         }
+    }
+
+    /// How many records the watermarks passed since the run started, over every partition.
+    pub fn advanced(&self) -> u64 {
+        self.advanced
     }
 
     /// The next offset to read of every partition.
@@ -101,6 +112,7 @@ mod tests {
         assert_eq!(w.committed()[&0], 14, "12 and 13 were already finished");
         w.finish(0, 14);
         assert_eq!(w.committed()[&0], 15);
+        assert_eq!(w.advanced(), 5);
     }
 
     #[test]

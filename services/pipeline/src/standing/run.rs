@@ -67,6 +67,9 @@ pub enum Stop {
     Lost(String),
     /// A new spec was applied: run again with it.
     Respec,
+    /// A probe (one record at a time) got through the records that were in flight
+    /// when runs kept failing: run normally again.
+    Probed,
     /// The runner is shutting down.
     Shutdown,
 }
@@ -79,6 +82,19 @@ pub enum Outcome {
     Failed(ErrorDetail),
 }
 
+/// How a run differs from a normal one after runs kept failing at the same offsets.
+#[derive(Clone, Debug, Default)]
+pub struct RunMode {
+    /// One record in flight at a time, until this many are committed: a record that
+    /// makes the session fail is then the one in flight.
+    pub probe: Option<u64>,
+    /// A record that made the session fail alone: it is dead-lettered unprocessed.
+    pub quarantine: Option<(u32, u64, ErrorDetail)>,
+}
+
+/// The reason of a run that failed because its session did (a node lost beyond failover).
+pub const SESSION_FAILED: &str = "SESSION_FAILED";
+
 /// The stream name a dead-letter consumer is opened with.
 pub const DEAD_LETTER_OUTPUT: &str = "dead-letter";
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -88,10 +104,11 @@ const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 /// Index of the dead-letter consumer among the run's delivery streams.
 const DLQ: usize = usize::MAX;
 
-fn failure(reason: &str, message: impl Into<String>) -> ErrorDetail {
+fn failure(reason: &str, code: tonic::Code, message: impl Into<String>) -> ErrorDetail {
     ErrorDetail {
         reason: reason.into(),
         message: message.into(),
+        code: code as i32,
         ..Default::default()
     }
 }
@@ -117,10 +134,6 @@ fn ack_stream(rx: tonic::Streaming<DeliverResponse>) -> AckStream {
     })))
 }
 
-/// A run with no record to send tells the session it is alive this often: a session
-/// with no client message for its idle timeout would end.
-const KEEPALIVE: Duration = Duration::from_secs(30);
-
 struct Record {
     partition: u32,
     offset: u64,
@@ -141,6 +154,8 @@ struct Outgoing {
 
 /// A commit sent and not yet answered, with what it carried.
 struct Committing {
+    sent_at: Instant,
+    advanced: u64,
     answer: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<StandingPipeline, Status>> + Send>,
     >,
@@ -203,13 +218,71 @@ impl Counters {
 }
 
 /// Runs `pipeline` (as the claim returned it) until it stops or fails.
-pub async fn run(env: &RunEnv, pipeline: StandingPipeline, stop: CancellationToken) -> Outcome {
+/// `claimed_at` is when the claim that returned `pipeline` was sent: the claim is this
+/// run's for a ttl from then.
+/// Besides the outcome, returns the records in flight when it failed.
+pub async fn run(
+    env: &RunEnv,
+    pipeline: StandingPipeline,
+    claimed_at: Instant,
+    mode: &RunMode,
+    stop: CancellationToken,
+) -> (Outcome, Vec<(u32, u64)>) {
     let spec = pipeline.spec.clone().unwrap_or_default();
     let name = spec.name.clone();
     let epoch = pipeline.runner.as_ref().map_or(0, |r| r.epoch);
-    let mut state = match Run::open(env, &pipeline, spec).await {
-        Ok(state) => state,
-        Err(detail) => return Outcome::Failed(detail),
+    let settings = &env.settings;
+    // Opening (the session, the source, every consumer) may take longer than the claim
+    // lives: the claim is renewed meanwhile, and a stop is heard.
+    let mut claim_until = claimed_at + settings.claim_ttl;
+    let opening = Run::open(env, &pipeline, spec);
+    tokio::pin!(opening);
+    let mut renew = tokio::time::interval(settings.claim_ttl / 3);
+    renew.tick().await;
+    let opened = loop {
+        tokio::select! {
+            () = stop.cancelled() => return (Outcome::Stopped(Stop::Shutdown), Vec::new()),
+            opened = &mut opening => break opened,
+            _ = renew.tick() => {
+                let sent = Instant::now();
+                let renewed = tokio::time::timeout(
+                    commit_timeout(settings),
+                    env.control.claim(&name, &settings.runner_id, settings.claim_ttl),
+                )
+                .await;
+                match renewed {
+                    Ok(Ok(p)) if p.runner.as_ref().is_some_and(|r| r.epoch == epoch) => {
+                        claim_until = sent + settings.claim_ttl;
+                    }
+                    Ok(Ok(_)) => {
+                        let lost = Stop::Lost("the claim lapsed while the run opened".into());
+                        return (Outcome::Stopped(lost), Vec::new());
+                    }
+                    Ok(Err(status)) => {
+                        let lost = Stop::Lost(status.message().to_string());
+                        return (Outcome::Stopped(lost), Vec::new());
+                    }
+                    Err(_) if Instant::now() >= claim_until => {
+                        let lost = Stop::Lost("the claim could not be renewed while the run opened".into());
+                        return (Outcome::Stopped(lost), Vec::new());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    };
+    let mut state = match opened {
+        Ok(mut state) => {
+            state.claim_until = claim_until;
+            if let Some(records) = mode.probe {
+                state.max_in_flight = 1;
+                state.credit = 1;
+                state.probe_until = Some(records);
+            }
+            state.quarantine = mode.quarantine.clone();
+            state
+        }
+        Err(detail) => return (Outcome::Failed(detail), Vec::new()),
     };
     tracing::info!(
         flowplane.pipeline = %name,
@@ -229,7 +302,12 @@ pub async fn run(env: &RunEnv, pipeline: StandingPipeline, stop: CancellationTok
         }
         let _ = state.commit().await;
     }
-    outcome
+    let in_flight = state
+        .records
+        .values()
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    (outcome, in_flight)
 }
 
 struct Run<'a> {
@@ -259,13 +337,17 @@ struct Run<'a> {
     /// The mark of each FLUSH sent and not yet answered: the last sequence sent before it.
     flushes: std::collections::VecDeque<Option<u64>>,
     session_moved: bool,
-    /// When the session was last sent anything.
-    last_input: Instant,
     marks: Watermarks,
     /// The offsets of the last commit the control plane stored.
     last_committed: BTreeMap<u32, u64>,
     /// The commit under way, if any: one at a time, beside the loop's other work.
     committing: Option<Committing>,
+    /// [`Watermarks::advanced`] as of the last commit stored.
+    advanced_committed: u64,
+    /// In a probe: stop once this many records are committed.
+    probe_until: Option<u64>,
+    /// A record to dead-letter unprocessed (see [`RunMode`]).
+    quarantine: Option<(u32, u64, ErrorDetail)>,
     /// Credit granted to the source and not yet used. Credit comes back only when a
     /// record's offset is committed, so records read and not committed (what a restart
     /// replays) never exceed the window.
@@ -277,7 +359,10 @@ struct Run<'a> {
     delta: Delta,
     lag: u64,
     last_error: Option<ErrorDetail>,
-    last_commit_ok: Instant,
+    /// Until when the claim is surely this run's: the send time of the last renewal that
+    /// the control plane accepted, plus the ttl. Past it another runner may hold the
+    /// pipeline, so the run stops rather than deliver beside it.
+    claim_until: Instant,
     counters: Counters,
 }
 
@@ -301,6 +386,7 @@ impl<'a> Run<'a> {
                 _ => {
                     return Err(failure(
                         "INVALID_SPEC",
+                        tonic::Code::FailedPrecondition,
                         "source_input is empty and the manifest has not exactly one input",
                     ));
                 }
@@ -320,7 +406,11 @@ impl<'a> Run<'a> {
             .await
             .map_err(|err| {
                 let status = Status::from(err);
-                from_status("SESSION_FAILED", "the pipeline's DAG cannot start", &status)
+                from_status(
+                    "DAG_UNAVAILABLE",
+                    "the pipeline's DAG cannot start",
+                    &status,
+                )
             })?;
 
         let (source, source_rx, source_id) = open_one(
@@ -363,11 +453,6 @@ impl<'a> Run<'a> {
             }
             _ => None,
         };
-        let _ = source.send(ReadRequest {
-            request: Some(read_request::Request::Credit(ReadCredit {
-                records: max_in_flight,
-            })),
-        });
         let backoff = delivery
             .retry_backoff
             .and_then(|d| Duration::try_from(d).ok())
@@ -400,9 +485,11 @@ impl<'a> Run<'a> {
             swept_through: None,
             flushes: std::collections::VecDeque::new(),
             session_moved: false,
-            last_input: Instant::now(),
             last_committed: marks.committed(),
             committing: None,
+            advanced_committed: 0,
+            probe_until: None,
+            quarantine: None,
             marks,
             credit: u64::from(max_in_flight),
             sent: HashMap::new(),
@@ -412,13 +499,18 @@ impl<'a> Run<'a> {
             delta: Delta::default(),
             lag: 0,
             last_error: None,
-            last_commit_ok: Instant::now(),
+            claim_until: Instant::now(),
             counters: Counters::new(&name),
             name,
         })
     }
 
     async fn serve(&mut self, stop: &CancellationToken) -> Outcome {
+        let _ = self.source_tx.send(ReadRequest {
+            request: Some(read_request::Request::Credit(ReadCredit {
+                records: self.max_in_flight,
+            })),
+        });
         let mut tick = tokio::time::interval(self.env.settings.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let retry = tokio::time::sleep(Duration::from_secs(3600));
@@ -463,6 +555,7 @@ impl<'a> Run<'a> {
             Ok(None) => {
                 return Err(Outcome::Failed(failure(
                     "SOURCE_LOST",
+                    tonic::Code::Unavailable,
                     format!("source {} ended its stream", self.source_id),
                 )));
             }
@@ -479,6 +572,7 @@ impl<'a> Run<'a> {
                 if self.credit == 0 {
                     return Err(Outcome::Failed(failure(
                         "SOURCE_PROTOCOL",
+                        tonic::Code::Internal,
                         format!(
                             "source {} sent partition {} offset {} without credit",
                             self.source_id, record.partition, record.offset
@@ -489,6 +583,7 @@ impl<'a> Run<'a> {
                 if let Err(e) = self.marks.read(record.partition, record.offset) {
                     return Err(Outcome::Failed(failure(
                         "SOURCE_PROTOCOL",
+                        tonic::Code::Internal,
                         format!(
                             "source {} sent partition {} offset {} where offset {} was next",
                             self.source_id, e.partition, e.got, e.expected
@@ -500,13 +595,49 @@ impl<'a> Run<'a> {
                 let sequence = self.next_sequence;
                 self.next_sequence += 1;
                 let input = record.buffer.unwrap_or_default();
+                if let Some((_, _, cause)) = self
+                    .quarantine
+                    .as_ref()
+                    .filter(|(p, o, _)| (*p, *o) == (record.partition, record.offset))
+                {
+                    // The session never sees it: its sequence is skipped, and the next
+                    // response (or a flush) tells that everything before is through.
+                    let detail = ErrorDetail {
+                        reason: "POISON_RECORD".into(),
+                        message: format!(
+                            "partition {} offset {} was not processed: each run that processed it failed, the last alone: {}",
+                            record.partition, record.offset, cause.message
+                        ),
+                        code: tonic::Code::Internal as i32,
+                        ..cause.clone()
+                    };
+                    let lineage = Lineage {
+                        pipeline: self.name.clone(),
+                        source_id: self.source_id.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        output: DEAD_LETTER_OUTPUT.into(),
+                        output_index: 0,
+                    };
+                    self.records.insert(
+                        sequence,
+                        Record {
+                            partition: record.partition,
+                            offset: record.offset,
+                            input: input.clone(),
+                            pending: 0,
+                            outputs: HashMap::new(),
+                        },
+                    );
+                    self.dead_letter(sequence, lineage, input, detail);
+                    return Ok(());
+                }
                 let chunk = DataChunk {
                     sequence,
                     input: self.source_input.clone(),
                     buffer: Some(input.clone()),
                     ..Default::default()
                 };
-                self.last_input = Instant::now();
                 self.records.insert(
                     sequence,
                     Record {
@@ -523,6 +654,7 @@ impl<'a> Run<'a> {
                     .map_err(|_| {
                         Outcome::Failed(failure(
                             "SESSION_FAILED",
+                            tonic::Code::Internal,
                             "the pipeline session stopped taking records",
                         ))
                     })?;
@@ -552,6 +684,7 @@ impl<'a> Run<'a> {
             None => {
                 return Err(Outcome::Failed(failure(
                     "SESSION_FAILED",
+                    tonic::Code::Internal,
                     "the pipeline session ended",
                 )));
             }
@@ -564,11 +697,16 @@ impl<'a> Run<'a> {
                 let consumer = *self.by_output.get(&result.output).ok_or_else(|| {
                     Outcome::Failed(failure(
                         "INVALID_SPEC",
+                        tonic::Code::FailedPrecondition,
                         format!("output {} has no consumer", result.output),
                     ))
                 })?;
                 let Some(record) = self.records.get_mut(&sequence) else {
-                    return Ok(());
+                    return Err(Outcome::Failed(failure(
+                        "SESSION_FAILED",
+                        tonic::Code::Internal,
+                        format!("the session answered sequence {sequence}, which is not in flight"),
+                    )));
                 };
                 let index = record.outputs.entry(result.output.clone()).or_insert(0);
                 let lineage = Lineage {
@@ -593,21 +731,27 @@ impl<'a> Run<'a> {
                     return Ok(());
                 };
                 self.session_reached(sequence.checked_sub(1));
-                if let Some(record) = self.records.get(&sequence) {
+                if let Some(record) = self.records.get_mut(&sequence) {
                     // A node rejected the record: it goes to the dead-letter consumer
-                    // whole, with the node's error, and the rest flows on.
+                    // whole, with the node's error, and the rest flows on. Numbered, as
+                    // two nodes of a fan-out may both reject it.
+                    let index = record
+                        .outputs
+                        .entry(DEAD_LETTER_OUTPUT.to_string())
+                        .or_insert(0);
                     let lineage = Lineage {
                         pipeline: self.name.clone(),
                         source_id: self.source_id.clone(),
                         partition: record.partition,
                         offset: record.offset,
                         output: DEAD_LETTER_OUTPUT.into(),
-                        output_index: 0,
+                        output_index: *index,
                     };
+                    *index += 1;
                     let detail = ErrorDetail {
                         message: format!(
-                            "node {} rejected partition {} offset {}: {}",
-                            error.node_id, record.partition, record.offset, error.message
+                            "partition {} offset {} rejected: {}",
+                            record.partition, record.offset, error.message
                         ),
                         sequence: None,
                         ..error
@@ -627,6 +771,7 @@ impl<'a> Run<'a> {
             Some(Response::Closed(_)) => {
                 return Err(Outcome::Failed(failure(
                     "SESSION_FAILED",
+                    tonic::Code::Internal,
                     "the pipeline session closed",
                 )));
             }
@@ -778,12 +923,23 @@ impl<'a> Run<'a> {
         let Some(mut out) = self.sent.remove(&ack.delivery_id) else {
             return Err(Outcome::Failed(failure(
                 "CONSUMER_PROTOCOL",
+                tonic::Code::Internal,
                 format!(
                     "consumer {consumer} acknowledged delivery {} that is not outstanding",
                     ack.delivery_id
                 ),
             )));
         };
+        if out.consumer != index {
+            return Err(Outcome::Failed(failure(
+                "CONSUMER_PROTOCOL",
+                tonic::Code::Internal,
+                format!(
+                    "consumer {consumer} acknowledged delivery {}, which went to another stream",
+                    ack.delivery_id
+                ),
+            )));
+        }
         let lineage = out.delivery.lineage.clone().unwrap_or_default();
         let outcome = AckOutcome::try_from(ack.outcome).unwrap_or(AckOutcome::Retry);
         match (outcome, index == DLQ) {
@@ -798,6 +954,7 @@ impl<'a> Run<'a> {
                 if out.delivery.attempt >= self.max_attempts {
                     let detail = failure(
                         "RETRIES_EXHAUSTED",
+                        tonic::Code::Unavailable,
                         format!(
                             "consumer {consumer} asked to retry partition {} offset {} output {} {} times: {}",
                             lineage.partition,
@@ -831,6 +988,7 @@ impl<'a> Run<'a> {
             (AckOutcome::Reject, false) => {
                 let detail = failure(
                     "REJECTED",
+                    tonic::Code::FailedPrecondition,
                     format!(
                         "consumer {consumer} rejected partition {} offset {} output {}: {}",
                         lineage.partition, lineage.offset, lineage.output, ack.message
@@ -844,6 +1002,7 @@ impl<'a> Run<'a> {
             (AckOutcome::Reject, true) => {
                 let detail = failure(
                     "DEAD_LETTER_REJECTED",
+                    tonic::Code::FailedPrecondition,
                     format!(
                         "dead-letter consumer {consumer} rejected partition {} offset {}: {}",
                         lineage.partition, lineage.offset, ack.message
@@ -888,6 +1047,12 @@ impl<'a> Run<'a> {
 
     fn on_tick(&mut self) -> Result<(), Outcome> {
         let now = Instant::now();
+        if now >= self.claim_until {
+            return Err(Outcome::Stopped(Stop::Lost(format!(
+                "the claim was not renewed within its ttl of {:?}",
+                self.env.settings.claim_ttl
+            ))));
+        }
         let ack_timeout = self.env.settings.ack_timeout;
         if let Some(late) = self
             .sent
@@ -902,6 +1067,7 @@ impl<'a> Run<'a> {
                 .unwrap_or_default();
             return Err(Outcome::Failed(failure(
                 "CONSUMER_TIMEOUT",
+                tonic::Code::DeadlineExceeded,
                 format!(
                     "consumer {consumer} did not acknowledge partition {} offset {} output {} within {:?} (ack timeout)",
                     lineage.partition, lineage.offset, lineage.output, ack_timeout
@@ -913,16 +1079,14 @@ impl<'a> Run<'a> {
         let last_sent = self.next_sequence.checked_sub(1);
         let unresolved = last_sent.is_some_and(|s| self.session_through.is_none_or(|t| t < s));
         if self.flushes.is_empty()
-            && ((unresolved && !self.session_moved) || self.last_input.elapsed() > KEEPALIVE)
-        {
-            self.last_input = Instant::now();
-            if self
+            && unresolved
+            && !self.session_moved
+            && self
                 .events
                 .try_send(ClientEvent::Control(ControlCommand::Flush))
                 .is_ok()
-            {
-                self.flushes.push_back(last_sent);
-            }
+        {
+            self.flushes.push_back(last_sent);
         }
         self.session_moved = false;
         if self.committing.is_none() {
@@ -933,7 +1097,7 @@ impl<'a> Run<'a> {
 
     /// Records finished under the watermark and not yet committed.
     fn uncommitted(&self) -> u64 {
-        moved(&self.last_committed, &self.marks.committed())
+        self.marks.advanced() - self.advanced_committed
     }
 
     /// Commits early when a quarter of the window waits for it: credit comes back only
@@ -978,7 +1142,8 @@ impl<'a> Run<'a> {
             in_flight = self.records.len()
         );
         let control = self.env.control.clone();
-        let timeout = self.env.settings.open_timeout;
+        let timeout = commit_timeout(&self.env.settings);
+        let sent_at = Instant::now();
         let answer = Box::pin(async move {
             tokio::time::timeout(
                 timeout,
@@ -988,6 +1153,8 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|_| Err(Status::deadline_exceeded("commit timed out")))
         });
         self.committing = Some(Committing {
+            sent_at,
+            advanced: self.marks.advanced(),
             answer,
             offsets,
             delta,
@@ -1000,7 +1167,8 @@ impl<'a> Run<'a> {
         let commit = self.committing.take()?;
         match answer {
             Ok(stored) => {
-                self.last_commit_ok = Instant::now();
+                self.claim_until = commit.sent_at + self.env.settings.claim_ttl;
+                self.advanced_committed = commit.advanced;
                 let records = moved(&self.last_committed, &commit.offsets);
                 for (&partition, &next) in &commit.offsets {
                     if self.last_committed.get(&partition) != Some(&next) {
@@ -1023,10 +1191,14 @@ impl<'a> Run<'a> {
                         })),
                     });
                 }
-                if stored.paused {
-                    Some(Stop::Paused)
-                } else if stored.generation != self.generation {
+                // A paused pipeline refuses commits (PIPELINE_PAUSED, below).
+                if stored.generation != self.generation {
                     Some(Stop::Respec)
+                } else if self
+                    .probe_until
+                    .is_some_and(|n| self.advanced_committed >= n)
+                {
+                    Some(Stop::Probed)
                 } else {
                     None
                 }
@@ -1039,18 +1211,14 @@ impl<'a> Run<'a> {
                 }
                 // Two writers racing on the stored record is not a lost claim: the next
                 // commit tries again.
-                let conflict = flowplane_grpc::status::error_detail(&status)
-                    .is_some_and(|d| d.reason == "PIPELINE_CONFLICT");
-                match status.code() {
-                    tonic::Code::NotFound => Some(Stop::Deleted),
-                    tonic::Code::Aborted | tonic::Code::FailedPrecondition if !conflict => {
+                let reason = flowplane_grpc::status::error_detail(&status).map(|d| d.reason);
+                match (status.code(), reason.as_deref()) {
+                    (tonic::Code::NotFound, _) => Some(Stop::Deleted),
+                    (_, Some("PIPELINE_PAUSED")) => Some(Stop::Paused),
+                    (tonic::Code::Aborted | tonic::Code::FailedPrecondition, reason)
+                        if reason != Some("PIPELINE_CONFLICT") =>
+                    {
                         Some(Stop::Lost(status.message().to_string()))
-                    }
-                    _ if self.last_commit_ok.elapsed() >= self.env.settings.claim_ttl => {
-                        Some(Stop::Lost(format!(
-                            "could not renew the claim within its ttl: {}",
-                            status.message()
-                        )))
                     }
                     _ => {
                         tracing::warn!(flowplane.pipeline = %self.name, code = ?status.code(), error = %status.message(), "commit failed; trying again");
@@ -1075,6 +1243,12 @@ impl<'a> Run<'a> {
         let answer = (&mut commit.answer).await;
         self.on_committed(answer)
     }
+}
+
+/// How long a commit may take: well within the claim's ttl, so that a run whose commits
+/// hang learns it may have lost the claim before another runner can take it.
+fn commit_timeout(settings: &RunnerSettings) -> Duration {
+    settings.open_timeout.min(settings.claim_ttl / 2)
 }
 
 /// Records between two commits' offsets.
@@ -1194,10 +1368,17 @@ async fn open_one<'d, Req, Resp>(
             Err(_) => {
                 last = Some(failure(
                     reason,
+                    tonic::Code::DeadlineExceeded,
                     format!("{what} {id} did not open its stream within {timeout:?}"),
                 ));
             }
         }
     }
-    Err(last.unwrap_or_else(|| failure(reason, format!("no {what} {}", describe(connector)))))
+    Err(last.unwrap_or_else(|| {
+        failure(
+            reason,
+            tonic::Code::Unavailable,
+            format!("no {what} {}", describe(connector)),
+        )
+    }))
 }
