@@ -1330,10 +1330,13 @@ async fn open_one<'d, Req, Resp>(
     } else {
         "CONSUMER_UNAVAILABLE"
     };
-    let candidates = env
-        .control
-        .resolve(kind, connector)
+    let candidates = tokio::time::timeout(timeout, env.control.resolve(kind, connector))
         .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(
+                "the registry did not answer in time",
+            ))
+        })
         .map_err(|status| {
             from_status(reason, &format!("{what} {}", describe(connector)), &status)
         })?;
