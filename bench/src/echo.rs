@@ -1,7 +1,8 @@
 //! The raw tonic baseline: a hand-written gRPC service (no codegen, no proto file) that
 //! echoes `DataChunk`s on a bidi stream and `ProcessorHeartbeatRequest`s on a unary call,
-//! served with the same transport settings as flowplane's servers but none of its layers.
-//! It must stay the cheapest honest echo: no task, channel or copy beyond what tonic does.
+//! served with the same transport settings and codec as flowplane's servers but none of
+//! its layers. It must stay the cheapest honest echo: no task, channel or copy beyond
+//! what tonic does.
 
 use std::{
     convert::Infallible,
@@ -10,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use flowplane_proto::codec::FlowCodec;
 use flowplane_proto::{controlplane::v1::ProcessorHeartbeatRequest, data::v1::DataChunk};
 use tokio::net::TcpListener;
 use tonic::{
@@ -19,7 +21,6 @@ use tonic::{
     server::{Grpc, NamedService, StreamingService, UnaryService},
     transport::{Channel, Server, server::TcpIncoming},
 };
-use tonic_prost::ProstCodec;
 
 use crate::{Error, Result};
 
@@ -78,7 +79,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match request.uri().path() {
             BIDI_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::<DataChunk, DataChunk>::default())
+                let mut grpc = Grpc::new(FlowCodec::<DataChunk, DataChunk>::default())
                     .apply_max_message_size_config(
                         Some(flowplane_grpc::MAX_MESSAGE_BYTES),
                         Some(flowplane_grpc::MAX_MESSAGE_BYTES),
@@ -86,7 +87,7 @@ where
                 Ok(grpc.streaming(Bidi, request).await)
             }),
             UNARY_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::<
+                let mut grpc = Grpc::new(FlowCodec::<
                     ProcessorHeartbeatRequest,
                     ProcessorHeartbeatRequest,
                 >::default())
@@ -155,7 +156,7 @@ impl EchoClient {
             .await
             .map_err(|e| Status::unavailable(format!("echo channel not ready: {e}")))?;
         let path = http::uri::PathAndQuery::from_static(BIDI_PATH);
-        let codec = ProstCodec::<DataChunk, DataChunk>::default();
+        let codec = FlowCodec::<DataChunk, DataChunk>::default();
         Ok(self
             .grpc
             .streaming(requests.into_streaming_request(), path, codec)
@@ -173,7 +174,7 @@ impl EchoClient {
             .await
             .map_err(|e| Status::unavailable(format!("echo channel not ready: {e}")))?;
         let path = http::uri::PathAndQuery::from_static(UNARY_PATH);
-        let codec = ProstCodec::<ProcessorHeartbeatRequest, ProcessorHeartbeatRequest>::default();
+        let codec = FlowCodec::<ProcessorHeartbeatRequest, ProcessorHeartbeatRequest>::default();
         Ok(self
             .grpc
             .unary(Request::new(request), path, codec)

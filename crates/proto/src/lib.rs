@@ -2,6 +2,7 @@
 //! build time from `proto/`. Nothing here is hand-written but re-exports and small
 //! wire helpers; validation and domain types live in the crates that use them.
 
+pub mod codec;
 mod convert;
 pub use convert::{
     any_accepts, json_to_struct, json_to_value, json_type_name, param_type_matches,

@@ -10,6 +10,11 @@ use std::sync::{
 
 use tokio::sync::Notify;
 
+/// Bytes a held message costs beyond its encoded size, charged with it: its decoded
+/// form (a `DataChunk` is 200 bytes before its payload), its queue slot and its share of
+/// the ticket and response that carry it.
+pub const MESSAGE_OVERHEAD: usize = 256;
+
 /// Bytes charged across every session, against a limit.
 #[derive(Debug)]
 pub struct Budget {
@@ -31,8 +36,13 @@ impl Drop for Charge {
     fn drop(&mut self) {
         if self.bytes > 0 {
             let before = self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-            self.budget.in_use.set((before - self.bytes) as f64);
-            self.budget.freed.notify_waiters();
+            let after = before - self.bytes;
+            self.budget.in_use.set(after as f64);
+            // Readers wait only while the budget is full, so only a drop that makes room
+            // wakes them (a waiter that registered before this saw it full, or sees room).
+            if before >= self.budget.limit && after < self.budget.limit {
+                self.budget.freed.notify_waiters();
+            }
         }
     }
 }
@@ -81,6 +91,14 @@ impl Budget {
         }
     }
 
+    /// Charges a message of `encoded_len` bytes read from a stream, plus
+    /// [`MESSAGE_OVERHEAD`]: what the session keeps for it besides its bytes, so the
+    /// budget bounds how many messages are held, not only their bytes (a processor that
+    /// answers with a flood of empty results fills it too).
+    pub fn charge_message(self: &Arc<Self>, encoded_len: usize) -> Charge {
+        self.charge(encoded_len + MESSAGE_OVERHEAD)
+    }
+
     /// Charges `bytes` that are already in memory.
     pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
         let before = self.used.fetch_add(bytes, Ordering::AcqRel);
@@ -114,6 +132,18 @@ mod tests {
             .await
             .expect("room after the charge dropped")
             .unwrap();
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn an_empty_message_still_takes_room() {
+        let budget = Budget::new(10 * MESSAGE_OVERHEAD);
+        let held: Vec<_> = (0..10).map(|_| budget.charge_message(0)).collect();
+        assert!(
+            budget.is_full(),
+            "ten empty messages fill a budget of ten overheads"
+        );
+        drop(held);
         assert_eq!(budget.used(), 0);
     }
 

@@ -60,7 +60,8 @@ struct Ticket<H> {
     remaining: u32,
     /// Per fan-in node: deliveries of this ticket still pending at its ancestors.
     upstream: Vec<u32>,
-    results: Vec<Response>,
+    /// Most tickets get one result: it is kept inline, with no allocation.
+    results: smallvec::SmallVec<[Response; 1]>,
     _holds: Vec<H>,
     span: Option<(tracing::Span, Instant)>,
 }
@@ -122,13 +123,22 @@ impl<H> Sequencer<H> {
 
     /// The actions produced since the last call, in order.
     pub fn take_actions(&mut self) -> Vec<Action<H>> {
-        let actions = std::mem::take(&mut self.actions);
-        for action in &actions {
+        let mut actions = Vec::new();
+        self.take_actions_into(&mut actions);
+        actions
+    }
+
+    /// [`Sequencer::take_actions`] into `into` (emptied first), which the sequencer
+    /// keeps using in exchange: a caller that hands the emptied vector back each time
+    /// costs no allocation per event.
+    pub fn take_actions_into(&mut self, into: &mut Vec<Action<H>>) {
+        into.clear();
+        std::mem::swap(&mut self.actions, into);
+        for action in into.iter() {
             if let Action::Emit(response, _) = action {
                 self.count_out(response);
             }
         }
-        actions
     }
 
     /// True once CLOSE (or the client's half-close) came and every result is out.
@@ -217,7 +227,7 @@ impl<H> Sequencer<H> {
             sequence,
             remaining: 0,
             upstream: vec![0; self.fan_in.held.len()],
-            results: Vec::new(),
+            results: smallvec::SmallVec::new(),
             _holds: holds,
             span,
         });
@@ -259,7 +269,7 @@ impl<H> Sequencer<H> {
         &mut self,
         node: usize,
         result: ProcessResult,
-        holds: Vec<H>,
+        holds: impl IntoIterator<Item = H>,
     ) -> Result<Duration> {
         let plan = self.plan.clone();
         let spec = &plan.nodes[node];

@@ -33,7 +33,10 @@ use crate::{
     Error, Result,
     budget::Budget,
     directory::Directory,
-    session::{ClientEvent, Hold, Session, SessionContext, SessionLimits},
+    session::{
+        ClientEvent, ClientEvents, EARLY_EVENTS, Hold, Session, SessionContext, SessionLimits,
+        channel_events,
+    },
 };
 
 /// Service-wide settings.
@@ -124,7 +127,7 @@ impl PipelineService {
     pub(crate) async fn start(
         &self,
         manifest: &Manifest,
-        events: mpsc::Receiver<ClientEvent>,
+        mut events: ClientEvents,
     ) -> Result<SessionStream> {
         let draining = self.lifecycle.admit().map_err(|_| Error::Draining)?;
         let admission = self.sessions.clone().try_acquire_owned().map_err(|_| {
@@ -160,9 +163,11 @@ impl PipelineService {
             budget: self.budget.clone(),
             limits: self.limits.session.clone(),
         };
-        let (session, ready) = Session::open(session_id, plan, cx, out.clone())
-            .instrument(span.clone())
-            .await?;
+        // The client is read while the nodes open, so its first chunks do not sit unread
+        // in HTTP/2 buffers (where they count against the connection's small-frame guard).
+        let opening = Session::open(session_id, plan, cx, out.clone()).instrument(span.clone());
+        let (opened, early) = read_while(opening, &mut events).await;
+        let (session, ready) = opened?;
         out.send((
             StreamPipelineResponse {
                 response: Some(Response::Ready(ready)),
@@ -177,7 +182,7 @@ impl PipelineService {
         tokio::spawn(
             async move {
                 let outcome = tokio::select! {
-                    outcome = session.run(events) => outcome,
+                    outcome = session.run(events, early) => outcome,
                     () = abort.cancelled() => Err(Error::ShuttingDown),
                 };
                 let code = match outcome {
@@ -351,18 +356,14 @@ impl StreamingPipelineService for PipelineService {
         };
         let manifest = Manifest::from_proto(&init.manifest.unwrap_or_default());
         let audio_input = init.audio_input;
-        let (events_tx, events_rx) = mpsc::channel(64);
-        // Read the client from the start, while the nodes open: chunks left unread in
-        // HTTP/2 buffers count against the connection's small-frame guard.
         let windows = Windows::new(&self.limits.session, self.budget.clone());
-        tokio::spawn(read_client(
+        let events = client_events(
             inbound,
-            events_tx,
             windows,
             self.limits.session.idle_timeout,
             audio_input,
-        ));
-        let responses = self.start(&manifest, events_rx).await?;
+        );
+        let responses = self.start(&manifest, events).await?;
         Ok(tonic::Response::new(responses))
     }
 
@@ -373,7 +374,7 @@ impl StreamingPipelineService for PipelineService {
         let request = request.into_inner();
         let manifest = Manifest::from_proto(&request.manifest.unwrap_or_default());
         let (events_tx, events_rx) = mpsc::channel(64);
-        let mut responses = self.start(&manifest, events_rx).await?;
+        let mut responses = self.start(&manifest, channel_events(events_rx)).await?;
         // Feed every input, then CLOSE; the window still bounds what is in flight.
         let windows = Windows::new(&self.limits.session, self.budget.clone());
         tokio::spawn(async move {
@@ -485,99 +486,132 @@ impl Windows {
                 self.budget.limit()
             )));
         }
-        Ok(vec![
-            Hold::Window(count, bytes),
-            Hold::Memory(self.budget.charge(chunk.encoded_len())),
-        ])
+        // Room for a third hold, the first result's charge, which joins these on the
+        // ticket: no reallocation on the way.
+        let mut holds = Vec::with_capacity(3);
+        holds.push(Hold::Window(count, bytes));
+        holds.push(Hold::Memory(
+            self.budget.charge_message(chunk.encoded_len()),
+        ));
+        Ok(holds)
     }
 }
 
-/// Reads the client's stream into session events, holding each chunk until the window
-/// and the budget have room (this is where backpressure reaches the client). Stops as
-/// soon as the session is gone, whatever it is waiting for.
-async fn read_client(
-    mut inbound: tonic::Streaming<StreamPipelineRequest>,
-    events: mpsc::Sender<ClientEvent>,
+/// Polls `opening` to its end while reading the client's first events (at most
+/// [`EARLY_EVENTS`], each chunk admitted to the window as usual); returns what it opened
+/// and the events read, for the session to handle first.
+async fn read_while<T>(
+    opening: impl std::future::Future<Output = T>,
+    events: &mut ClientEvents,
+) -> (T, std::collections::VecDeque<ClientEvent>) {
+    use futures::StreamExt as _;
+    tokio::pin!(opening);
+    let mut early = std::collections::VecDeque::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            biased;
+            opened = &mut opening => return (opened, early),
+            event = events.next(), if reading && early.len() < EARLY_EVENTS => {
+                let event = event.unwrap_or(ClientEvent::Ended);
+                reading = !matches!(event, ClientEvent::Ended | ClientEvent::Failed(_));
+                early.push_back(event);
+            }
+        }
+    }
+}
+
+/// The client's request stream as session events, read on the session's task whenever
+/// it polls them: each chunk is held until the window and the budget have room (this is
+/// where backpressure reaches the client). Ends after `Ended` or `Failed`.
+fn client_events(
+    inbound: tonic::Streaming<StreamPipelineRequest>,
     windows: Windows,
     idle_timeout: Duration,
     audio_input: String,
-) {
-    // One waiter on the session and one idle timer for the whole stream, not one per
-    // message: the timer is pushed back only when it fires before the stream has been
-    // idle for the whole timeout.
-    let session_gone = events.closed();
-    tokio::pin!(session_gone);
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    let mut reading_since = tokio::time::Instant::now();
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut session_gone => return,
-            next = inbound.message() => Some(next),
-            () = &mut idle => {
-                let quiet_until = reading_since + idle_timeout;
-                if tokio::time::Instant::now() < quiet_until {
-                    idle.as_mut().reset(quiet_until);
-                    continue;
-                }
-                None
-            }
-        };
-        let event = match next {
-            None => ClientEvent::Failed(Error::Timeout(format!(
-                "session idle for {idle_timeout:?}: no client message (idle_timeout)"
-            ))),
-            Some(Err(status)) => ClientEvent::Failed(Error::from(status)),
-            Some(Ok(None)) => ClientEvent::Ended,
-            Some(Ok(Some(message))) => match message.request {
-                Some(Request::Chunk(c)) => match admit(&windows, c, session_gone.as_mut()).await {
-                    Some(event) => event,
-                    None => return,
-                },
-                #[allow(deprecated)]
-                Some(Request::AudioChunk(legacy)) => {
-                    let chunk = legacy_audio(legacy, &audio_input);
-                    match admit(&windows, chunk, session_gone.as_mut()).await {
-                        Some(event) => event,
-                        None => return,
-                    }
-                }
-                Some(Request::Control(control)) => ClientEvent::Control(
-                    ControlCommand::try_from(control.command)
-                        .unwrap_or(ControlCommand::Unspecified),
-                ),
-                Some(Request::Init(_)) => {
-                    ClientEvent::Failed(Error::Protocol("init sent twice".into()))
-                }
-                None => ClientEvent::Failed(Error::InvalidInput(
-                    "request has no init, chunk, audio_chunk or control".into(),
-                )),
-            },
-        };
-        let last = matches!(event, ClientEvent::Ended | ClientEvent::Failed(_));
-        if events.send(event).await.is_err() || last {
-            return;
+) -> ClientEvents {
+    let reader = ClientReader {
+        inbound,
+        windows,
+        idle: Box::pin(tokio::time::sleep(idle_timeout)),
+        idle_timeout,
+        audio_input,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(reader, |mut reader| async move {
+        if reader.done {
+            return None;
         }
-        // Idle is counted from here, where the next read starts, as before any wait for
-        // the window.
-        reading_since = tokio::time::Instant::now();
-    }
+        let event = reader.next_event().await;
+        reader.done = matches!(event, ClientEvent::Ended | ClientEvent::Failed(_));
+        Some((event, reader))
+    }))
 }
 
-/// Waits for room for `chunk` in the window and the budget; `None` when the session
-/// went away first.
-async fn admit<F: std::future::Future>(
-    windows: &Windows,
-    chunk: DataChunk,
-    session_gone: Pin<&mut F>,
-) -> Option<ClientEvent> {
-    tokio::select! {
-        admitted = windows.admit(&chunk) => Some(match admitted {
+/// The state of a client's request stream between the session's reads.
+struct ClientReader {
+    inbound: tonic::Streaming<StreamPipelineRequest>,
+    windows: Windows,
+    /// One idle timer for the whole stream, not one per message: pushed back only when it
+    /// fires before the stream has been idle for the whole timeout.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+    audio_input: String,
+    done: bool,
+}
+
+impl ClientReader {
+    /// The next event. Idle time counts from when the session asks for it (as before any
+    /// wait for the window) until a message arrives.
+    async fn next_event(&mut self) -> ClientEvent {
+        let reading_since = tokio::time::Instant::now();
+        let idle_timeout = self.idle_timeout;
+        let next = loop {
+            tokio::select! {
+                biased;
+                next = self.inbound.message() => break Some(next),
+                () = &mut self.idle => {
+                    let quiet_until = reading_since + idle_timeout;
+                    if tokio::time::Instant::now() < quiet_until {
+                        self.idle.as_mut().reset(quiet_until);
+                        continue;
+                    }
+                    break None;
+                }
+            }
+        };
+        let chunk = match next {
+            None => {
+                return ClientEvent::Failed(Error::Timeout(format!(
+                    "session idle for {idle_timeout:?}: no client message (idle_timeout)"
+                )));
+            }
+            Some(Err(status)) => return ClientEvent::Failed(Error::from(status)),
+            Some(Ok(None)) => return ClientEvent::Ended,
+            Some(Ok(Some(message))) => match message.request {
+                Some(Request::Chunk(chunk)) => chunk,
+                #[allow(deprecated)]
+                Some(Request::AudioChunk(legacy)) => legacy_audio(legacy, &self.audio_input),
+                Some(Request::Control(control)) => {
+                    return ClientEvent::Control(
+                        ControlCommand::try_from(control.command)
+                            .unwrap_or(ControlCommand::Unspecified),
+                    );
+                }
+                Some(Request::Init(_)) => {
+                    return ClientEvent::Failed(Error::Protocol("init sent twice".into()));
+                }
+                None => {
+                    return ClientEvent::Failed(Error::InvalidInput(
+                        "request has no init, chunk, audio_chunk or control".into(),
+                    ));
+                }
+            },
+        };
+        match self.windows.admit(&chunk).await {
             Ok(holds) => ClientEvent::Chunk(chunk, holds),
             Err(err) => ClientEvent::Failed(err),
-        }),
-        _ = session_gone => None,
+        }
     }
 }
 

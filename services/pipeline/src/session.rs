@@ -12,6 +12,8 @@
 //! slows the peer.
 
 use std::{
+    collections::VecDeque,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,6 +26,7 @@ use flowplane_proto::{
         stream_pipeline_response::Response,
     },
 };
+use futures::{Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::{
@@ -102,7 +105,7 @@ pub fn mark_taken(holds: &mut [Hold]) {
     }
 }
 
-/// What the client reader hands the session.
+/// What the client's side hands the session.
 pub enum ClientEvent {
     /// A chunk (legacy audio already converted), with what holds its place.
     Chunk(flowplane_proto::data::v1::DataChunk, Vec<Hold>),
@@ -113,6 +116,21 @@ pub enum ClientEvent {
     /// The request stream failed or broke the protocol.
     Failed(Error),
 }
+
+/// The client's events, read by the session's own task when it polls them (no reader
+/// task and no channel between a gRPC request stream and its session). Whatever waits
+/// inside (admission to the window and the budget) keeps its place while the session
+/// handles other events, and goes when the session drops the stream.
+pub type ClientEvents = Pin<Box<dyn Stream<Item = ClientEvent> + Send>>;
+
+/// Client events fed through a channel, by a caller that is not a gRPC request stream.
+pub fn channel_events(events: mpsc::Receiver<ClientEvent>) -> ClientEvents {
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(events))
+}
+
+/// Client events read before the session opened, at most this many (chunks among them
+/// hold window places, so the window bounds those; this bounds control messages too).
+pub const EARLY_EVENTS: usize = 64;
 
 /// Sender of responses to the client, each with the holds it releases once taken.
 pub type Outbound = mpsc::Sender<(StreamPipelineResponse, Vec<Hold>)>;
@@ -159,6 +177,8 @@ pub struct Session {
     out: Outbound,
     /// The node polled first next time, so one busy node cannot starve the others.
     turn: usize,
+    /// Actions taken from the sequencer, kept for their capacity (see `carry_out`).
+    actions: Vec<Action<Hold>>,
     started: Instant,
     chunks_in: metrics::Counter,
     bytes_in: metrics::Counter,
@@ -218,6 +238,7 @@ impl Session {
                 client_open: true,
                 out,
                 turn: 0,
+                actions: Vec::new(),
                 started: Instant::now(),
                 chunks_in: metrics::counter!(instruments::CHUNKS_TOTAL),
                 bytes_in: metrics::counter!(instruments::BYTES_TOTAL),
@@ -228,8 +249,13 @@ impl Session {
 
     /// Runs until the session closes (Ok, after `closed` was sent) or fails. On failure
     /// every node stream is reset at once, so nothing lingers behind the session.
-    pub async fn run(mut self, mut client: mpsc::Receiver<ClientEvent>) -> Result<()> {
-        let outcome = self.serve(&mut client).await;
+    /// `early` are the client's events read while the nodes opened, handled first.
+    pub async fn run(
+        mut self,
+        mut client: ClientEvents,
+        early: VecDeque<ClientEvent>,
+    ) -> Result<()> {
+        let outcome = self.serve(&mut client, early).await;
         if outcome.is_err() {
             for slot in &mut self.nodes {
                 slot.link.abort();
@@ -238,7 +264,18 @@ impl Session {
         outcome
     }
 
-    async fn serve(&mut self, client: &mut mpsc::Receiver<ClientEvent>) -> Result<()> {
+    async fn serve(
+        &mut self,
+        client: &mut ClientEvents,
+        early: VecDeque<ClientEvent>,
+    ) -> Result<()> {
+        for event in early {
+            self.on_client(event)?;
+        }
+        self.carry_out().await?;
+        if self.seq.is_done() {
+            return self.finish(client).await;
+        }
         // Waits that last the whole session are made once, not per turn of the loop: a
         // timer or a waiter registered and dropped per chunk costs more than the chunk's
         // routing. The timer serves every node deadline; deadlines only move later as
@@ -270,7 +307,7 @@ impl Session {
                 () = &mut client_gone => return Err(Error::Cancelled),
                 (node, event) = node_event, if !budget_full => self.on_node(node, event).await?,
                 () = budget.room(), if budget_full => {}
-                event = client.recv(), if self.client_open => {
+                event = client.next(), if self.client_open => {
                     self.on_client(event.unwrap_or(ClientEvent::Ended))?;
                 }
                 () = &mut timer, if armed.is_some() => {
@@ -287,7 +324,7 @@ impl Session {
 
     /// Sends `closed`, then waits briefly for the client's half-close so that a chunk
     /// sent after CLOSE is reported, not dropped.
-    async fn finish(&mut self, client: &mut mpsc::Receiver<ClientEvent>) -> Result<()> {
+    async fn finish(&mut self, client: &mut ClientEvents) -> Result<()> {
         let metrics = self.seq.metrics(self.started.elapsed());
         tracing::info!(
             flowplane.session_id = %self.id,
@@ -330,7 +367,7 @@ impl Session {
             tokio::select! {
                 () = &mut linger => return Ok(()),
                 () = self.out.closed() => return Ok(()),
-                event = client.recv() => match event {
+                event = client.next() => match event {
                     None | Some(ClientEvent::Ended) => return Ok(()),
                     Some(ClientEvent::Chunk(chunk, _)) => {
                         return Err(Error::Protocol(format!(
@@ -379,7 +416,9 @@ impl Session {
         match event {
             NodeEvent::Result(result, charge) => {
                 let failed = result.error.is_some();
-                let latency = self.seq.result(node, result, vec![Hold::Memory(charge)])?;
+                let latency =
+                    self.seq
+                        .result(node, result, std::iter::once(Hold::Memory(charge)))?;
                 let slot = &mut self.nodes[node];
                 slot.latency.record(latency.as_secs_f64());
                 if failed {
@@ -417,7 +456,11 @@ impl Session {
 
     /// Carries out the sequencer's actions, then arms or clears each node's deadline.
     async fn carry_out(&mut self) -> Result<()> {
-        for action in self.seq.take_actions() {
+        // The vector goes back and forth between the sequencer and here, so an event
+        // costs no allocation for its actions.
+        let mut actions = std::mem::take(&mut self.actions);
+        self.seq.take_actions_into(&mut actions);
+        for action in actions.drain(..) {
             match action {
                 Action::Send { node, chunk } => {
                     let slot = &mut self.nodes[node];
@@ -435,6 +478,7 @@ impl Session {
                 Action::Emit(response, holds) => self.send_held(response, holds).await?,
             }
         }
+        self.actions = actions;
         let now = tokio::time::Instant::now();
         for (node, slot) in self.nodes.iter_mut().enumerate() {
             if self.seq.unacked(node) == 0 {

@@ -45,7 +45,7 @@ use super::{
 use crate::{
     directory::Directory,
     service::{PipelineService, SessionStream},
-    session::{ClientEvent, Hold},
+    session::{ClientEvent, Hold, channel_events},
 };
 
 /// What a run needs from its runner.
@@ -402,7 +402,7 @@ impl<'a> Run<'a> {
         let (events, events_rx) = mpsc::channel(max_in_flight as usize + 4);
         let session = env
             .service
-            .start(&Manifest::from_proto(&manifest), events_rx)
+            .start(&Manifest::from_proto(&manifest), channel_events(events_rx))
             .await
             .map_err(|err| {
                 let status = Status::from(err);
