@@ -7,6 +7,7 @@ mod directory;
 mod error;
 pub mod instruments;
 mod node;
+mod queue;
 pub mod sequencer;
 mod service;
 mod session;

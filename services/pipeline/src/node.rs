@@ -1,10 +1,10 @@
 //! One node's link to a processor instance: a `Process` stream opened with an init
 //! (over gRPC to a remote host, or in memory to the service's embedded host: the same
 //! stream either way, and everything below is placement-blind), confirmed by `ready`
-//! within a deadline, fed from an unbounded sender (the session's window bounds what is
-//! in it) and read by the session's own task through [`NodeLink::poll_event`], which
-//! charges every result to the service's memory budget (the session reads no further
-//! while the budget is full). No task or channel stands between the stream and the
+//! within a deadline, fed from a queue (the session's window and the memory budget bound
+//! what is in it) and read by the session's own task through [`NodeLink::poll_event`],
+//! which charges every result to the service's memory budget (the session reads no
+//! further while the budget is full). No task or channel stands between the stream and the
 //! session. Links never decide what a failure means; the session does.
 
 use std::{
@@ -22,13 +22,13 @@ use flowplane_proto::{
     },
 };
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::{StreamExt as _, wrappers::UnboundedReceiverStream};
+use tokio_stream::StreamExt as _;
 use tracing::Instrument;
 
 use crate::{
     budget::{Budget, Charge},
     directory::{Directory, Instance, LoadGuard},
+    queue,
 };
 
 /// A node's responses, whichever transport carries them.
@@ -47,7 +47,7 @@ pub enum NodeEvent {
 pub struct NodeLink {
     /// Where the node runs.
     pub instance: Instance,
-    requests: mpsc::UnboundedSender<ProcessRequest>,
+    requests: queue::Sender<ProcessRequest>,
     _load: LoadGuard,
     /// `None` once the stream has ended (it is never polled again).
     responses: Option<Responses>,
@@ -98,11 +98,9 @@ impl NodeLink {
     /// Sends a chunk to the processor. Fails only when the stream is already gone, which
     /// [`NodeLink::poll_event`] reports as [`NodeEvent::Ended`].
     pub fn send(&self, chunk: DataChunk) -> bool {
-        self.requests
-            .send(ProcessRequest {
-                request: Some(process_request::Request::Chunk(chunk)),
-            })
-            .is_ok()
+        self.requests.send(ProcessRequest {
+            request: Some(process_request::Request::Chunk(chunk)),
+        })
     }
 
     /// The processor's next result (charged to `budget`) or the end of its stream;
@@ -138,16 +136,15 @@ impl NodeLink {
         ready_timeout: Duration,
     ) -> Result<Self, OpenError> {
         let load = directory.hold(&instance);
-        let (requests, rx) = mpsc::unbounded_channel();
+        let (requests, rx) = queue::queue();
         let init = process::init_request(ProcessInit {
             processor: node.processor.clone(),
             node_id: node.id.clone(),
             params: Some(flowplane_proto::json_to_struct(&node.params)),
             session_id: session_id.to_string(),
         });
-        requests
-            .send(init)
-            .expect("receiver is alive until the call starts");
+        // The receiver is alive: it is only handed to the call below.
+        requests.send(init);
         let span = tracing::info_span!(
             "pipeline.node",
             flowplane.node_id = %node.id,
@@ -156,7 +153,7 @@ impl NodeLink {
             flowplane.endpoint = %instance.endpoint,
         );
         let opening = async {
-            let requests = UnboundedReceiverStream::new(rx);
+            let requests = rx;
             let mut stream: Responses = if instance.local {
                 let host = directory.local_host().ok_or_else(|| {
                     OpenError::Unreachable(tonic::Status::unavailable(
