@@ -98,9 +98,11 @@ impl NodeLink {
     /// Sends a chunk to the processor. Fails only when the stream is already gone, which
     /// [`NodeLink::poll_event`] reports as [`NodeEvent::Ended`].
     pub fn send(&self, chunk: DataChunk) -> bool {
-        self.requests.send(ProcessRequest {
-            request: Some(process_request::Request::Chunk(chunk)),
-        })
+        self.requests
+            .try_send(ProcessRequest {
+                request: Some(process_request::Request::Chunk(chunk)),
+            })
+            .is_ok()
     }
 
     /// The processor's next result (charged to `budget`) or the end of its stream;
@@ -136,15 +138,15 @@ impl NodeLink {
         ready_timeout: Duration,
     ) -> Result<Self, OpenError> {
         let load = directory.hold(&instance);
-        let (requests, rx) = queue::queue();
+        let (requests, rx) = queue::unbounded();
         let init = process::init_request(ProcessInit {
             processor: node.processor.clone(),
             node_id: node.id.clone(),
             params: Some(flowplane_proto::json_to_struct(&node.params)),
             session_id: session_id.to_string(),
         });
-        // The receiver is alive: it is only handed to the call below.
-        requests.send(init);
+        // The receiver is alive (it is only handed to the call below), and unbounded.
+        let _ = requests.try_send(init);
         let span = tracing::info_span!(
             "pipeline.node",
             flowplane.node_id = %node.id,

@@ -33,6 +33,7 @@ use crate::{
     Error, Result,
     budget::Budget,
     directory::Directory,
+    queue,
     session::{
         ClientEvent, ClientEvents, EARLY_EVENTS, Hold, Session, SessionContext, SessionLimits,
         channel_events,
@@ -144,7 +145,7 @@ impl PipelineService {
             flowplane.pipeline = %plan.name,
             flowplane.node_count = plan.nodes.len(),
         );
-        let (out, responses) = mpsc::channel(64);
+        let (out, responses) = queue::bounded(RESPONSE_QUEUE);
         let responses = Arc::new(std::sync::Mutex::new(responses));
         let (ending_tx, ending) = oneshot::channel();
         // Weak: the receiver must die with the client's stream, which is how the session
@@ -224,6 +225,9 @@ impl PipelineService {
     }
 }
 
+/// Responses a session queues for its client's stream before it waits.
+const RESPONSE_QUEUE: usize = 64;
+
 /// A response with the holds it releases once the client has it.
 pub(crate) type Held = (StreamPipelineResponse, Vec<Hold>);
 
@@ -234,20 +238,20 @@ struct Ending {
 
 /// Closes a session's response queue and drops what is in it (with its holds): the
 /// stream then ends with the session's status at once.
-fn discard(queue: &std::sync::Weak<std::sync::Mutex<mpsc::Receiver<Held>>>) {
+fn discard(queue: &std::sync::Weak<std::sync::Mutex<queue::Receiver<Held>>>) {
     let Some(queue) = queue.upgrade() else {
         return; // the client's stream is gone, and its queue with it
     };
     let mut queue = queue.lock().expect("response queue lock");
     queue.close();
-    while queue.try_recv().is_ok() {}
+    while queue.try_recv().is_some() {}
 }
 
 /// A session's responses, then its outcome: the failed session's status, or the end
 /// of the stream (OK) only after a session that closed cleanly.
 pub struct SessionStream {
     /// Shared with the session's task, which may discard what the client left unread.
-    responses: Arc<std::sync::Mutex<mpsc::Receiver<Held>>>,
+    responses: Arc<std::sync::Mutex<queue::Receiver<Held>>>,
     /// `None` once resolved (a oneshot must not be polled again).
     ending: Option<oneshot::Receiver<Ending>>,
     last: Option<tonic::Status>,

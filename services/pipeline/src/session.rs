@@ -35,6 +35,7 @@ use crate::{
     directory::Directory,
     instruments,
     node::{NodeEvent, NodeLink, OpenError, is_instance_failure},
+    queue,
     sequencer::{Action, Sequencer},
 };
 
@@ -133,7 +134,7 @@ pub fn channel_events(events: mpsc::Receiver<ClientEvent>) -> ClientEvents {
 pub const EARLY_EVENTS: usize = 64;
 
 /// Sender of responses to the client, each with the holds it releases once taken.
-pub type Outbound = mpsc::Sender<(StreamPipelineResponse, Vec<Hold>)>;
+pub type Outbound = queue::Sender<(StreamPipelineResponse, Vec<Hold>)>;
 
 struct NodeSlot {
     link: NodeLink,
@@ -596,8 +597,8 @@ impl Session {
         // Room in the queue: no wait, so no timer.
         let (message, holds) = match self.out.try_send((message, holds)) {
             Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Cancelled),
-            Err(mpsc::error::TrySendError::Full(held)) => held,
+            Err(queue::TrySendError::Closed(_)) => return Err(Error::Cancelled),
+            Err(queue::TrySendError::Full(held)) => held,
         };
         let sent = self.out.send((message, holds));
         match tokio::time::timeout(self.cx.limits.idle_timeout, sent).await {
