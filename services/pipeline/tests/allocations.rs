@@ -5,14 +5,15 @@
 //! allocation once the session's queues have grown to their working size. Counted with a counting global allocator, around the
 //! sequencer's calls only (the test's own messages are built outside the count).
 
-use std::{alloc::System, collections::HashMap, sync::Arc};
+mod common;
+
+use std::alloc::System;
 
 use bytes::Bytes;
-use flowplane_manifest::{Manifest, validate};
 use flowplane_pipeline::sequencer::{Action, Sequencer};
 use flowplane_proto::{
-    data::v1::{BinaryData, DataBuffer, DataChunk, DataTypeHint, data_buffer::Payload},
-    processor::v1::{PortSpec, ProcessOutput, ProcessResult, ProcessorCapability},
+    data::v1::{BinaryData, DataBuffer, DataChunk, data_buffer::Payload},
+    processor::v1::{ProcessOutput, ProcessResult},
     streaming::v1::stream_pipeline_response::Response,
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -29,24 +30,8 @@ fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
     (out, (change.allocations + change.reallocations) as u64)
 }
 
-fn passthrough_plan() -> Arc<flowplane_manifest::Plan> {
-    let any = |name: &str| PortSpec {
-        name: name.into(),
-        types: vec![DataTypeHint::Any as i32],
-        description: String::new(),
-    };
-    let catalog: HashMap<String, ProcessorCapability> = [(
-        "pass".to_string(),
-        ProcessorCapability {
-            name: "pass".into(),
-            inputs: vec![any("in")],
-            outputs: vec![any("out")],
-            stateless: true,
-            ..Default::default()
-        },
-    )]
-    .into();
-    let manifest = Manifest::from_text(
+fn passthrough_plan() -> std::sync::Arc<flowplane_manifest::Plan> {
+    common::plan_over_pass(
         r#"
 name: one-hop
 nodes: [{ id: a, processor: pass }]
@@ -54,8 +39,6 @@ inputs: [{ name: in, targets: [{ node: a }] }]
 outputs: [{ name: out, source: { node: a } }]
 "#,
     )
-    .unwrap();
-    Arc::new(validate(&manifest, &catalog).unwrap())
 }
 
 /// Streams `chunks` chunks through the sequencer with up to `window` in flight, the

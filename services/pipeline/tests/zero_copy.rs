@@ -5,16 +5,15 @@
 //! (The two copies that remain are tonic's, at the edges of a gRPC hop: into its decode
 //! buffer and into its encode buffer.)
 
-use std::{collections::HashMap, sync::Arc};
+mod common;
 
 use bytes::Bytes;
-use flowplane_manifest::{Manifest, validate};
 use flowplane_pipeline::sequencer::{Action, Sequencer};
 use flowplane_proto::{
-    data::v1::{BinaryData, DataBuffer, DataChunk, DataTypeHint, data_buffer::Payload},
+    data::v1::{BinaryData, DataBuffer, DataChunk, data_buffer::Payload},
     processor::v1::{
-        PortSpec, ProcessInit, ProcessOutput, ProcessRequest, ProcessResult, ProcessorCapability,
-        process_request, process_response,
+        ProcessInit, ProcessOutput, ProcessRequest, ProcessResult, process_request,
+        process_response,
     },
     streaming::v1::stream_pipeline_response::Response,
 };
@@ -45,23 +44,7 @@ fn bytes_of(buffer: &Option<DataBuffer>) -> &Bytes {
 
 #[test]
 fn the_sequencer_routes_a_payload_to_each_node_and_to_the_client_without_copying_it() {
-    let any = |name: &str| PortSpec {
-        name: name.into(),
-        types: vec![DataTypeHint::Any as i32],
-        description: String::new(),
-    };
-    let catalog: HashMap<String, ProcessorCapability> = [(
-        "pass".to_string(),
-        ProcessorCapability {
-            name: "pass".into(),
-            inputs: vec![any("in")],
-            outputs: vec![any("out")],
-            stateless: true,
-            ..Default::default()
-        },
-    )]
-    .into();
-    let manifest = Manifest::from_text(
+    let plan = common::plan_over_pass(
         r#"
 name: two-hops
 nodes:
@@ -71,9 +54,7 @@ edges: [{ from_node: a, to_node: b }]
 inputs: [{ name: in, targets: [{ node: a }] }]
 outputs: [{ name: out, source: { node: b } }]
 "#,
-    )
-    .unwrap();
-    let plan = Arc::new(validate(&manifest, &catalog).unwrap());
+    );
     let mut seq: Sequencer<()> = Sequencer::new(plan, 0);
     let data = payload();
     seq.chunk(
