@@ -542,14 +542,16 @@ fn client_events(
         audio_input,
         done: false,
     };
-    Box::pin(futures::stream::unfold(reader, |mut reader| async move {
+    let events = futures::stream::unfold(reader, |mut reader| async move {
         if reader.done {
             return None;
         }
         let event = reader.next_event().await;
         reader.done = matches!(event, ClientEvent::Ended | ClientEvent::Failed(_));
         Some((event, reader))
-    }))
+    });
+    // Fused: polled after its end it says so again (an unfold would panic).
+    Box::pin(futures::StreamExt::fuse(events))
 }
 
 /// The state of a client's request stream between the session's reads.
