@@ -91,11 +91,13 @@ impl Budget {
         }
     }
 
-    /// Charges a message of `encoded_len` bytes read from a stream, plus
-    /// [`MESSAGE_OVERHEAD`]: what the session keeps for it besides its bytes, so the
-    /// budget bounds how many messages are held, not only their bytes (a processor that
-    /// answers with a flood of empty results fills it too).
-    pub fn charge_message(self: &Arc<Self>, encoded_len: usize) -> Charge {
+    /// Charges a processor result of `encoded_len` bytes, plus [`MESSAGE_OVERHEAD`]: what
+    /// the session keeps for it besides its bytes, so the budget bounds how many results
+    /// are held, not only their bytes (a processor that answers with a flood of empty
+    /// results fills it too). Client chunks are counted by the session's window and
+    /// charged their bytes only: charged more, a burst of sessions' chunks alone could fill
+    /// the budget and leave no room for the results that would free it.
+    pub fn charge_result(self: &Arc<Self>, encoded_len: usize) -> Charge {
         self.charge(encoded_len + MESSAGE_OVERHEAD)
     }
 
@@ -136,12 +138,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_message_still_takes_room() {
+    fn an_empty_result_still_takes_room() {
         let budget = Budget::new(10 * MESSAGE_OVERHEAD);
-        let held: Vec<_> = (0..10).map(|_| budget.charge_message(0)).collect();
+        let held: Vec<_> = (0..10).map(|_| budget.charge_result(0)).collect();
         assert!(
             budget.is_full(),
-            "ten empty messages fill a budget of ten overheads"
+            "ten empty results fill a budget of ten overheads"
         );
         drop(held);
         assert_eq!(budget.used(), 0);

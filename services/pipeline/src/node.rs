@@ -115,7 +115,7 @@ impl NodeLink {
             let ended = match std::task::ready!(stream.as_mut().poll_next(cx)) {
                 Some(Ok(response)) => match response.response {
                     Some(process_response::Response::Result(result)) => {
-                        let charge = budget.charge_message(result.encoded_len());
+                        let charge = budget.charge_result(result.encoded_len());
                         return Poll::Ready(NodeEvent::Result(result, charge));
                     }
                     // A second ready or an empty message carries nothing to route.

@@ -494,9 +494,7 @@ impl Windows {
         // ticket: no reallocation on the way.
         let mut holds = Vec::with_capacity(3);
         holds.push(Hold::Window(count, bytes));
-        holds.push(Hold::Memory(
-            self.budget.charge_message(chunk.encoded_len()),
-        ));
+        holds.push(Hold::Memory(self.budget.charge(chunk.encoded_len())));
         Ok(holds)
     }
 }
